@@ -1,0 +1,80 @@
+"""The hub's NATS connection: JSON publish with failure accounting, and subject naming.
+
+Subjects are `{prefix}{name}`; the prefix is empty by default and lets several hubs (or test runs) share one
+NATS server without seeing each other's traffic.
+"""
+
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import nats
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from agenthub.errors import ServiceUnavailable
+
+logger = logging.getLogger(__name__)
+
+
+class Bus:
+    """One NATS connection per hub process."""
+
+    def __init__(self, nc: NatsClient, prefix: str, on_publish_failure: Callable[[], None]) -> None:
+        self.nc = nc
+        self.prefix = prefix
+        self._on_publish_failure = on_publish_failure
+
+    def subject(self, name: str) -> str:
+        return f"{self.prefix}{name}"
+
+    async def publish(self, subject: str, payload: dict[str, Any]) -> bool:
+        """Publish JSON on a full subject (already prefixed); False (and counted) if NATS refused it."""
+        try:
+            await self.nc.publish(subject, json.dumps(payload, separators=(",", ":")).encode())
+        except Exception:  # one failed publish must not fail the request whose data is already stored
+            logger.exception("NATS publish on %s failed", subject)
+            self._on_publish_failure()
+            return False
+        return True
+
+    async def subscribe(self, name: str, handler: Callable[[Msg], Awaitable[None]]) -> Subscription:
+        return await self.nc.subscribe(self.subject(name), cb=handler, pending_msgs_limit=65536)
+
+    @property
+    def connected(self) -> bool:
+        return bool(self.nc.is_connected)
+
+
+@asynccontextmanager
+async def connect_bus(url: str, prefix: str, on_publish_failure: Callable[[], None]) -> AsyncIterator[Bus]:
+    """Connect (failing fast if unreachable at start, reconnecting forever afterwards) and drain on exit."""
+
+    async def on_error(exc: Exception) -> None:
+        logger.warning("NATS: %s", exc)
+
+    async def on_disconnected() -> None:
+        logger.warning("NATS disconnected; reconnecting")
+
+    async def on_reconnected() -> None:
+        logger.info("NATS reconnected")
+
+    try:
+        nc = await nats.connect(url, connect_timeout=5, max_reconnect_attempts=1, reconnect_time_wait=0.5,
+                                name="agenthub", error_cb=on_error, disconnected_cb=on_disconnected,
+                                reconnected_cb=on_reconnected)
+    except Exception as exc:  # nats-py raises a zoo of types (NoServersError, OSError, TimeoutError ...)
+        raise ServiceUnavailable(f"cannot connect to NATS at {url}: {exc}") from exc
+    # Fail fast on the first connect, but once up, keep reconnecting for as long as the hub runs.
+    nc.options["max_reconnect_attempts"] = -1
+    try:
+        yield Bus(nc, prefix, on_publish_failure)
+    finally:
+        try:
+            await nc.drain()
+        except Exception:  # a connection that already dropped cannot drain; closing is all that is left
+            logger.debug("NATS drain failed", exc_info=True)
+            await nc.close()

@@ -1,0 +1,43 @@
+"""The hub's Prometheus metrics, one registry per hub instance (two hubs can live in one process)."""
+
+from collections.abc import Callable, Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class _PoolCollector(Collector):
+    """Reads the database pool's size and idle count at scrape time."""
+
+    def __init__(self, read: Callable[[], tuple[int, int, int]]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        size, idle, max_size = self._read()
+        g = GaugeMetricFamily("agenthub_db_pool_connections", "Database pool connections by state", labels=["state"])
+        g.add_metric(["in_use"], size - idle)
+        g.add_metric(["idle"], idle)
+        g.add_metric(["max"], max_size)
+        yield g
+
+
+class HubMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.tool_calls = Counter("agenthub_tool_calls", "MCP tool calls", ["tool", "outcome"], registry=r)
+        self.tool_latency = Histogram("agenthub_tool_call_seconds", "MCP tool call latency", ["tool"],
+                                      buckets=_LATENCY_BUCKETS, registry=r)
+        self.discoveries = Counter("agenthub_discoveries", "Discoveries shared through this hub", ["type"], registry=r)
+        self.sse_clients = Gauge("agenthub_sse_clients", "Connected SSE clients", registry=r)
+        self.sse_dropped = Counter("agenthub_sse_dropped_clients", "SSE clients dropped for not reading", registry=r)
+        self.nats_publish_failures = Counter("agenthub_nats_publish_failures", "NATS publishes that failed",
+                                             registry=r)
+        self.http_requests = Counter("agenthub_http_requests", "HTTP requests by status class", ["status"],
+                                     registry=r)
+
+    def watch_pool(self, read: Callable[[], tuple[int, int, int]]) -> None:
+        self.registry.register(_PoolCollector(read))

@@ -1,0 +1,43 @@
+"""All configuration, in one pydantic-settings model built at the entry point and passed down.
+
+Environment variables use the prefix `AGENTHUB_` and `__` for nesting (`AGENTHUB_SSE__MAX_CLIENTS=500`);
+the two external service URLs also have flat names, `AGENTHUB_NATS_URL` and `AGENTHUB_DATABASE_URL`.
+"""
+
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class LimitSettings(BaseModel):
+    max_body_bytes: int = Field(default=1 << 20, ge=1024)
+    max_content_chars: int = Field(default=16_000, ge=1)
+    max_list_items: int = Field(default=50, ge=1)
+    max_tag_chars: int = Field(default=64, ge=1)
+
+
+class SSESettings(BaseModel):
+    max_clients: int = Field(default=2000, ge=1)
+    queue_size: int = Field(default=256, ge=1)
+    heartbeat_seconds: float = Field(default=15.0, gt=0)
+    send_timeout_seconds: float = Field(default=5.0, gt=0)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="AGENTHUB_", env_nested_delimiter="__", extra="ignore")
+
+    data_dir: Path = Path(".agenthub")
+    host: str = "127.0.0.1"
+    port: int = Field(default=8765, ge=0, le=65535)
+    public_url: str | None = None
+    nats_url: str | None = None
+    database_url: str | None = None
+    nats_subject_prefix: str = ""
+    auth: bool = True
+    allowed_hosts: list[str] = Field(default_factory=list)
+    allowed_origins: list[str] = Field(default_factory=list)
+    db_pool_size: int = Field(default=10, ge=1)
+    log_level: str = "info"
+    limits: LimitSettings = Field(default_factory=LimitSettings)
+    sse: SSESettings = Field(default_factory=SSESettings)

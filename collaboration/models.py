@@ -1,0 +1,201 @@
+"""Pydantic models at the edges of collaboration: tool and HTTP inputs, outputs and NATS payloads.
+
+Inputs are strict (no type coercion from strings) and reject unexpected fields. Discovery and context types
+are accepted in any case and stored lowercase.
+"""
+
+from datetime import datetime
+from typing import Annotated, Any, Literal, get_args
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
+
+from agenthub.ids import AGENT_ID_PATTERN
+
+MAX_CONTENT_CHARS = 16_000
+MAX_LIST_ITEMS = 50
+
+DiscoveryType = Literal["pattern", "anomaly", "connection", "solution", "question", "insight"]
+DISCOVERY_TYPES: tuple[str, ...] = get_args(DiscoveryType)
+ContextType = Literal["background", "working_memory", "patterns", "questions", "partial_solutions", "warnings"]
+CONTEXT_TYPES: tuple[str, ...] = get_args(ContextType)
+
+
+def _lower(value: object) -> object:
+    return value.lower() if isinstance(value, str) else value
+
+
+AgentIdField = Annotated[str, StringConstraints(pattern=AGENT_ID_PATTERN)]
+RoleField = Annotated[str, StringConstraints(min_length=1, max_length=64, strip_whitespace=True)]
+ShortText = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+DiscoveryTypeField = Annotated[DiscoveryType, BeforeValidator(_lower)]
+ContextTypeField = Annotated[ContextType, BeforeValidator(_lower)]
+Unit = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be blank")
+    return value
+
+
+Content = Annotated[str, StringConstraints(min_length=1, max_length=MAX_CONTENT_CHARS), AfterValidator(_not_blank)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+
+class Output(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+# -- discoveries ---------------------------------------------------------------------------------------------------
+
+
+class ShareDiscoveryInput(Strict):
+    agent_id: AgentIdField = Field(description="Your agent id (letters, digits, '_' or '-').")
+    agent_role: RoleField = Field(description="Your role, e.g. Analyzer.")
+    discovery_type: DiscoveryTypeField = Field(description="pattern, anomaly, connection, solution, question, insight")
+    content: Content
+    confidence: Unit = Field(description="How sure you are, 0..1.")
+    related_to: ShortText | None = Field(default=None, description="Id of an earlier discovery this one answers.")
+    tags: Annotated[list[ShortText], Field(max_length=20)] = Field(default_factory=list)
+
+
+class Discovery(Output):
+    """A stored discovery; also the NATS payload on `discoveries.{agent_id}.{type}`."""
+
+    discovery_id: str
+    sequence: int
+    agent_id: str
+    agent_role: str
+    discovery_type: DiscoveryType
+    content: str
+    confidence: float
+    related_to: str | None
+    tags: list[str]
+    timestamp: datetime
+
+    @property
+    def uri(self) -> str:
+        return discovery_uri(self.agent_id, self.discovery_id)
+
+
+class SharedDiscovery(Output):
+    discovery_id: str
+    uri: str
+    sequence: int
+    nats_subject: str
+    timestamp: datetime
+
+
+def discovery_uri(agent_id: str, discovery_id: str) -> str:
+    return f"discovery://agents/{agent_id}/discoveries/{discovery_id}"
+
+
+def collection_uri(agent_id: str) -> str:
+    return f"discovery://agents/{agent_id}/discoveries"
+
+
+# -- subscriptions -------------------------------------------------------------------------------------------------
+
+
+class FilterFields(Strict):
+    discovery_types: Annotated[list[DiscoveryTypeField], Field(max_length=6)] | None = None
+    agent_roles: Annotated[list[RoleField], Field(max_length=MAX_LIST_ITEMS)] | None = None
+    agent_ids: Annotated[list[AgentIdField], Field(max_length=MAX_LIST_ITEMS)] | None = None
+    min_confidence: Unit = 0.0
+
+
+class SubscribeInput(FilterFields):
+    subscriber_agent_id: AgentIdField
+    start: Literal["now", "beginning"] | Annotated[int, Field(ge=0)] = Field(
+        default="now", description="'now' (only new discoveries), 'beginning', or a sequence number to start after."
+    )
+
+
+class Subscribed(Output):
+    subscription_id: str
+    cursor: int
+    sse_endpoint: str
+    resource_uri: str
+
+
+class PollInput(Strict):
+    subscription_id: ShortText
+    cursor: Annotated[int, Field(ge=0)] | None = Field(
+        default=None, description="Return discoveries after this sequence; omitted = where your last poll ended."
+    )
+    wait_seconds: Annotated[float, Field(ge=0, le=30)] = Field(
+        default=0, description="Wait up to this long when nothing matches yet."
+    )
+    limit: Annotated[int, Field(ge=1, le=100)] = 50
+
+
+class PollResult(Output):
+    discoveries: list[Discovery]
+    cursor: int
+
+
+class UnsubscribeInput(Strict):
+    subscription_id: ShortText
+
+
+class Unsubscribed(Output):
+    subscription_id: str
+    removed: bool
+
+
+# -- context ---------------------------------------------------------------------------------------------------------
+
+ContextContent = Content | Annotated[dict[str, Any], Field(max_length=MAX_LIST_ITEMS)]
+
+
+class ShareContextInput(Strict):
+    from_agent: AgentIdField
+    to_agent: AgentIdField | None = Field(default=None, description="Omit to broadcast to every agent.")
+    context_type: ContextTypeField = Field(
+        description="background, working_memory, patterns, questions, partial_solutions or warnings"
+    )
+    content: ContextContent
+    relevance: Unit
+    ttl_seconds: Annotated[int, Field(ge=1, le=7 * 86400)] = 300
+
+
+class ContextItem(Output):
+    context_id: str
+    from_agent: str
+    to_agent: str | None
+    context_type: ContextType
+    content: str | dict[str, Any]
+    relevance: float
+    created_at: datetime
+    expires_at: datetime
+
+
+class SharedContext(Output):
+    context_id: str
+    nats_subject: str
+    expires_at: datetime
+
+
+class GetContextInput(Strict):
+    agent_id: AgentIdField
+    context_types: Annotated[list[ContextTypeField], Field(max_length=6)] | None = None
+    min_relevance: Unit = 0.0
+
+
+class ContextList(Output):
+    items: list[ContextItem]
+
+
+class EmptyInput(Strict):
+    pass
+
+
+class CollaborationStatus(Output):
+    discoveries_by_type: dict[str, int]
+    discoveries_total: int
+    newest_sequence: int
+    subscriptions: int
+    sse_clients: int

@@ -1,0 +1,114 @@
+"""The collaboration operations as callers see them, with who-may-do-what checked in one place.
+
+Both the MCP tools and the REST API call these methods; they only translate inputs, outputs and errors.
+"""
+
+from types import TracebackType
+from typing import Self
+
+import asyncpg
+
+from agenthub.auth import Principal, Role
+from agenthub.bus import Bus
+from agenthub.errors import Forbidden
+from agenthub.metrics import HubMetrics
+from collaboration.context import ContextManager
+from collaboration.discoveries import DiscoveryLog
+from collaboration.feed import DiscoveryFeed
+from collaboration.filters import DiscoveryFilter
+from collaboration.models import (
+    CollaborationStatus,
+    ContextList,
+    Discovery,
+    GetContextInput,
+    PollInput,
+    PollResult,
+    ShareContextInput,
+    SharedContext,
+    SharedDiscovery,
+    ShareDiscoveryInput,
+    Subscribed,
+    SubscribeInput,
+    Unsubscribed,
+    UnsubscribeInput,
+    collection_uri,
+)
+from collaboration.subscriptions import Subscription, Subscriptions
+
+
+class Collaboration:
+    """Owns the live feed; enter it to start the feed, exit to stop it."""
+
+    def __init__(self, pool: asyncpg.Pool, bus: Bus, metrics: HubMetrics, *, base_url: str, queue_size: int) -> None:
+        self.log = DiscoveryLog(pool, bus, metrics)
+        self.feed = DiscoveryFeed(self.log, bus, queue_size=queue_size, on_drop=metrics.sse_dropped.inc)
+        self.subscriptions = Subscriptions(pool, self.log, self.feed)
+        self.contexts = ContextManager(pool, bus)
+        self._base_url = base_url.rstrip("/")
+
+    async def __aenter__(self) -> Self:
+        await self.feed.__aenter__()
+        return self
+
+    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+                        ) -> None:
+        await self.feed.__aexit__(et, e, tb)
+
+    async def share_discovery(self, who: Principal, req: ShareDiscoveryInput) -> SharedDiscovery:
+        who.require_acting_as(req.agent_id)
+        return await self.log.share(req)
+
+    async def subscribe(self, who: Principal, req: SubscribeInput) -> Subscribed:
+        who.require_acting_as(req.subscriber_agent_id)
+        sub = await self.subscriptions.create(req)
+        return Subscribed(
+            subscription_id=sub.subscription_id,
+            cursor=sub.cursor,
+            sse_endpoint=f"{self._base_url}/discoveries/stream?subscription_id={sub.subscription_id}",
+            resource_uri=collection_uri(req.agent_ids[0]) if req.agent_ids and len(req.agent_ids) == 1
+            else "discovery://agents/{agent_id}/discoveries",
+        )
+
+    async def own_subscription(self, who: Principal, subscription_id: str) -> Subscription:
+        """The subscription, if `who` may read it: operators and viewers any, an agent only its own."""
+        sub = await self.subscriptions.get(subscription_id)
+        if who.role is Role.AGENT and sub.subscriber_agent_id != who.agent_id:
+            raise Forbidden(f"subscription {subscription_id} belongs to agent {sub.subscriber_agent_id!r}")
+        return sub
+
+    async def poll(self, who: Principal, req: PollInput) -> PollResult:
+        who.require_write()  # a poll moves the subscription's stored cursor
+        sub = await self.own_subscription(who, req.subscription_id)
+        items, cursor = await self.subscriptions.poll(sub, req)
+        return PollResult(discoveries=items, cursor=cursor)
+
+    async def unsubscribe(self, who: Principal, req: UnsubscribeInput) -> Unsubscribed:
+        who.require_write()
+        await self.own_subscription(who, req.subscription_id)
+        removed = await self.subscriptions.delete(req.subscription_id)
+        return Unsubscribed(subscription_id=req.subscription_id, removed=removed)
+
+    async def share_context(self, who: Principal, req: ShareContextInput) -> SharedContext:
+        who.require_acting_as(req.from_agent)
+        return await self.contexts.share(req)
+
+    async def get_context(self, who: Principal, req: GetContextInput) -> ContextList:
+        if who.role is Role.AGENT and req.agent_id != who.agent_id:
+            raise Forbidden(f"this token belongs to agent {who.agent_id!r} and cannot read {req.agent_id!r}'s context")
+        return await self.contexts.get(req)
+
+    async def status(self) -> CollaborationStatus:
+        counts = await self.log.counts_by_type()
+        return CollaborationStatus(
+            discoveries_by_type=counts,
+            discoveries_total=sum(counts.values()),
+            newest_sequence=await self.log.newest_sequence(),
+            subscriptions=await self.subscriptions.count(),
+            sse_clients=self.feed.listener_count,
+        )
+
+    async def get_discovery(self, discovery_id: str) -> Discovery:
+        return await self.log.get(discovery_id)
+
+    async def list_discoveries(self, flt: DiscoveryFilter, cursor: int, limit: int) -> tuple[list[Discovery], int]:
+        return await self.log.read(flt, cursor, limit)

@@ -1,0 +1,142 @@
+"""Composition: `open_hub` connects PostgreSQL and NATS and starts the live feed; `create_app` builds the ASGI app
+(guard, REST, SSE, operations, MCP at /mcp) whose lifespan runs the MCP session manager; `serve` runs it under
+uvicorn until a signal. Shutdown runs in reverse: HTTP and MCP sessions, then the feed, NATS, PostgreSQL.
+"""
+
+import contextlib
+import logging
+import signal
+import socket
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
+
+import anyio
+import uvicorn
+from mcp.server.transport_security import TransportSecuritySettings
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Mount, Route
+
+from agenthub.auth import ensure_operator_token_file
+from agenthub.bus import connect_bus
+from agenthub.database import open_pool
+from agenthub.metrics import HubMetrics
+from agenthub.settings import Settings
+from collaboration.service import Collaboration
+from mcp_server.server import ResourceNotifier, build_server
+from web_ui import api, ops, streams
+from web_ui.endpoints import openapi
+from web_ui.guard import Guard
+from web_ui.state import HubState
+
+logger = logging.getLogger(__name__)
+
+OPERATOR_TOKEN_FILE = "operator-token"
+
+_STREAM_DOC = {"/discoveries/stream": {"get": {
+    "summary": "Discoveries as Server-Sent Events (subscription_id= or type/role/agent_id/min_confidence; "
+               "start=now|beginning|N; Last-Event-ID resumes)",
+    "responses": {"200": {"description": "text/event-stream", "content": {"text/event-stream": {}}}},
+}}}
+
+
+def base_url(settings: Settings) -> str:
+    return settings.public_url or f"http://{settings.host}:{settings.port}"
+
+
+@asynccontextmanager
+async def open_hub(settings: Settings, *, nats_monitor_url: str | None = None) -> AsyncIterator[HubState]:
+    """Connect to PostgreSQL (migrating it) and NATS, and run the live discovery feed."""
+    if not settings.database_url or not settings.nats_url:
+        raise ValueError("open_hub needs settings.database_url and settings.nats_url")
+    metrics = HubMetrics()
+    async with AsyncExitStack() as stack:
+        pool = await stack.enter_async_context(open_pool(settings.database_url, size=settings.db_pool_size))
+        metrics.watch_pool(lambda: (pool.get_size(), pool.get_idle_size(), pool.get_max_size()))
+        bus = await stack.enter_async_context(
+            connect_bus(settings.nats_url, settings.nats_subject_prefix, metrics.nats_publish_failures.inc))
+        collab = await stack.enter_async_context(
+            Collaboration(pool, bus, metrics, base_url=base_url(settings), queue_size=settings.sse.queue_size))
+        if settings.auth:
+            token_file = settings.data_dir / OPERATOR_TOKEN_FILE
+            if await ensure_operator_token_file(pool, token_file):
+                logger.info("created the first operator token in %s", token_file)
+        yield HubState(settings=settings, pool=pool, bus=bus, metrics=metrics, collab=collab,
+                       nats_monitor_url=nats_monitor_url)
+
+
+def create_app(hub: HubState) -> Starlette:
+    """The ASGI app for a connected hub. Build a new one per server start: the MCP session manager runs once."""
+    notifier = ResourceNotifier()
+    hub.collab.feed.add_hook(notifier.discovery_shared)
+    server = build_server(hub, notifier)
+    settings = hub.settings
+    mcp_app = server.streamable_http_app(
+        streamable_http_path="/mcp",
+        max_request_body_size=settings.limits.max_body_bytes,
+        # The Guard below already checks Host and Origin for every path, MCP included.
+        transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False),
+    )
+    session_manager = server.session_manager
+    document = openapi(api.ENDPOINTS, title="agenthub", version="0.1.0", extra_paths=_STREAM_DOC)
+
+    async def openapi_json(request: Request) -> Response:
+        return JSONResponse(document)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with session_manager.run():
+            yield
+
+    routes: list[Any] = [
+        Route("/health", ops.health),
+        Route("/ready", ops.ready),
+        Route("/metrics", ops.metrics),
+        Route("/metrics/system", ops.system_metrics),
+        Route("/openapi.json", openapi_json),
+        Route("/discoveries/stream", streams.discovery_stream),
+        *(ep.route() for ep in api.ENDPOINTS),
+        Mount("/", app=mcp_app),  # MCP at /mcp; must stay last, it matches every path
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.hub = hub
+    app.add_middleware(
+        Guard, max_body=settings.limits.max_body_bytes, auth=settings.auth, allowed_hosts=settings.allowed_hosts,
+        allowed_origins=settings.allowed_origins, pool=lambda: hub.pool,
+    )
+    return app
+
+
+class _Server(uvicorn.Server):
+    """uvicorn re-raises SIGINT/SIGTERM after its own shutdown, which would kill us before the embedded services
+    stop; we handle the signals ourselves instead."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def make_server(app: Starlette, *, log_level: str = "info") -> uvicorn.Server:
+    """A uvicorn server for `app` that leaves signal handling to its caller; stop it with `should_exit`."""
+    config = uvicorn.Config(app, lifespan="on", log_level=log_level, access_log=False,
+                            timeout_graceful_shutdown=5, limit_concurrency=4096, server_header=False)
+    return _Server(config)
+
+
+async def serve(app: Starlette, sock: socket.socket, *, log_level: str = "info") -> None:
+    """Run `app` on an already-bound socket until SIGINT or SIGTERM, then shut down gracefully."""
+    server = make_server(app, log_level=log_level)
+    async with anyio.create_task_group() as tg:
+
+        async def stop_on_signal() -> None:
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for signum in signals:
+                    logger.info("received %s, shutting down", signal.Signals(signum).name)
+                    server.should_exit = True
+                    return
+
+        tg.start_soon(stop_on_signal)
+        await server.serve(sockets=[sock])
+        tg.cancel_scope.cancel()

@@ -1,0 +1,171 @@
+"""The `agenthub` command.
+
+    agenthub serve [--data-dir D] [--host H] [--port P] [--no-auth]
+    agenthub token create --role operator|agent|viewer [--agent-id X] [--url U] [--data-dir D]
+
+`serve` starts the embedded NATS and PostgreSQL unless AGENTHUB_NATS_URL / AGENTHUB_DATABASE_URL are set, then
+serves until Ctrl-C or SIGTERM and stops everything in order. Every problem the operator can fix is one line
+on stderr and exit code 1.
+"""
+
+import argparse
+import contextlib
+import fcntl
+import ipaddress
+import json
+import logging
+import socket
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from agenthub.embedded import EmbeddedNats, EmbeddedPostgres
+from agenthub.errors import HubError, ServiceUnavailable, StartupError
+from agenthub.settings import Settings
+from mcp_server.app import OPERATOR_TOKEN_FILE, create_app, open_hub, serve
+
+logger = logging.getLogger("agenthub")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@contextlib.contextmanager
+def _data_dir_lock(data_dir: Path) -> Iterator[None]:
+    """Create the data directory and hold an exclusive lock on it for the life of the hub."""
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        probe = data_dir / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+        lock = (data_dir / "agenthub.lock").open("a+")
+    except OSError as exc:
+        raise StartupError(f"data directory {data_dir} is not writable: {exc.strerror or exc}") from exc
+    with lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise StartupError(f"data directory {data_dir} is in use by another agenthub") from exc
+        yield
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        reason = "is already in use" if exc.errno == 98 else f"cannot be bound: {exc.strerror}"
+        raise StartupError(f"port {port} on {host} {reason}") from exc
+    sock.listen(2048)
+    sock.set_inheritable(False)
+    return sock
+
+
+def run_serve(settings: Settings) -> None:
+    if not settings.auth and not _is_loopback(settings.host):
+        raise StartupError(f"refusing to serve on non-loopback address {settings.host} without authentication")
+    with ExitStack() as stack:
+        stack.enter_context(_data_dir_lock(settings.data_dir))
+        sock = stack.enter_context(_bind(settings.host, settings.port))
+        if settings.port == 0:
+            settings.port = sock.getsockname()[1]
+        monitor_url = None
+        if not settings.nats_url:
+            nats = stack.enter_context(EmbeddedNats(settings.data_dir / "nats"))
+            settings.nats_url, monitor_url = nats.url, nats.monitor_url
+        if not settings.database_url:
+            settings.database_url = stack.enter_context(EmbeddedPostgres(settings.data_dir / "postgres")).url
+        anyio.run(_serve_async, settings, sock, monitor_url, backend_options={"use_uvloop": True})
+
+
+async def _serve_async(settings: Settings, sock: socket.socket, monitor_url: str | None) -> None:
+    async with open_hub(settings, nats_monitor_url=monitor_url) as hub:
+        url = f"http://{settings.host}:{settings.port}"
+        print(f"agenthub serving on {url} (MCP at {url}/mcp)", flush=True)
+        if settings.auth:
+            print(f"operator token: {(settings.data_dir / OPERATOR_TOKEN_FILE).resolve()}", flush=True)
+        await serve(create_app(hub), sock, log_level=settings.log_level)
+
+
+def run_token_create(settings: Settings, role: str, agent_id: str | None, url: str | None) -> None:
+    token_file = settings.data_dir / OPERATOR_TOKEN_FILE
+    try:
+        operator = token_file.read_text().strip()
+    except OSError as exc:
+        raise StartupError(f"cannot read the operator token at {token_file}: start the hub once first") from exc
+    target = (url or f"http://{settings.host}:{settings.port}").rstrip("/") + "/api/v1/tokens"
+    body: dict[str, Any] = {"role": role}
+    if agent_id is not None:
+        body["agent_id"] = agent_id
+    req = urllib.request.Request(target, data=json.dumps(body).encode(), method="POST", headers={
+        "Authorization": f"Bearer {operator}", "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 - the operator's own hub URL
+            created = json.load(resp)
+    except urllib.error.HTTPError as exc:
+        detail = json.loads(exc.read() or b"{}").get("detail", exc.reason)
+        raise StartupError(f"the hub refused: {detail}") from exc
+    except urllib.error.URLError as exc:
+        raise ServiceUnavailable(f"cannot reach the hub at {target}: {exc.reason}") from exc
+    print(created["token"])
+    print(f"{created['role']} token {created['token_id']}" + (f" for agent {agent_id}" if agent_id else ""),
+          file=sys.stderr)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="agenthub", description="MCP server and agent-collaboration hub")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve_p = sub.add_parser("serve", help="start the hub (embedded NATS and PostgreSQL unless configured)")
+    serve_p.add_argument("--data-dir", type=Path, help="state directory (default ./.agenthub, env AGENTHUB_DATA_DIR)")
+    serve_p.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    serve_p.add_argument("--port", type=int, help="port to bind (default 8765)")
+    serve_p.add_argument("--no-auth", action="store_true", help="no tokens needed (loopback only)")
+    token_p = sub.add_parser("token", help="manage bearer tokens")
+    token_sub = token_p.add_subparsers(dest="token_command", required=True)
+    create_p = token_sub.add_parser("create", help="mint a token on a running hub")
+    create_p.add_argument("--role", required=True, choices=["operator", "agent", "viewer"])
+    create_p.add_argument("--agent-id", help="the agent the token acts as (agent tokens only)")
+    create_p.add_argument("--url", help="hub URL (default http://127.0.0.1:8765)")
+    create_p.add_argument("--data-dir", type=Path, help="where the operator token is (default ./.agenthub)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    overrides: dict[str, Any] = {}
+    for name in ("data_dir", "host", "port"):
+        if getattr(args, name, None) is not None:
+            overrides[name] = getattr(args, name)
+    if getattr(args, "no_auth", False):
+        overrides["auth"] = False
+    try:
+        settings = Settings(**overrides)
+        logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        if args.command == "serve":
+            run_serve(settings)
+        else:
+            run_token_create(settings, args.role, args.agent_id, args.url)
+    except HubError as exc:
+        print(f"agenthub: error: {exc.message}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+
+
+if __name__ == "__main__":
+    main()

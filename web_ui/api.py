@@ -1,0 +1,151 @@
+"""REST `/api/v1`: the twins of the MCP tools, discovery browsing, and token minting for operators."""
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.requests import Request
+
+from agenthub.auth import Role, create_token
+from collaboration.filters import DiscoveryFilter
+from collaboration.models import (
+    AgentIdField,
+    CollaborationStatus,
+    ContextList,
+    Discovery,
+    DiscoveryTypeField,
+    FilterFields,
+    GetContextInput,
+    PollInput,
+    PollResult,
+    ShareContextInput,
+    SharedContext,
+    SharedDiscovery,
+    ShareDiscoveryInput,
+    Subscribed,
+    SubscribeInput,
+    Unit,
+    Unsubscribed,
+    UnsubscribeInput,
+)
+from web_ui.endpoints import Endpoint
+from web_ui.state import hub_of, principal_of
+
+
+class DiscoveryQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Annotated[list[DiscoveryTypeField], Field(max_length=6)] | None = None
+    role: Annotated[list[str], Field(max_length=50)] | None = None
+    agent_id: Annotated[list[AgentIdField], Field(max_length=50)] | None = None
+    min_confidence: Unit = 0.0
+    cursor: Annotated[int, Field(ge=0)] = 0
+    limit: Annotated[int, Field(ge=1, le=100)] = 50
+
+    def to_filter(self) -> DiscoveryFilter:
+        return DiscoveryFilter.of(FilterFields(discovery_types=self.type, agent_roles=self.role,
+                                               agent_ids=self.agent_id, min_confidence=self.min_confidence))
+
+
+class DiscoveryPage(BaseModel):
+    items: list[Discovery]
+    next_cursor: int
+
+
+class PollBody(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+    cursor: Annotated[int, Field(ge=0)] | None = None
+    wait_seconds: Annotated[float, Field(ge=0, le=30)] = 0
+    limit: Annotated[int, Field(ge=1, le=100)] = 50
+
+
+class ContextQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    context_type: list[str] | None = None
+    min_relevance: Unit = 0.0
+
+
+class TokenRequest(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+    role: Role
+    agent_id: AgentIdField | None = None
+
+
+class TokenCreated(BaseModel):
+    token_id: str
+    token: str
+    role: Role
+    agent_id: str | None
+
+
+async def share_discovery(request: Request, body: ShareDiscoveryInput) -> SharedDiscovery:
+    return await hub_of(request).collab.share_discovery(principal_of(request), body)
+
+
+async def list_discoveries(request: Request, query: DiscoveryQuery) -> DiscoveryPage:
+    principal_of(request)
+    items, cursor = await hub_of(request).collab.list_discoveries(query.to_filter(), query.cursor, query.limit)
+    return DiscoveryPage(items=items, next_cursor=cursor)
+
+
+async def get_discovery(request: Request, _: None) -> Discovery:
+    principal_of(request)
+    return await hub_of(request).collab.get_discovery(request.path_params["discovery_id"])
+
+
+async def subscribe(request: Request, body: SubscribeInput) -> Subscribed:
+    return await hub_of(request).collab.subscribe(principal_of(request), body)
+
+
+async def poll(request: Request, body: PollBody) -> PollResult:
+    req = PollInput(subscription_id=request.path_params["subscription_id"], **body.model_dump())
+    return await hub_of(request).collab.poll(principal_of(request), req)
+
+
+async def unsubscribe(request: Request, _: None) -> Unsubscribed:
+    req = UnsubscribeInput(subscription_id=request.path_params["subscription_id"])
+    return await hub_of(request).collab.unsubscribe(principal_of(request), req)
+
+
+async def share_context(request: Request, body: ShareContextInput) -> SharedContext:
+    return await hub_of(request).collab.share_context(principal_of(request), body)
+
+
+async def get_context(request: Request, query: ContextQuery) -> ContextList:
+    args: dict[str, Any] = {"agent_id": request.path_params["agent_id"], "min_relevance": query.min_relevance}
+    if query.context_type is not None:
+        args["context_types"] = query.context_type
+    return await hub_of(request).collab.get_context(principal_of(request), GetContextInput.model_validate(args))
+
+
+async def status(request: Request, _: None) -> CollaborationStatus:
+    principal_of(request)
+    return await hub_of(request).collab.status()
+
+
+async def create_token_endpoint(request: Request, body: TokenRequest) -> TokenCreated:
+    principal_of(request).require_operator()
+    token_id, token = await create_token(hub_of(request).pool, body.role, body.agent_id)
+    return TokenCreated(token_id=token_id, token=token, role=body.role, agent_id=body.agent_id)
+
+
+ENDPOINTS = [
+    Endpoint(method="POST", path="/api/v1/discoveries", summary="Share a discovery (twin of share_discovery)",
+             handler=share_discovery, body=ShareDiscoveryInput, response=SharedDiscovery, status=201),
+    Endpoint(method="GET", path="/api/v1/discoveries", summary="List discoveries after a cursor, filtered",
+             handler=list_discoveries, query=DiscoveryQuery, response=DiscoveryPage),
+    Endpoint(method="GET", path="/api/v1/discoveries/{discovery_id}", summary="One discovery",
+             handler=get_discovery, response=Discovery),
+    Endpoint(method="POST", path="/api/v1/subscriptions", summary="Subscribe to discoveries (twin of "
+             "subscribe_discoveries)", handler=subscribe, body=SubscribeInput, response=Subscribed, status=201),
+    Endpoint(method="POST", path="/api/v1/subscriptions/{subscription_id}/poll", summary="Long-poll a subscription "
+             "(twin of poll_discoveries)", handler=poll, body=PollBody, response=PollResult),
+    Endpoint(method="DELETE", path="/api/v1/subscriptions/{subscription_id}", summary="Unsubscribe",
+             handler=unsubscribe, response=Unsubscribed),
+    Endpoint(method="POST", path="/api/v1/context", summary="Share context (twin of share_context)",
+             handler=share_context, body=ShareContextInput, response=SharedContext, status=201),
+    Endpoint(method="GET", path="/api/v1/context/{agent_id}", summary="Unexpired context for an agent (twin of "
+             "get_context)", handler=get_context, query=ContextQuery, response=ContextList),
+    Endpoint(method="GET", path="/api/v1/status", summary="Collaboration status (twin of get_collaboration_status)",
+             handler=status, response=CollaborationStatus),
+    Endpoint(method="POST", path="/api/v1/tokens", summary="Mint a token (operator)", handler=create_token_endpoint,
+             body=TokenRequest, response=TokenCreated, status=201),
+]

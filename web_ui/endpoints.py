@@ -1,0 +1,101 @@
+"""A small table of JSON endpoints: each declares its body, query and response models once, which gives both the
+Starlette route (parsing, validation, error translation) and its entry in `/openapi.json`."""
+
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from agenthub.errors import HubError
+from web_ui.problems import problem, problem_for, validation_problem
+
+Handler = Callable[[Request, Any], Awaitable[BaseModel | Response]]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Endpoint:
+    method: str
+    path: str
+    summary: str
+    handler: Handler
+    body: type[BaseModel] | None = None
+    query: type[BaseModel] | None = None
+    response: type[BaseModel] | None = None
+    status: int = 200
+
+    def route(self) -> Route:
+        async def endpoint(request: Request) -> Response:
+            try:
+                arg = await self._parse(request)
+            except ValidationError as exc:
+                return validation_problem(exc)
+            except ValueError as exc:
+                return problem(400, "Malformed JSON", str(exc))
+            try:
+                result = await self.handler(request, arg)
+            except ValidationError as exc:
+                return validation_problem(exc)
+            except HubError as exc:
+                return problem_for(exc)
+            if isinstance(result, Response):
+                return result
+            return JSONResponse(result.model_dump(mode="json"), status_code=self.status)
+
+        return Route(self.path, endpoint, methods=[self.method])
+
+    async def _parse(self, request: Request) -> BaseModel | None:
+        if self.body is not None:
+            raw = await request.body()
+            try:
+                data = json.loads(raw)
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise ValueError(f"the body is not valid JSON: {exc}") from exc
+            return self.body.model_validate(data)
+        if self.query is not None:
+            params: dict[str, Any] = {}
+            for key in request.query_params:
+                values = request.query_params.getlist(key)
+                field = self.query.model_fields.get(key)
+                is_list = field is not None and "list" in str(field.annotation)
+                params[key] = [v for raw in values for v in raw.split(",") if v] if is_list else values[-1]
+            return self.query.model_validate(params)
+        return None
+
+
+def openapi(endpoints: list[Endpoint], *, title: str, version: str, extra_paths: dict[str, Any]) -> dict[str, Any]:
+    """An OpenAPI 3.1 document for the endpoint table (plus hand-described paths such as the SSE stream)."""
+    paths: dict[str, Any] = dict(extra_paths)
+    schemas: dict[str, Any] = {}
+
+    def ref(model: type[BaseModel]) -> dict[str, str]:
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas.update(schema.pop("$defs", {}))
+        schemas[model.__name__] = schema
+        return {"$ref": f"#/components/schemas/{model.__name__}"}
+
+    for ep in endpoints:
+        op: dict[str, Any] = {"summary": ep.summary, "responses": {
+            str(ep.status): {"description": "OK", "content": {"application/json": {
+                "schema": ref(ep.response) if ep.response else {}}}},
+            "default": {"description": "Problem", "content": {"application/problem+json": {}}},
+        }}
+        if ep.body is not None:
+            op["requestBody"] = {"required": True, "content": {"application/json": {"schema": ref(ep.body)}}}
+        if ep.query is not None:
+            op["parameters"] = [
+                {"name": name, "in": "query", "required": f.is_required(), "schema": {}}
+                for name, f in ep.query.model_fields.items()
+            ]
+        params = [seg[1:-1] for seg in ep.path.split("/") if seg.startswith("{")]
+        if params:
+            op.setdefault("parameters", []).extend(
+                {"name": p, "in": "path", "required": True, "schema": {"type": "string"}} for p in params)
+        paths.setdefault(ep.path, {})[ep.method.lower()] = op
+    return {"openapi": "3.1.0", "info": {"title": title, "version": version}, "paths": paths,
+            "components": {"schemas": schemas, "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+            "security": [{"bearer": []}]}

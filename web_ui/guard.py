@@ -1,0 +1,148 @@
+"""The outermost ASGI layer: Host and Origin checks, body size limit and bearer-token authentication.
+
+It runs before any route, so a bad Origin or an oversize body is refused before any work is done. The caller's
+`Principal` is put in `scope["state"]["principal"]` for routes and MCP tools to read.
+"""
+
+import logging
+import time
+from collections.abc import Callable
+from urllib.parse import parse_qs
+
+import asyncpg
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from agenthub.auth import LOCAL_OPERATOR, Principal, resolve_token
+from agenthub.errors import Unauthenticated
+from web_ui.problems import problem
+
+logger = logging.getLogger(__name__)
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
+# Paths anyone may read without a token: liveness, readiness, metrics scraping, the API description, the page.
+PUBLIC_PATHS = frozenset({"/health", "/ready", "/metrics", "/openapi.json"})
+# Browsers' EventSource cannot send headers, so the UI streams also take `?access_token=`.
+QUERY_TOKEN_PATHS = frozenset({"/discoveries/stream"})
+_CACHE_SECONDS = 10.0
+_CACHE_MAX = 4096
+
+
+def _host_allowed(host: str, extra: list[str]) -> bool:
+    """Loopback names on any port, plus the configured `host[:port]` values."""
+    if host in extra:
+        return True
+    name = host[: host.index("]") + 1] if host.startswith("[") and "]" in host else host.split(":", 1)[0]
+    return name in LOOPBACK_HOSTS
+
+
+def _origin_allowed(origin: str, extra: list[str]) -> bool:
+    if origin in extra:
+        return True
+    for scheme in ("http://", "https://"):
+        if origin.startswith(scheme):
+            return _host_allowed(origin.removeprefix(scheme), [])
+    return False
+
+
+class Guard:
+    def __init__(self, app: ASGIApp, *, max_body: int, auth: bool, allowed_hosts: list[str],
+                 allowed_origins: list[str], pool: Callable[[], asyncpg.Pool | None]) -> None:
+        self.app = app
+        self.max_body = max_body
+        self.auth = auth
+        self.allowed_hosts = allowed_hosts
+        self.allowed_origins = allowed_origins
+        self._pool = pool
+        self._cache: dict[str, tuple[float, Principal]] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        host = headers.get("host", "")
+        if not _host_allowed(host, self.allowed_hosts):
+            await problem(403, "Forbidden host", f"Host {host!r} is not allowed")(scope, receive, send)
+            return
+        origin = headers.get("origin")
+        if origin is not None and not _origin_allowed(origin, self.allowed_origins):
+            await problem(403, "Forbidden origin", f"Origin {origin!r} is not allowed")(scope, receive, send)
+            return
+        length = headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_body):
+            await problem(413, "Body too large", f"request bodies are limited to {self.max_body} bytes")(
+                scope, receive, send)
+            return
+        bounded = await self._bounded_body(scope, receive, send)
+        if bounded is None:
+            return
+        receive = bounded
+        try:
+            principal = await self._authenticate(scope, headers)
+        except Unauthenticated as exc:
+            await problem(401, "Unauthenticated", exc.message)(scope, receive, send)
+            return
+        scope.setdefault("state", {})["principal"] = principal
+        await self.app(scope, receive, send)
+
+    async def _bounded_body(self, scope: Scope, receive: Receive, send: Send) -> Receive | None:
+        """Read a body of unknown length up to the limit; None (after answering 413) when it is larger."""
+        if scope["method"] in ("GET", "HEAD", "DELETE", "OPTIONS"):
+            return receive
+        chunks: list[bytes] = []
+        size = 0
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body:
+                await problem(413, "Body too large", f"request bodies are limited to {self.max_body} bytes")(
+                    scope, receive, send)
+                return None
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        return replay
+
+    async def _authenticate(self, scope: Scope, headers: dict[str, str]) -> Principal | None:
+        if not self.auth:
+            return LOCAL_OPERATOR
+        path: str = scope["path"]
+        token = None
+        authorization = headers.get("authorization", "")
+        if authorization[:7].lower() == "bearer ":
+            token = authorization[7:].strip()
+        elif path in QUERY_TOKEN_PATHS:
+            token = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("access_token", [None])[0]
+        if token is None:
+            if path in PUBLIC_PATHS or path == "/":
+                return None
+            raise Unauthenticated("missing bearer token: send 'Authorization: Bearer <token>'")
+        return await self._resolve(token)
+
+    async def _resolve(self, token: str) -> Principal:
+        now = time.monotonic()
+        cached = self._cache.get(token)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        pool = self._pool()
+        if pool is None:
+            raise Unauthenticated("the hub is starting; retry")
+        principal = await resolve_token(pool, token)
+        if len(self._cache) >= _CACHE_MAX:
+            self._cache.clear()
+        self._cache[token] = (now + _CACHE_SECONDS, principal)
+        return principal
+

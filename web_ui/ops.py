@@ -1,0 +1,84 @@
+"""Operations endpoints: `/health` (alive), `/ready` (NATS and PostgreSQL reachable), `/metrics` (Prometheus)
+and `/metrics/system` (the JSON of the MS-1 monitoring flow, with live values)."""
+
+import json
+import time
+import urllib.request
+from datetime import UTC, datetime
+from typing import Any
+
+import anyio
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from web_ui.state import HubState, hub_of
+
+_BUSY_SECONDS = 60
+
+
+async def health(request: Request) -> Response:
+    hub = hub_of(request)
+    return JSONResponse({"status": "ok", "uptime_seconds": round(time.monotonic() - hub.started, 1)})
+
+
+async def ready(request: Request) -> Response:
+    hub = hub_of(request)
+    checks: dict[str, str] = {"nats": "ok" if hub.bus.connected else "disconnected"}
+    try:
+        with anyio.fail_after(2):
+            await hub.pool.fetchval("SELECT 1")
+        checks["postgres"] = "ok"
+    except Exception as exc:  # any failure to answer means not ready; report it instead of raising
+        checks["postgres"] = f"unreachable: {type(exc).__name__}"
+    ok = all(v == "ok" for v in checks.values())
+    return JSONResponse({"status": "ready" if ok else "not ready", "checks": checks}, status_code=200 if ok else 503)
+
+
+async def metrics(request: Request) -> Response:
+    return Response(generate_latest(hub_of(request).metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def _nats_connections(monitor_url: str) -> int | None:
+    with urllib.request.urlopen(f"{monitor_url}/varz", timeout=1) as resp:  # noqa: S310 - loopback URL we started
+        varz: dict[str, Any] = json.load(resp)
+    value = varz.get("connections")
+    return int(value) if value is not None else None
+
+
+async def system_metrics(request: Request) -> Response:
+    hub = hub_of(request)
+    row = await hub.pool.fetchrow(
+        "SELECT count(*) AS total, count(*) FILTER (WHERE last > now() - make_interval(secs => $1)) AS busy FROM ("
+        " SELECT agent_id, max(created_at) AS last FROM discoveries GROUP BY agent_id"
+        " UNION ALL SELECT subscriber_agent_id, NULL FROM subscriptions"
+        "  WHERE subscriber_agent_id NOT IN (SELECT agent_id FROM discoveries)) a", float(_BUSY_SECONDS),
+    )
+    total, busy = (row["total"], row["busy"]) if row else (0, 0)
+    return JSONResponse({
+        "timestamp": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+        "agents": {"total": total, "idle": total - busy, "busy": busy},
+        "nats": {"connections": await _connections(hub), "messages_per_sec": _nats_rate(hub)},
+        "system": {
+            "cpu_percent": hub.process.cpu_percent(interval=None),
+            "memory_mb": round(hub.process.memory_info().rss / 2**20, 1),
+        },
+    })
+
+
+async def _connections(hub: HubState) -> int | None:
+    if hub.nats_monitor_url is None:
+        return None
+    try:
+        return await anyio.to_thread.run_sync(_nats_connections, hub.nats_monitor_url)
+    except OSError:
+        return None
+
+
+def _nats_rate(hub: HubState) -> float:
+    """Messages in and out of this hub's NATS connection per second since the previous call."""
+    stats = hub.bus.nc.stats
+    now, count = time.monotonic(), int(stats["in_msgs"]) + int(stats["out_msgs"])
+    then, before = hub.nats_sample
+    hub.nats_sample = (now, count)
+    return round((count - before) / (now - then), 1) if then else 0.0

@@ -1,0 +1,47 @@
+"""HTTP problem JSON (RFC 9457) for every error, and the one mapping from domain errors to HTTP statuses."""
+
+from typing import Any
+
+from pydantic import ValidationError
+from starlette.responses import JSONResponse
+
+from agenthub.errors import (
+    Forbidden,
+    HubError,
+    InvalidInput,
+    NotFound,
+    ServiceUnavailable,
+    TooManyConnections,
+    Unauthenticated,
+)
+
+_STATUS: list[tuple[type[HubError], int, str]] = [
+    (InvalidInput, 400, "Invalid input"),
+    (NotFound, 404, "Not found"),
+    (Unauthenticated, 401, "Unauthenticated"),
+    (Forbidden, 403, "Forbidden"),
+    (TooManyConnections, 429, "Too many connections"),
+    (ServiceUnavailable, 503, "Service unavailable"),
+]
+
+
+def problem(status: int, title: str, detail: str, **extra: Any) -> JSONResponse:
+    headers = {"WWW-Authenticate": 'Bearer realm="agenthub"'} if status == 401 else None
+    body = {"type": "about:blank", "title": title, "status": status, "detail": detail, **extra}
+    return JSONResponse(body, status_code=status, media_type="application/problem+json", headers=headers)
+
+
+def problem_for(exc: HubError) -> JSONResponse:
+    for kind, status, title in _STATUS:
+        if isinstance(exc, kind):
+            return problem(status, title, exc.message)
+    return problem(500, "Internal error", exc.message)
+
+
+def validation_problem(exc: ValidationError) -> JSONResponse:
+    errors = [
+        {"loc": ".".join(str(p) for p in e["loc"]), "msg": e["msg"], "type": e["type"]}
+        for e in exc.errors(include_url=False, include_input=False)
+    ]
+    detail = "; ".join(f"{e['loc'] or 'body'}: {e['msg']}" for e in errors)
+    return problem(422, "Validation failed", detail, errors=errors)

@@ -1,0 +1,43 @@
+"""What the HTTP layer needs from a running hub, set on `app.state.hub` by the lifespan."""
+
+import time
+from dataclasses import dataclass, field
+
+import asyncpg
+import psutil
+from starlette.requests import Request
+
+from agenthub.auth import LOCAL_OPERATOR, Principal
+from agenthub.bus import Bus
+from agenthub.errors import Unauthenticated
+from agenthub.metrics import HubMetrics
+from agenthub.settings import Settings
+from collaboration.service import Collaboration
+
+
+@dataclass(slots=True, kw_only=True)
+class HubState:
+    settings: Settings
+    pool: asyncpg.Pool
+    bus: Bus
+    metrics: HubMetrics
+    collab: Collaboration
+    nats_monitor_url: str | None = None
+    started: float = field(default_factory=time.monotonic)
+    process: psutil.Process = field(default_factory=psutil.Process)
+    nats_sample: tuple[float, int] = (0.0, 0)
+
+
+def hub_of(request: Request) -> HubState:
+    hub: HubState = request.app.state.hub
+    return hub
+
+
+def principal_of(request: Request) -> Principal:
+    """The caller as resolved by the guard; anonymous callers reach only public paths."""
+    principal: Principal | None = request.scope.get("state", {}).get("principal")
+    if principal is None:
+        if not hub_of(request).settings.auth:
+            return LOCAL_OPERATOR
+        raise Unauthenticated("missing bearer token: send 'Authorization: Bearer <token>'")
+    return principal

@@ -1,0 +1,96 @@
+"""`GET /discoveries/stream`: discoveries as Server-Sent Events, resumable by sequence.
+
+Filters come from a subscription (`subscription_id=`) or from query parameters (type, role, agent_id,
+min_confidence). The stream starts after `Last-Event-ID` (header, or `last_event_id=`), else after `start`
+(`now`, `beginning` or a sequence; a subscription's default is its stored cursor). It replays what it must from
+the log, then follows the live feed; an event id is a sequence, so a client that drops resumes exactly where it
+was. A client whose queue fills (it stopped reading) is disconnected and can resume.
+"""
+
+import json
+from collections.abc import AsyncIterator
+
+from pydantic import ValidationError
+from sse_starlette import EventSourceResponse, ServerSentEvent
+from starlette.requests import Request
+from starlette.responses import Response
+
+from agenthub.errors import CursorInFuture, HubError, InvalidInput, TooManyConnections
+from collaboration.feed import Listener, encode_event
+from collaboration.filters import DiscoveryFilter
+from web_ui.api import DiscoveryQuery
+from web_ui.problems import problem_for, validation_problem
+from web_ui.state import HubState, hub_of, principal_of
+
+_REPLAY_PAGE = 100
+_RETRY_MS = 2000
+
+
+def _start_point(request: Request, default: int, newest: int) -> int:
+    raw = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
+    if raw is None:
+        raw = request.query_params.get("start")
+    if raw is None or raw == "now":
+        start = default
+    elif raw == "beginning":
+        start = 0
+    elif raw.isdigit():
+        start = int(raw)
+    else:
+        raise InvalidInput(f"invalid stream position {raw!r}: use a sequence number, 'now' or 'beginning'")
+    if start > newest:
+        raise CursorInFuture(start, newest)
+    return start
+
+
+async def discovery_stream(request: Request) -> Response:
+    hub = hub_of(request)
+    try:
+        who = principal_of(request)
+        newest = await hub.collab.log.newest_sequence()
+        params = {k: v for k, v in request.query_params.items() if k not in ("start", "last_event_id", "access_token")}
+        sub_id = params.pop("subscription_id", None)
+        if sub_id is not None:
+            if params:
+                raise InvalidInput("give either subscription_id or filter parameters, not both")
+            sub = await hub.collab.own_subscription(who, sub_id)
+            flt, default = sub.flt, sub.cursor
+        else:
+            query = DiscoveryQuery.model_validate(
+                {k: request.query_params.getlist(k) if k in ("type", "role", "agent_id") else v
+                 for k, v in params.items()})
+            flt, default = query.to_filter(), newest
+        start = _start_point(request, default, newest)
+        if hub.collab.feed.listener_count >= hub.settings.sse.max_clients:
+            raise TooManyConnections(hub.settings.sse.max_clients)
+    except ValidationError as exc:
+        return validation_problem(exc)
+    except HubError as exc:
+        return problem_for(exc)
+    listener = hub.collab.feed.listen(flt)
+    hub.metrics.sse_clients.inc()
+    return EventSourceResponse(
+        _events(hub, listener, flt, start),
+        ping=hub.settings.sse.heartbeat_seconds,
+        send_timeout=hub.settings.sse.send_timeout_seconds,
+    )
+
+
+async def _events(hub: HubState, listener: Listener, flt: DiscoveryFilter, start: int) -> AsyncIterator[
+        ServerSentEvent | bytes]:
+    try:
+        yield ServerSentEvent(json.dumps({"cursor": start, "newest": listener.registered_at}), event="connected",
+                              retry=_RETRY_MS)
+        cursor = start
+        while cursor < listener.registered_at:
+            items, cursor = await hub.collab.log.read(flt, cursor, _REPLAY_PAGE)
+            for d in items:
+                yield encode_event(d).frame
+        async with listener.receive:
+            async for event in listener.receive:
+                if event.discovery.sequence > cursor:
+                    cursor = event.discovery.sequence
+                    yield event.frame
+    finally:
+        hub.collab.feed.unlisten(listener)
+        hub.metrics.sse_clients.dec()
