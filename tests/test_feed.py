@@ -1,0 +1,86 @@
+"""The live feed delivers every committed discovery once and in order, whatever NATS does, and the Python and
+SQL forms of a filter agree."""
+
+import json
+import random
+
+import anyio
+
+from collaboration.discoveries import _INSERT, row_to_discovery
+from collaboration.filters import SQL_CONDITION, DiscoveryFilter
+from collaboration.models import DISCOVERY_TYPES, Discovery
+from tests.conftest import RunningHub
+
+
+async def _insert_silently(hub: RunningHub, n: int, agent: str = "ghost") -> list[Discovery]:
+    """Commit discoveries the way a replica does, but without publishing them (as if its NATS publish failed)."""
+    rows = [await hub.state.pool.fetchrow(_INSERT, f"disc_{agent}{i:012d}", agent, "Role", "insight", f"c{i}", 0.5,
+                                          None, []) for i in range(n)]
+    return [row_to_discovery(r) for r in rows if r is not None]
+
+
+async def _collect(hub: RunningHub, count: int) -> list[int]:
+    listener = hub.state.collab.feed.listen(DiscoveryFilter())
+    seen: list[int] = []
+    try:
+        with anyio.fail_after(5):
+            async for event in listener.receive:
+                seen.append(event.discovery.sequence)
+                if len(seen) == count:
+                    break
+    finally:
+        hub.state.collab.feed.unlisten(listener)
+    return seen
+
+
+async def test_a_discovery_whose_publish_was_lost_still_reaches_listeners(hub: RunningHub) -> None:
+    async with anyio.create_task_group() as tg:
+        result: list[int] = []
+
+        async def collect() -> None:
+            result.extend(await _collect(hub, 3))
+
+        tg.start_soon(collect)
+        await anyio.sleep(0.05)
+        await _insert_silently(hub, 3)
+    assert result == [1, 2, 3]
+
+
+async def test_discoveries_arriving_out_of_order_are_delivered_in_sequence(hub: RunningHub) -> None:
+    async with anyio.create_task_group() as tg:
+        result: list[int] = []
+
+        async def collect() -> None:
+            result.extend(await _collect(hub, 4))
+
+        tg.start_soon(collect)
+        await anyio.sleep(0.05)
+        stored = await _insert_silently(hub, 4)
+        bus = hub.state.bus
+        for d in reversed(stored):  # newest first, and one malformed message in between
+            await bus.publish(bus.subject(f"discoveries.ghost.{d.discovery_type}"), d.model_dump(mode="json"))
+            await bus.nc.publish(bus.subject("discoveries.ghost.insight"), b"{not json")
+    assert result == [1, 2, 3, 4]
+
+
+async def test_python_and_sql_filters_select_the_same_discoveries(hub: RunningHub) -> None:
+    rng = random.Random(7)
+    agents, roles = ["a1", "a2", "a3"], ["Analyzer", "analyzer", "Critic", "Builder"]
+    pool = hub.state.pool
+    stored = []
+    for i in range(120):
+        row = await pool.fetchrow(_INSERT, f"disc_f{i:014d}", rng.choice(agents), rng.choice(roles),
+                                  rng.choice(DISCOVERY_TYPES), "x", round(rng.random(), 2), None, [])
+        assert row is not None
+        stored.append(row_to_discovery(row))
+    for _ in range(60):
+        flt = DiscoveryFilter(
+            types=frozenset(rng.sample(DISCOVERY_TYPES, rng.randint(1, 3))) if rng.random() < 0.7 else None,
+            roles=frozenset(r.lower() for r in rng.sample(roles, 2)) if rng.random() < 0.5 else None,
+            agent_ids=frozenset(rng.sample(agents, 2)) if rng.random() < 0.5 else None,
+            min_confidence=round(rng.random(), 2) if rng.random() < 0.5 else 0.0,
+        )
+        rows = await pool.fetch(f"SELECT sequence FROM discoveries WHERE {SQL_CONDITION} ORDER BY sequence",
+                                0, 10**9, *flt.sql_args())
+        assert [r["sequence"] for r in rows] == [d.sequence for d in stored if flt.matches(d)], json.dumps(
+            flt.sql_args())
