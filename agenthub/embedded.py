@@ -88,7 +88,7 @@ class EmbeddedNats(_Service):
     """nats-server with JetStream under `<root>`; `url` and `monitor_url` are set once started."""
 
     def __init__(self, root: Path) -> None:
-        self.root = root
+        self.root = root.absolute()
         self.url = ""
         self.monitor_url = ""
         self._proc: subprocess.Popen[bytes] | None = None
@@ -157,7 +157,7 @@ class EmbeddedPostgres(_Service):
     """A PostgreSQL cluster in `<root>/data`, served on a free loopback port; `url` is set once started."""
 
     def __init__(self, root: Path) -> None:
-        self.root = root
+        self.root = root.absolute()
         self.url = ""
         self._started = False
         self._run_as: pwd.struct_passwd | None = None
@@ -205,8 +205,11 @@ class EmbeddedPostgres(_Service):
         if self._run_as is not None:
             kwargs = {"user": self._run_as.pw_uid, "group": self._run_as.pw_gid, "extra_groups": []}
         env = {"PATH": "/usr/bin:/bin", "LC_ALL": "C.UTF-8", "LANG": "C.UTF-8"}
-        result = subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=env, cwd=self.root,
-                                start_new_session=True, **kwargs)
+        try:
+            result = subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=env, cwd=self.root,
+                                    start_new_session=True, **kwargs)
+        except OSError as exc:
+            raise StartupError(f"cannot run {args[0]}: {exc.strerror or exc}") from exc
         if result.returncode != 0:
             detail = (result.stderr or result.stdout).strip().splitlines()
             raise StartupError(f"{Path(args[0]).name} failed: {detail[-1] if detail else result.returncode}")
