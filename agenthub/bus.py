@@ -56,8 +56,11 @@ async def connect_bus(url: str, prefix: str, on_publish_failure: Callable[[], No
     async def on_error(exc: Exception) -> None:
         logger.warning("NATS: %s", exc)
 
+    closing = False
+
     async def on_disconnected() -> None:
-        logger.warning("NATS disconnected; reconnecting")
+        if not closing:  # draining on exit disconnects too; that is no outage
+            logger.warning("NATS disconnected; reconnecting")
 
     async def on_reconnected() -> None:
         logger.info("NATS reconnected")
@@ -73,6 +76,7 @@ async def connect_bus(url: str, prefix: str, on_publish_failure: Callable[[], No
     try:
         yield Bus(nc, prefix, on_publish_failure)
     finally:
+        closing = True
         try:
             await nc.drain()
         except Exception:  # a connection that already dropped cannot drain; closing is all that is left

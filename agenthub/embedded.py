@@ -77,7 +77,11 @@ class _Service:
         raise NotImplementedError
 
     def __enter__(self) -> Self:
-        self.start()
+        try:
+            self.start()
+        except BaseException:
+            self.stop()  # a start cut short (an error, Ctrl-C, SIGTERM) must not leave a child running
+            raise
         return self
 
     def __exit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
@@ -231,21 +235,26 @@ class EmbeddedPostgres(_Service):
         data = self.root / "data"
         password_file = self.root / "password"
         if not (data / "PG_VERSION").exists():
+            # initdb into a staging directory renamed only once complete (and its password saved): an initdb cut
+            # short leaves no half-made cluster for the next start to trip over.
+            staging = self.root / "data.initdb"
             shutil.rmtree(data, ignore_errors=True)
-            data.mkdir(mode=0o700)
-            self._chown(data)
+            shutil.rmtree(staging, ignore_errors=True)
+            staging.mkdir(mode=0o700)
+            self._chown(staging)
             password = secrets.token_urlsafe(24)
             pwfile = self.root / "initdb-password"
             pwfile.write_text(password + "\n")
             pwfile.chmod(0o600)
             self._chown(pwfile)
             try:
-                self._run([str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=scram-sha-256",
+                self._run([str(bin_dir / "initdb"), "-D", str(staging), "-U", "postgres", "--auth=scram-sha-256",
                            f"--pwfile={pwfile}", "-E", "UTF8", "--no-instructions"])
             finally:
                 pwfile.unlink(missing_ok=True)
             password_file.write_text(password)
             password_file.chmod(0o600)
+            staging.rename(data)
         password = password_file.read_text().strip()
         self._stop_stale(bin_dir, data)
         log_dir = self.root / "log"

