@@ -1,7 +1,6 @@
 """A small table of JSON endpoints: each declares its body, query and response models once, which gives both the
 Starlette route (parsing, validation, error translation) and its entry in `/openapi.json`."""
 
-import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -50,12 +49,15 @@ class Endpoint:
 
     async def _parse(self, request: Request) -> BaseModel | None:
         if self.body is not None:
-            raw = await request.body()
+            # JSON-mode validation: strict models accept what JSON can express (an enum's value, not its instance).
             try:
-                data = json.loads(raw)
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                raise ValueError(f"the body is not valid JSON: {exc}") from exc
-            return self.body.model_validate(data)
+                return self.body.model_validate_json(await request.body())
+            except ValidationError as exc:
+                bad_json = [e.get("ctx", {}).get("error", e["msg"]) for e in exc.errors()
+                            if e["type"] == "json_invalid"]
+                if bad_json:
+                    raise ValueError(f"the body is not valid JSON: {bad_json[0]}") from exc
+                raise
         if self.query is not None:
             params: dict[str, Any] = {}
             for key in request.query_params:

@@ -51,7 +51,7 @@ async def system_metrics(request: Request) -> Response:
     row = await hub.pool.fetchrow(
         "SELECT count(*) AS total, count(*) FILTER (WHERE last > now() - make_interval(secs => $1)) AS busy FROM ("
         " SELECT agent_id, max(created_at) AS last FROM discoveries GROUP BY agent_id"
-        " UNION ALL SELECT subscriber_agent_id, NULL FROM subscriptions"
+        " UNION ALL SELECT DISTINCT subscriber_agent_id, NULL::timestamptz FROM subscriptions"
         "  WHERE subscriber_agent_id NOT IN (SELECT agent_id FROM discoveries)) a", float(_BUSY_SECONDS),
     )
     total, busy = (row["total"], row["busy"]) if row else (0, 0)
