@@ -36,8 +36,6 @@ class HubMetrics:
         self.sse_dropped = Counter("agenthub_sse_dropped_clients", "SSE clients dropped for not reading", registry=r)
         self.nats_publish_failures = Counter("agenthub_nats_publish_failures", "NATS publishes that failed",
                                              registry=r)
-        self.http_requests = Counter("agenthub_http_requests", "HTTP requests by status class", ["status"],
-                                     registry=r)
 
     def watch_pool(self, read: Callable[[], tuple[int, int, int]]) -> None:
         self.registry.register(_PoolCollector(read))

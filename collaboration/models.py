@@ -4,10 +4,11 @@ Inputs are strict (no type coercion from strings) and reject unexpected fields. 
 are accepted in any case and stored lowercase.
 """
 
+import re
 from datetime import datetime
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, ValidationError
 
 from agenthub.ids import AGENT_ID_PATTERN
 
@@ -39,6 +40,19 @@ def _not_blank(value: str) -> str:
 
 
 Content = Annotated[str, StringConstraints(min_length=1, max_length=MAX_CONTENT_CHARS), AfterValidator(_not_blank)]
+
+
+_FIELD = re.compile(r"^[a-z_][a-z0-9_]*$")
+_TYPE_TAGS = frozenset({"str", "int", "float", "bool", "none", "list", "dict"})
+
+
+def validation_errors(exc: ValidationError) -> list[tuple[str, str, str]]:
+    """(field path, message, error type) per error, without pydantic's internal validator names in the path."""
+    out = []
+    for e in exc.errors(include_url=False, include_input=False):
+        parts = [str(p) for p in e["loc"] if isinstance(p, int) or (_FIELD.match(p) and p not in _TYPE_TAGS)]
+        out.append((".".join(parts), e["msg"], e["type"]))
+    return out
 
 
 class Strict(BaseModel):

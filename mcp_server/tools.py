@@ -34,6 +34,7 @@ from collaboration.models import (
     SubscribeInput,
     Unsubscribed,
     UnsubscribeInput,
+    validation_errors,
 )
 from collaboration.service import Collaboration
 
@@ -124,11 +125,8 @@ def _text_result(message: str) -> types.CallToolResult:
 
 
 def _validation_message(exc: ValidationError) -> str:
-    parts = []
-    for e in exc.errors(include_url=False, include_input=False):
-        loc = ".".join(str(p) for p in e["loc"]) or "arguments"
-        parts.append(f"{loc}: {e['msg']}")
-    return "invalid arguments: " + "; ".join(parts)
+    details = (f"{loc or 'arguments'}: {msg}" for loc, msg, _ in validation_errors(exc))
+    return "invalid arguments: " + "; ".join(details)
 
 
 async def call_tool(collab: Collaboration, who: Principal, metrics: HubMetrics, name: str,

@@ -73,17 +73,17 @@ class Guard:
             await problem(413, "Body too large", f"request bodies are limited to {self.max_body} bytes")(
                 scope, receive, send)
             return
-        bounded = await self._bounded_body(scope, receive, send)
-        if bounded is None:
-            return
-        receive = bounded
         try:
             principal = await self._authenticate(scope, headers)
         except Unauthenticated as exc:
             await problem(401, "Unauthenticated", exc.message)(scope, receive, send)
             return
+        # Only an authenticated request gets its body buffered.
+        bounded = await self._bounded_body(scope, receive, send)
+        if bounded is None:
+            return
         scope.setdefault("state", {})["principal"] = principal
-        await self.app(scope, receive, send)
+        await self.app(scope, bounded, send)
 
     async def _bounded_body(self, scope: Scope, receive: Receive, send: Send) -> Receive | None:
         """Read a body of unknown length up to the limit; None (after answering 413) when it is larger."""

@@ -14,6 +14,7 @@ from agenthub.errors import (
     TooManyConnections,
     Unauthenticated,
 )
+from collaboration.models import validation_errors
 
 _STATUS: list[tuple[type[HubError], int, str]] = [
     (InvalidInput, 400, "Invalid input"),
@@ -39,9 +40,6 @@ def problem_for(exc: HubError) -> JSONResponse:
 
 
 def validation_problem(exc: ValidationError) -> JSONResponse:
-    errors = [
-        {"loc": ".".join(str(p) for p in e["loc"]), "msg": e["msg"], "type": e["type"]}
-        for e in exc.errors(include_url=False, include_input=False)
-    ]
+    errors = [{"loc": loc, "msg": msg, "type": kind} for loc, msg, kind in validation_errors(exc)]
     detail = "; ".join(f"{e['loc'] or 'body'}: {e['msg']}" for e in errors)
     return problem(422, "Validation failed", detail, errors=errors)

@@ -15,6 +15,12 @@ from agenthub.settings import Settings
 from collaboration.service import Collaboration
 
 
+def _sampled_process() -> psutil.Process:
+    process = psutil.Process()
+    process.cpu_percent(interval=None)  # the first reading only starts the measurement
+    return process
+
+
 @dataclass(slots=True, kw_only=True)
 class HubState:
     settings: Settings
@@ -24,7 +30,7 @@ class HubState:
     collab: Collaboration
     nats_monitor_url: str | None = None
     started: float = field(default_factory=time.monotonic)
-    process: psutil.Process = field(default_factory=psutil.Process)
+    process: psutil.Process = field(default_factory=_sampled_process)
     nats_sample: tuple[float, int] = (0.0, 0)
 
 

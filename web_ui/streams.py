@@ -8,6 +8,7 @@ was. A client whose queue fills (it stopped reading) is disconnected and can res
 """
 
 import json
+import re
 from collections.abc import AsyncIterator
 
 from pydantic import ValidationError
@@ -24,6 +25,8 @@ from web_ui.state import HubState, hub_of, principal_of
 
 _REPLAY_PAGE = 100
 _RETRY_MS = 2000
+# ASCII digits only (str.isdigit also takes '²', which int() refuses), and few enough for int() to parse.
+_SEQUENCE = re.compile(r"[0-9]{1,20}")
 
 
 def _start_point(request: Request, default: int, newest: int) -> int:
@@ -34,7 +37,7 @@ def _start_point(request: Request, default: int, newest: int) -> int:
         start = default
     elif raw == "beginning":
         start = 0
-    elif raw.isdigit():
+    elif _SEQUENCE.fullmatch(raw):
         start = int(raw)
     else:
         raise InvalidInput(f"invalid stream position {raw!r}: use a sequence number, 'now' or 'beginning'")
@@ -67,6 +70,10 @@ async def discovery_stream(request: Request) -> Response:
         return validation_problem(exc)
     except HubError as exc:
         return problem_for(exc)
+    if request.method == "HEAD":
+        # sse-starlette answers HEAD with the headers alone and never runs the stream, which would leave a
+        # listener behind that nothing removes.
+        return EventSourceResponse(iter(()))
     listener = hub.collab.feed.listen(flt)
     hub.metrics.sse_clients.inc()
     return EventSourceResponse(
