@@ -26,6 +26,7 @@ import subprocess
 import sys
 import sysconfig
 import time
+from abc import ABC, abstractmethod
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -67,14 +68,14 @@ def _stop_pid(pid: int, timeout: float) -> None:
         os.kill(pid, signal.SIGKILL)
 
 
-class _Service:
+class _Service(ABC):
     """Shared context-manager protocol: `start()` on enter, `stop()` on exit."""
 
-    def start(self) -> str:
-        raise NotImplementedError  # each service implements it; this base only wires the protocol
+    @abstractmethod
+    def start(self) -> str: ...
 
-    def stop(self) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def stop(self) -> None: ...
 
     def __enter__(self) -> Self:
         try:

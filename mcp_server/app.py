@@ -104,7 +104,7 @@ def create_app(hub: HubState) -> Starlette:
     app.state.hub = hub
     app.add_middleware(
         Guard, max_body=settings.limits.max_body_bytes, auth=settings.auth, allowed_hosts=settings.allowed_hosts,
-        allowed_origins=settings.allowed_origins, pool=lambda: hub.pool,
+        allowed_origins=settings.allowed_origins, pool=hub.pool,
     )
     return app
 

@@ -6,7 +6,6 @@ It runs before any route, so a bad Origin or an oversize body is refused before 
 
 import logging
 import time
-from collections.abc import Callable
 from urllib.parse import parse_qs
 
 import asyncpg
@@ -46,7 +45,7 @@ def _origin_allowed(origin: str, extra: list[str]) -> bool:
 
 class Guard:
     def __init__(self, app: ASGIApp, *, max_body: int, auth: bool, allowed_hosts: list[str],
-                 allowed_origins: list[str], pool: Callable[[], asyncpg.Pool | None]) -> None:
+                 allowed_origins: list[str], pool: asyncpg.Pool) -> None:
         self.app = app
         self.max_body = max_body
         self.auth = auth
@@ -137,10 +136,7 @@ class Guard:
         cached = self._cache.get(token)
         if cached is not None and cached[0] > now:
             return cached[1]
-        pool = self._pool()
-        if pool is None:
-            raise Unauthenticated("the hub is starting; retry")
-        principal = await resolve_token(pool, token)
+        principal = await resolve_token(self._pool, token)
         if len(self._cache) >= _CACHE_MAX:
             self._cache.clear()
         self._cache[token] = (now + _CACHE_SECONDS, principal)
