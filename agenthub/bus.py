@@ -4,16 +4,15 @@ Subjects are `{prefix}{name}`; the prefix is empty by default and lets several h
 NATS server without seeing each other's traffic.
 """
 
-import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
 
 import nats
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from pydantic import BaseModel
 
 from agenthub.errors import ServiceUnavailable
 
@@ -31,10 +30,10 @@ class Bus:
     def subject(self, name: str) -> str:
         return f"{self.prefix}{name}"
 
-    async def publish(self, subject: str, payload: dict[str, Any]) -> bool:
-        """Publish JSON on a full subject (already prefixed); False (and counted) if NATS refused it."""
+    async def publish(self, subject: str, payload: BaseModel) -> bool:
+        """Publish a model as JSON on a full subject (already prefixed); False (and counted) if NATS refused it."""
         try:
-            await self.nc.publish(subject, json.dumps(payload, separators=(",", ":")).encode())
+            await self.nc.publish(subject, payload.model_dump_json().encode())
         except Exception:  # one failed publish must not fail the request whose data is already stored
             logger.exception("NATS publish on %s failed", subject)
             self._on_publish_failure()

@@ -49,11 +49,17 @@ async def apply_migrations(conn: asyncpg.Connection | asyncpg.pool.PoolConnectio
     return applied_now
 
 
+async def _no_reset(conn: asyncpg.Connection) -> None:
+    """Release without asyncpg's reset query (a round trip per query): the hub keeps no session state (no
+    LISTEN, no session settings, advisory locks are released where they are taken)."""
+
+
 @asynccontextmanager
 async def open_pool(url: str, *, size: int) -> AsyncIterator[asyncpg.Pool]:
     """Connect, migrate, and yield a pool; closes it on exit."""
     try:
-        pool = await asyncpg.create_pool(url, min_size=1, max_size=size, timeout=10, command_timeout=30)
+        pool = await asyncpg.create_pool(url, min_size=1, max_size=size, timeout=10, command_timeout=30,
+                                         reset=_no_reset)
     except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
         raise ServiceUnavailable(f"cannot connect to PostgreSQL: {exc}") from exc
     try:

@@ -38,7 +38,7 @@ class ContextManager:
                            created_at=now, expires_at=expires)
         name = f"context.direct.{req.to_agent}" if req.to_agent else "context.broadcast"
         subject = self._bus.subject(name)
-        await self._bus.publish(subject, item.model_dump(mode="json"))
+        await self._bus.publish(subject, item)
         return SharedContext(context_id=context_id, nats_subject=subject, expires_at=expires)
 
     async def get(self, req: GetContextInput) -> ContextList:

@@ -61,7 +61,7 @@ class DiscoveryLog:
         assert row is not None
         discovery = row_to_discovery(row)
         subject = discovery_subject(self._bus, discovery.agent_id, discovery.discovery_type)
-        await self._bus.publish(subject, discovery.model_dump(mode="json"))
+        await self._bus.publish(subject, discovery)
         self._metrics.discoveries.labels(discovery.discovery_type).inc()
         return SharedDiscovery(discovery_id=discovery.discovery_id, uri=discovery.uri, sequence=discovery.sequence,
                                nats_subject=subject, timestamp=discovery.timestamp)

@@ -44,9 +44,9 @@ class FeedEvent:
 
 def encode_event(d: Discovery) -> FeedEvent:
     """The SSE `discovery` event: id is the sequence; data holds the discovery and the MCP notification."""
-    notification = {"jsonrpc": "2.0", "method": "notifications/resources/updated", "params": {"uri": d.uri}}
-    payload = {"discovery": d.model_dump(mode="json"), "uri": d.uri, "notification": notification}
-    data = json.dumps(payload, separators=(",", ":"))
+    uri = json.dumps(d.uri)
+    notification = f'{{"jsonrpc":"2.0","method":"notifications/resources/updated","params":{{"uri":{uri}}}}}'
+    data = f'{{"discovery":{d.model_dump_json()},"uri":{uri},"notification":{notification}}}'
     return FeedEvent(discovery=d, frame=ServerSentEvent(data, event="discovery", id=str(d.sequence)).encode())
 
 

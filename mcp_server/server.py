@@ -24,7 +24,7 @@ from starlette.requests import Request
 from agenthub.auth import LOCAL_OPERATOR, Principal
 from agenthub.errors import DiscoveryNotFound, Unauthenticated
 from collaboration.models import Discovery, collection_uri
-from mcp_server.tools import call_tool, visible_tools
+from mcp_server.tools import call_tool, tool_input_schema, visible_tools
 from web_ui.state import HubState
 
 logger = logging.getLogger(__name__)
@@ -141,6 +141,7 @@ def build_server(hub: HubState, notifier: ResourceNotifier) -> Server[Any]:
     return Server(
         "agenthub", version="0.1.0",
         instructions="agenthub: share discoveries and context with other agents; subscribe and poll for theirs.",
+        get_tool_input_schema=tool_input_schema,
         on_list_tools=list_tools, on_call_tool=on_call_tool, on_list_resources=list_resources,
         on_list_resource_templates=list_templates, on_read_resource=read_resource,
         on_subscribe_resource=subscribe, on_unsubscribe_resource=unsubscribe,

@@ -5,7 +5,6 @@ failures an agent can act on come back as tool results with `isError` and a plai
 the tools of its profile: agents the agent tools, operators everything, viewers the read-only ones.
 """
 
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -114,10 +113,18 @@ TOOLS: list[ToolSpec] = [
     ),
 ]
 _BY_NAME = {t.name: t for t in TOOLS}
+# Built once: generating JSON schemas costs milliseconds, and the SDK looks a tool's up on every call.
+_DEFINITIONS = {t.name: t.definition() for t in TOOLS}
 
 
 def visible_tools(who: Principal) -> list[types.Tool]:
-    return [t.definition() for t in TOOLS if who.role in t.roles]
+    return [_DEFINITIONS[t.name] for t in TOOLS if who.role in t.roles]
+
+
+def tool_input_schema(name: str) -> dict[str, Any] | None:
+    """The input schema the SDK checks `Mcp-Param` headers against, without listing every tool."""
+    definition = _DEFINITIONS.get(name)
+    return definition.input_schema if definition is not None else None
 
 
 def _text_result(message: str) -> types.CallToolResult:
@@ -140,10 +147,9 @@ async def call_tool(collab: Collaboration, who: Principal, metrics: HubMetrics, 
         req = spec.input.model_validate(arguments or {})
         output = await spec.run(collab, who, req)
         outcome = "ok"
-        data = output.model_dump(mode="json")
         return types.CallToolResult(
-            content=[types.TextContent(type="text", text=json.dumps(data, separators=(",", ":")))],
-            structured_content=data,
+            content=[types.TextContent(type="text", text=output.model_dump_json())],
+            structured_content=output.model_dump(mode="json"),
         )
     except ValidationError as exc:
         outcome = "invalid"
