@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
-import anyio
 import asyncpg
 
 from agenthub.errors import Forbidden, InvalidInput, Unauthenticated
@@ -82,11 +81,16 @@ async def resolve_token(pool: asyncpg.Pool, token: str) -> Principal:
 
 async def ensure_operator_token_file(pool: asyncpg.Pool, path: Path) -> bool:
     """On first start, mint an operator token and write it 0600 to `path`; False if the file already exists."""
-    if await anyio.Path(path).exists():
-        return False
-    _, token = await create_token(pool, Role.OPERATOR)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # claim the file first: one writer wins
+    except FileExistsError:
+        return False
     with os.fdopen(fd, "w") as f:
+        try:
+            _, token = await create_token(pool, Role.OPERATOR)
+        except BaseException:
+            os.unlink(path)
+            raise
         f.write(token + "\n")
     return True

@@ -93,8 +93,7 @@ class DiscoveryFeed:
         assert self._tg is not None
         with anyio.CancelScope(shield=True), anyio.move_on_after(5):
             await self._sub.unsubscribe()
-        for listener in list(self._listeners):
-            self._drop(listener)
+        self.end_listeners()
         self._tg.cancel_scope.cancel()
         await self._tg.__aexit__(et, e, tb)
 
@@ -114,6 +113,12 @@ class DiscoveryFeed:
         self._listeners.discard(listener)
         listener.send.close()
         listener.receive.close()
+
+    def end_listeners(self) -> None:
+        """End every listener's stream (the hub is shutting down); their clients resume elsewhere or later."""
+        for listener in list(self._listeners):
+            self._listeners.discard(listener)
+            listener.send.close()
 
     @property
     def listener_count(self) -> int:

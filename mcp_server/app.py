@@ -8,7 +8,7 @@ import gc
 import logging
 import signal
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
@@ -112,23 +112,35 @@ def create_app(hub: HubState) -> Starlette:
 
 class _Server(uvicorn.Server):
     """uvicorn re-raises SIGINT/SIGTERM after its own shutdown, which would kill us before the embedded services
-    stop; we handle the signals ourselves instead."""
+    stop; we handle the signals ourselves instead. On shutdown the SSE streams end first, so open connections
+    close at once instead of holding the graceful-shutdown timeout."""
+
+    def __init__(self, config: uvicorn.Config, before_shutdown: Callable[[], None]) -> None:
+        super().__init__(config)
+        self._before_shutdown = before_shutdown
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
 
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self._before_shutdown()
+        await super().shutdown(sockets)
 
-def make_server(app: Starlette, *, log_level: str = "info") -> uvicorn.Server:
-    """A uvicorn server for `app` that leaves signal handling to its caller; stop it with `should_exit`."""
+
+def make_server(app: Starlette, *, log_level: str = "info",
+                before_shutdown: Callable[[], None] = lambda: None) -> uvicorn.Server:
+    """A uvicorn server for `app` that leaves signal handling to its caller; stop it with `should_exit`.
+    `before_shutdown` runs when shutdown starts (the hub ends its SSE streams there)."""
     config = uvicorn.Config(app, lifespan="on", log_level=log_level, access_log=False,
                             timeout_graceful_shutdown=5, limit_concurrency=4096, server_header=False)
-    return _Server(config)
+    return _Server(config, before_shutdown)
 
 
-async def serve(app: Starlette, sock: socket.socket, *, log_level: str = "info") -> None:
+async def serve(app: Starlette, sock: socket.socket, *, log_level: str = "info",
+                before_shutdown: Callable[[], None] = lambda: None) -> None:
     """Run `app` on an already-bound socket until SIGINT or SIGTERM, then shut down gracefully."""
-    server = make_server(app, log_level=log_level)
+    server = make_server(app, log_level=log_level, before_shutdown=before_shutdown)
     # Everything built so far lives as long as the process: keep it out of the garbage collector's full passes,
     # which otherwise walk it again and again under load (hundreds of ms each with many connections open).
     gc.collect()
@@ -137,10 +149,9 @@ async def serve(app: Starlette, sock: socket.socket, *, log_level: str = "info")
 
         async def stop_on_signal() -> None:
             with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                async for signum in signals:
+                async for signum in signals:  # later signals are absorbed: the shutdown already under way finishes
                     logger.info("received %s, shutting down", signal.Signals(signum).name)
                     server.should_exit = True
-                    return
 
         tg.start_soon(stop_on_signal)
         await server.serve(sockets=[sock])

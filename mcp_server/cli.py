@@ -65,7 +65,7 @@ def _data_dir_lock(data_dir: Path) -> Iterator[None]:
 
 def _bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # IPPROTO_TCP: asyncio then sets NODELAY
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
@@ -112,7 +112,7 @@ async def _serve_async(settings: Settings, sock: socket.socket, monitor_url: str
         print(f"agenthub serving on {url} (MCP at {url}/mcp)", flush=True)
         if settings.auth:
             print(f"operator token: {(settings.data_dir / OPERATOR_TOKEN_FILE).resolve()}", flush=True)
-        await serve(create_app(hub), sock, log_level=settings.log_level)
+        await serve(create_app(hub), sock, log_level=settings.log_level, before_shutdown=hub.collab.feed.end_listeners)
 
 
 def run_token_create(settings: Settings, role: str, agent_id: str | None, url: str | None) -> None:

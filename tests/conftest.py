@@ -63,7 +63,7 @@ async def database_url(services: Services) -> AsyncIterator[str]:
 
 
 def bind_free() -> socket.socket:
-    sock = socket.socket()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # so asyncio sets TCP_NODELAY
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     sock.listen(2048)
@@ -119,7 +119,8 @@ class HubFactory:
         sock = bind_free()
         settings.port = sock.getsockname()[1]
         async with open_hub(settings, nats_monitor_url=self.services.nats_monitor_url) as state:
-            server = make_server(create_app(state), log_level="warning")
+            server = make_server(create_app(state), log_level="warning",
+                                 before_shutdown=state.collab.feed.end_listeners)
             async with anyio.create_task_group() as tg:
                 tg.start_soon(server.serve, [sock])
                 with anyio.fail_after(10):

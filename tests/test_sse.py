@@ -407,7 +407,7 @@ async def test_a_discovery_both_replayed_and_delivered_live_reaches_a_replaying_
         assert (await live.event()).content == "gate"
         await share(client, "d0")
         async with open_stream(client, {"start": "beginning"}) as (replaying, hello):
-            assert hello == {"cursor": 0, "newest": 1}  # the feed's frontier: it has not delivered d0 yet
+            assert hello == {"cursor": 0, "newest": 2}  # the log's newest, though the feed has not delivered d0
             # The replay reads the log up to its newest discovery, past the feed's frontier.
             assert [f.content for f in await replaying.discoveries_until("d0")] == ["gate", "d0"]
             gate.set()  # the feed now delivers d0 to the replaying client's queue as well

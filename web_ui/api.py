@@ -31,18 +31,23 @@ from web_ui.endpoints import Endpoint
 from web_ui.state import hub_of, principal_of
 
 
-class DiscoveryQuery(BaseModel):
+class DiscoveryFilterQuery(BaseModel):
+    """Discovery filters as query parameters (the stream's, and the list's with paging added)."""
+
     model_config = ConfigDict(extra="forbid")
     type: Annotated[list[DiscoveryTypeField], Field(max_length=6)] | None = None
     role: Annotated[list[str], Field(max_length=50)] | None = None
     agent_id: Annotated[list[AgentIdField], Field(max_length=50)] | None = None
     min_confidence: Unit = 0.0
-    cursor: Annotated[int, Field(ge=0)] = 0
-    limit: Annotated[int, Field(ge=1, le=100)] = 50
 
     def to_filter(self) -> DiscoveryFilter:
         return DiscoveryFilter.of(FilterFields(discovery_types=self.type, agent_roles=self.role,
                                                agent_ids=self.agent_id, min_confidence=self.min_confidence))
+
+
+class DiscoveryQuery(DiscoveryFilterQuery):
+    cursor: Annotated[int, Field(ge=0)] = 0
+    limit: Annotated[int, Field(ge=1, le=100)] = 50
 
 
 class DiscoveryPage(BaseModel):

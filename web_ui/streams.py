@@ -8,22 +8,29 @@ was. A client whose queue fills (it stopped reading) is disconnected and can res
 """
 
 import json
+import logging
 import re
 from collections.abc import AsyncIterator
 
+import anyio
 from pydantic import ValidationError
 from sse_starlette import EventSourceResponse, ServerSentEvent
+from sse_starlette.sse import SendTimeoutError
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from agenthub.errors import CursorInFuture, HubError, InvalidInput, TooManyConnections
 from collaboration.feed import Listener, encode_event
 from collaboration.filters import DiscoveryFilter
-from web_ui.api import DiscoveryQuery
+from web_ui.api import DiscoveryFilterQuery
 from web_ui.problems import problem_for, validation_problem
 from web_ui.state import HubState, hub_of, principal_of
 
+logger = logging.getLogger(__name__)
+
 _REPLAY_PAGE = 100
+_BATCH = 64
 _RETRY_MS = 2000
 # ASCII digits only (str.isdigit also takes '²', which int() refuses), and few enough for int() to parse.
 _SEQUENCE = re.compile(r"[0-9]{1,20}")
@@ -59,7 +66,7 @@ async def discovery_stream(request: Request) -> Response:
             sub = await hub.collab.own_subscription(who, sub_id)
             flt, default = sub.flt, sub.cursor
         else:
-            query = DiscoveryQuery.model_validate(
+            query = DiscoveryFilterQuery.model_validate(
                 {k: request.query_params.getlist(k) if k in ("type", "role", "agent_id") else v
                  for k, v in params.items()})
             flt, default = query.to_filter(), newest
@@ -76,28 +83,45 @@ async def discovery_stream(request: Request) -> Response:
         return EventSourceResponse(iter(()))
     listener = hub.collab.feed.listen(flt)
     hub.metrics.sse_clients.inc()
-    return EventSourceResponse(
-        _events(hub, listener, flt, start),
+    return _Stream(
+        _events(hub, listener, flt, start, newest),
         ping=hub.settings.sse.heartbeat_seconds,
         send_timeout=hub.settings.sse.send_timeout_seconds,
     )
 
 
-async def _events(hub: HubState, listener: Listener, flt: DiscoveryFilter, start: int) -> AsyncIterator[
-        ServerSentEvent | bytes]:
+class _Stream(EventSourceResponse):
+    """A client that stops reading is dropped when a send times out: expected, so logged quietly, not as a crash."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        except* SendTimeoutError:
+            logger.info("dropped an SSE client that stopped reading")
+
+
+async def _events(hub: HubState, listener: Listener, flt: DiscoveryFilter, start: int, newest: int
+                  ) -> AsyncIterator[ServerSentEvent | bytes]:
     try:
-        yield ServerSentEvent(json.dumps({"cursor": start, "newest": listener.registered_at}), event="connected",
-                              retry=_RETRY_MS)
+        yield ServerSentEvent(json.dumps({"cursor": start, "newest": newest}), event="connected", retry=_RETRY_MS)
         cursor = start
         while cursor < listener.registered_at:
             items, cursor = await hub.collab.log.read(flt, cursor, _REPLAY_PAGE)
-            for d in items:
-                yield encode_event(d).frame
+            if items:
+                yield b"".join(encode_event(d).frame for d in items)
         async with listener.receive:
-            async for event in listener.receive:
-                if event.discovery.sequence > cursor:
-                    cursor = event.discovery.sequence
-                    yield event.frame
+            async for first in listener.receive:
+                # Whatever else is already queued goes out in the same write: one send per burst, not per event.
+                batch = [first]
+                while len(batch) < _BATCH:
+                    try:
+                        batch.append(listener.receive.receive_nowait())
+                    except (anyio.WouldBlock, anyio.EndOfStream):
+                        break
+                fresh = [e for e in batch if e.discovery.sequence > cursor]
+                if fresh:
+                    cursor = fresh[-1].discovery.sequence
+                    yield b"".join(e.frame for e in fresh)
     finally:
         hub.collab.feed.unlisten(listener)
         hub.metrics.sse_clients.dec()
