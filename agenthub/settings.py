@@ -11,10 +11,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class LimitSettings(BaseModel):
+    """Request size limits; the limits on each field (content length, list sizes) are part of the tool schemas."""
+
     max_body_bytes: int = Field(default=1 << 20, ge=1024)
-    max_content_chars: int = Field(default=16_000, ge=1)
-    max_list_items: int = Field(default=50, ge=1)
-    max_tag_chars: int = Field(default=64, ge=1)
 
 
 class SSESettings(BaseModel):

@@ -130,9 +130,10 @@ class SubscribeInput(FilterFields):
 
 class Subscribed(Output):
     subscription_id: str
-    cursor: int
-    sse_endpoint: str
-    resource_uri: str
+    cursor: int = Field(description="Pass to poll_discoveries; the subscription also remembers it.")
+    sse_endpoint: str = Field(description="The same subscription as Server-Sent Events, for UIs.")
+    resource_uri: str = Field(description="MCP resource to subscribe to for update notifications: the followed "
+                              "agent's collection, or the collection template when the filter follows several.")
 
 
 class PollInput(Strict):

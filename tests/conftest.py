@@ -3,12 +3,14 @@ unique NATS subject prefix, and a hub served by uvicorn on a free loopback port.
 
 import secrets
 import shutil
+import signal
 import socket
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import anyio
@@ -28,6 +30,14 @@ from web_ui.state import HubState
 @pytest.fixture(scope="session")
 def anyio_backend() -> str:
     return "asyncio"
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+# A run stopped with SIGTERM (a CI timeout, `timeout`) unwinds like Ctrl-C, so the session's servers are stopped.
+signal.signal(signal.SIGTERM, _interrupt)
 
 
 @dataclass(frozen=True)
