@@ -6,19 +6,23 @@ the two external service URLs also have flat names, `AGENTHUB_NATS_URL` and `AGE
 
 from pathlib import Path
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class LimitSettings(BaseModel):
     """Request size limits; the limits on each field (content length, list sizes) are part of the tool schemas."""
 
+    model_config = ConfigDict(extra="forbid")
+
     max_body_bytes: int = Field(default=1 << 20, ge=1024)
 
 
 class SSESettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     max_clients: int = Field(default=2000, ge=1)
-    queue_size: int = Field(default=256, ge=1)
+    ring_size: int = Field(default=1024, ge=1)  # latest events kept in memory for streams; older ones come from the log
     heartbeat_seconds: float = Field(default=15.0, gt=0)
     send_timeout_seconds: float = Field(default=5.0, gt=0)
 

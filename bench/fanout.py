@@ -63,7 +63,7 @@ from agenthub.settings import SSESettings
 from mcp_server.app import serve
 
 HUB_NAME = "hub"
-QUEUE_SIZE = 256  # the hub's default settings.sse.queue_size; the bare app uses the same bound
+QUEUE_SIZE = 256  # the bare app's per-client queue; the hub keeps its latest events in one shared ring instead
 MAX_CLIENTS = 2000  # the hub's default settings.sse.max_clients
 HEARTBEAT_SECONDS = 15.0
 BURST_BASE = 1_000_000  # burst events are numbered from here, paced ones from 0
@@ -464,7 +464,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.serve_hub:
         # Explicit, so that AGENTHUB_SSE__* variables in the environment cannot change what is measured.
-        settings = hub_settings(args, sse=SSESettings(max_clients=MAX_CLIENTS, queue_size=QUEUE_SIZE))
+        settings = hub_settings(args, sse=SSESettings(max_clients=MAX_CLIENTS))
         run_child(lambda sock: serve_hub(settings, sock), args.port)
         return
     if args.serve_bare:
@@ -472,7 +472,7 @@ def main() -> None:
         return
     if args.clients > MAX_CLIENTS or args.burst > QUEUE_SIZE:
         sys.exit(f"at most {MAX_CLIENTS} clients (settings.sse.max_clients) and a burst of at most {QUEUE_SIZE} "
-                 "events (settings.sse.queue_size: a fuller queue drops its client)")
+                 "events (the bare app's queue bound: a fuller queue drops its client)")
     limit = raise_fd_limit()
     if limit < args.clients + 100:
         sys.exit(f"open-files limit {limit} is too low for {args.clients} clients")

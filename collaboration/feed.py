@@ -5,28 +5,29 @@ concurrently) or not at all (a publish failed). The feed keeps a frontier (the h
 and delivers only the next one; when a later one arrives first, or a periodic check of the log's counter finds
 the frontier behind, the missing range is read from PostgreSQL. So listeners see a gap-free, ordered stream.
 
-Listeners are bounded streams (SSE clients); one that is full when an event arrives is closed and dropped,
-never waited for, and can resume from the log by sequence. Pollers wait on `wait_beyond`. Hooks (MCP resource
-notifications) run for each event in order.
+Delivered events go into a bounded ring shared by every stream: publishing an event costs the same for one
+client as for a thousand, and a stream that wakes up late takes everything it missed in one go. The feed never
+waits for a stream; one that falls further behind than the ring reaches reads the log instead (`events_after`
+returns None). Pollers wait on `wait_beyond`. Hooks (MCP resource notifications) run for each event in order.
 """
 
 import json
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from itertools import islice
 from types import TracebackType
 from typing import Self
 
 import anyio
 from anyio.abc import TaskGroup
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from nats.aio.msg import Msg
 from pydantic import ValidationError
 from sse_starlette import ServerSentEvent
 
 from agenthub.bus import Bus
 from collaboration.discoveries import DiscoveryLog
-from collaboration.filters import DiscoveryFilter
 from collaboration.models import Discovery
 
 logger = logging.getLogger(__name__)
@@ -50,26 +51,16 @@ def encode_event(d: Discovery) -> FeedEvent:
     return FeedEvent(discovery=d, frame=ServerSentEvent(data, event="discovery", id=str(d.sequence)).encode())
 
 
-@dataclass(eq=False, slots=True, kw_only=True)
-class Listener:
-    flt: DiscoveryFilter
-    send: MemoryObjectSendStream[FeedEvent]
-    receive: MemoryObjectReceiveStream[FeedEvent]
-    registered_at: int
-    dropped: bool = field(default=False)
-
-
 class DiscoveryFeed:
-    def __init__(self, log: DiscoveryLog, bus: Bus, *, queue_size: int, sync_interval: float = 1.0,
-                 on_drop: Callable[[], None] = lambda: None) -> None:
+    def __init__(self, log: DiscoveryLog, bus: Bus, *, ring_size: int, sync_interval: float = 1.0) -> None:
         self._log = log
         self._bus = bus
-        self._queue_size = queue_size
         self._sync_interval = sync_interval
-        self._on_drop = on_drop
         self.frontier = 0
         self._pending: dict[int, Discovery] = {}
-        self._listeners: set[Listener] = set()
+        self._ring: deque[FeedEvent] = deque(maxlen=ring_size)  # the latest events, consecutive sequences
+        self._streams = 0
+        self._ending = False
         self._hooks: list[Hook] = []
         self._advanced = anyio.Event()
         self._lock = anyio.Lock()
@@ -93,7 +84,7 @@ class DiscoveryFeed:
         assert self._tg is not None
         with anyio.CancelScope(shield=True), anyio.move_on_after(5):
             await self._sub.unsubscribe()
-        self.end_listeners()
+        self.end_streams()
         self._tg.cancel_scope.cancel()
         await self._tg.__aexit__(et, e, tb)
 
@@ -102,27 +93,36 @@ class DiscoveryFeed:
     def add_hook(self, hook: Hook) -> None:
         self._hooks.append(hook)
 
-    def listen(self, flt: DiscoveryFilter) -> Listener:
-        """Register a bounded listener; it receives every matching discovery after `listener.registered_at`."""
-        send, receive = anyio.create_memory_object_stream[FeedEvent](self._queue_size)
-        listener = Listener(flt=flt, send=send, receive=receive, registered_at=self.frontier)
-        self._listeners.add(listener)
-        return listener
+    def add_stream(self) -> None:
+        """Count a live stream (an SSE client); `remove_stream` when it ends."""
+        self._streams += 1
 
-    def unlisten(self, listener: Listener) -> None:
-        self._listeners.discard(listener)
-        listener.send.close()
-        listener.receive.close()
-
-    def end_listeners(self) -> None:
-        """End every listener's stream (the hub is shutting down); their clients resume elsewhere or later."""
-        for listener in list(self._listeners):
-            self._listeners.discard(listener)
-            listener.send.close()
+    def remove_stream(self) -> None:
+        self._streams -= 1
 
     @property
-    def listener_count(self) -> int:
-        return len(self._listeners)
+    def stream_count(self) -> int:
+        return self._streams
+
+    def end_streams(self) -> None:
+        """The hub is shutting down: every `events_after` returns [] from now on, so streams end."""
+        self._ending = True
+        self._advanced.set()
+
+    async def events_after(self, sequence: int) -> list[FeedEvent] | None:
+        """Wait until the feed has delivered past `sequence`, then return every event after it, oldest first.
+
+        None means the ring no longer reaches back to `sequence`: the caller reads the log from there instead.
+        An empty list means the feed is ending.
+        """
+        while self.frontier <= sequence and not self._ending:
+            await self._advanced.wait()
+        if self._ending:
+            return []
+        oldest = self._ring[0].discovery.sequence if self._ring else self.frontier + 1
+        if sequence + 1 < oldest:
+            return None
+        return list(islice(self._ring, sequence + 1 - oldest, None))
 
     async def wait_beyond(self, sequence: int, seconds: float) -> None:
         """Return when the frontier passes `sequence`, or after `seconds`."""
@@ -167,27 +167,12 @@ class DiscoveryFeed:
     async def _deliver_ready(self) -> None:
         while (d := self._pending.pop(self.frontier + 1, None)) is not None:
             self.frontier = d.sequence
-            event = encode_event(d)
-            for listener in list(self._listeners):
-                if listener.flt.matches(d):
-                    try:
-                        listener.send.send_nowait(event)
-                    except anyio.WouldBlock:
-                        self._drop(listener)
-                    except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                        self._listeners.discard(listener)
+            self._ring.append(encode_event(d))
+            self._advanced.set()  # wake the streams and pollers first; hooks may take a moment
+            self._advanced = anyio.Event()
             for hook in self._hooks:
                 try:
                     await hook(d)
                 except Exception:  # one failing notifier must not stop delivery to everyone else
                     logger.exception("discovery hook failed")
         self._pending = {s: d for s, d in self._pending.items() if s > self.frontier}
-        self._advanced.set()
-        self._advanced = anyio.Event()
-
-    def _drop(self, listener: Listener) -> None:
-        listener.dropped = True
-        self._listeners.discard(listener)
-        listener.send.close()
-        self._on_drop()
-        logger.info("dropped a slow discovery listener at sequence %d", self.frontier)

@@ -39,9 +39,9 @@ from collaboration.subscriptions import Subscription, Subscriptions
 class Collaboration:
     """Owns the live feed; enter it to start the feed, exit to stop it."""
 
-    def __init__(self, pool: asyncpg.Pool, bus: Bus, metrics: HubMetrics, *, base_url: str, queue_size: int) -> None:
+    def __init__(self, pool: asyncpg.Pool, bus: Bus, metrics: HubMetrics, *, base_url: str, ring_size: int) -> None:
         self.log = DiscoveryLog(pool, bus, metrics)
-        self.feed = DiscoveryFeed(self.log, bus, queue_size=queue_size, on_drop=metrics.sse_dropped.inc)
+        self.feed = DiscoveryFeed(self.log, bus, ring_size=ring_size)
         self.subscriptions = Subscriptions(pool, self.log, self.feed)
         self.contexts = ContextManager(pool, bus)
         self._base_url = base_url.rstrip("/")
@@ -104,7 +104,7 @@ class Collaboration:
             discoveries_total=sum(counts.values()),
             newest_sequence=await self.log.newest_sequence(),
             subscriptions=await self.subscriptions.count(),
-            sse_clients=self.feed.listener_count,
+            sse_clients=self.feed.stream_count,
         )
 
     async def get_discovery(self, discovery_id: str) -> Discovery:

@@ -112,7 +112,7 @@ async def _serve_async(settings: Settings, sock: socket.socket, monitor_url: str
         print(f"agenthub serving on {url} (MCP at {url}/mcp)", flush=True)
         if settings.auth:
             print(f"operator token: {(settings.data_dir / OPERATOR_TOKEN_FILE).resolve()}", flush=True)
-        await serve(create_app(hub), sock, log_level=settings.log_level, before_shutdown=hub.collab.feed.end_listeners)
+        await serve(create_app(hub), sock, log_level=settings.log_level, before_shutdown=hub.collab.feed.end_streams)
 
 
 def run_token_create(settings: Settings, role: str, agent_id: str | None, url: str | None) -> None:

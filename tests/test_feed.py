@@ -20,16 +20,16 @@ async def _insert_silently(hub: RunningHub, n: int, agent: str = "ghost") -> lis
 
 
 async def _collect(hub: RunningHub, count: int) -> list[int]:
-    listener = hub.state.collab.feed.listen(DiscoveryFilter())
+    """What the feed delivers after its current frontier, as a stream sees it."""
+    feed = hub.state.collab.feed
+    cursor = feed.frontier
     seen: list[int] = []
-    try:
-        with anyio.fail_after(5):
-            async for event in listener.receive:
-                seen.append(event.discovery.sequence)
-                if len(seen) == count:
-                    break
-    finally:
-        hub.state.collab.feed.unlisten(listener)
+    with anyio.fail_after(5):
+        while len(seen) < count:
+            events = await feed.events_after(cursor)
+            assert events, "the feed ended or lost its place"
+            seen += [e.discovery.sequence for e in events]
+            cursor = seen[-1]
     return seen
 
 

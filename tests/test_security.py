@@ -103,7 +103,7 @@ async def test_a_foreign_origin_is_refused_before_any_work(hub: RunningHub, targ
     assert "http://evil.example" in body["detail"]
     assert await stored(hub) == NOTHING
     assert published == []
-    assert hub.state.collab.feed.listener_count == 0
+    assert hub.state.collab.feed.stream_count == 0
 
 
 @pytest.mark.parametrize("origin", ["null", "http://127.0.0.1.evil.example", "http://localhost.evil.example:80",

@@ -210,7 +210,7 @@ async def until(condition: Callable[[], Awaitable[bool]], seconds: float = 5) ->
 
 def listeners(hub: RunningHub, count: int) -> Callable[[], Awaitable[bool]]:
     async def check() -> bool:
-        return hub.state.collab.feed.listener_count == count
+        return hub.state.collab.feed.stream_count == count
     return check
 
 
@@ -410,7 +410,7 @@ async def test_a_discovery_both_replayed_and_delivered_live_reaches_a_replaying_
             assert hello == {"cursor": 0, "newest": 2}  # the log's newest, though the feed has not delivered d0
             # The replay reads the log up to its newest discovery, past the feed's frontier.
             assert [f.content for f in await replaying.discoveries_until("d0")] == ["gate", "d0"]
-            gate.set()  # the feed now delivers d0 to the replaying client's queue as well
+            gate.set()  # the feed now delivers d0, which the replaying client already has
             await share(client, "d1")
             assert [(f.sequence, f.content) for f in await replaying.discoveries_until("d1")] == [(3, "d1")]
             assert [f.content for f in await live.discoveries_until("d1")] == ["d0", "d1"]
@@ -421,7 +421,7 @@ async def test_a_discovery_both_replayed_and_delivered_live_reaches_a_replaying_
 
 async def test_a_consumer_that_stops_reading_is_dropped_within_seconds_without_slowing_another(
         hub_factory: HubFactory) -> None:
-    settings = hub_factory.settings(sse={"queue_size": 16, "send_timeout_seconds": 1.0})
+    settings = hub_factory.settings(sse={"send_timeout_seconds": 1.0})
     # Escaped as \u00e9 in the event's JSON: about 90 kB per event, so the stalled socket fills fast.
     big = "é" * 15_000
     async with hub_factory.run(settings) as hub, hub.http() as client, hub.http() as sharing, \
@@ -443,7 +443,7 @@ async def test_a_consumer_that_stops_reading_is_dropped_within_seconds_without_s
             shared_at[shared["sequence"]] = time.monotonic()
 
         async def share_until_the_stalled_client_is_dropped() -> None:
-            while hub.state.collab.feed.listener_count > 1:
+            while hub.state.collab.feed.stream_count > 1:
                 await share_one(f"{next(numbers)} {big}")
                 assert len(shared_at) < 1000, "the stalled client was never dropped"
 
@@ -492,7 +492,7 @@ async def test_beyond_the_connection_limit_the_hub_answers_429_with_problem_json
             assert answer.headers["content-type"] == "application/problem+json"
             assert answer.json() == {"type": "about:blank", "title": "Too many connections", "status": 429,
                                       "detail": "connection limit of 2 reached; retry later"}
-            assert hub.state.collab.feed.listener_count == 2
+            assert hub.state.collab.feed.stream_count == 2
             assert await metric(client, "agenthub_sse_clients") == 2
             await share(client, "for the two")
             assert (await second.event()).content == "for the two"
@@ -546,7 +546,7 @@ async def test_a_bad_stream_request_gets_problem_json_and_listens_to_nothing(
         assert response.headers["content-type"] == "application/problem+json"
         assert response.json()["status"] == status
         assert detail in response.json()["detail"]
-        assert hub.state.collab.feed.listener_count == 0
+        assert hub.state.collab.feed.stream_count == 0
         assert await metric(client, "agenthub_sse_clients") == 0
 
 
@@ -564,7 +564,7 @@ async def test_the_stream_needs_a_token_in_the_header_or_the_access_token_parame
         async with open_stream(anonymous, {"access_token": hub.operator_token, "type": "pattern"}) as (stream, _):
             await share(client, "seen with a query token")
             assert (await stream.event()).content == "seen with a query token"
-        assert hub.state.collab.feed.listener_count <= 1
+        assert hub.state.collab.feed.stream_count <= 1
 
 
 async def test_an_agent_streams_its_own_subscription_but_not_another_agents(hub: RunningHub) -> None:
@@ -588,7 +588,7 @@ async def test_a_head_request_answers_headers_and_leaves_no_listener_behind(hub:
             assert response.status_code == 200
             assert response.headers["content-type"].startswith("text/event-stream")
             assert response.content == b""
-        assert hub.state.collab.feed.listener_count == 0
+        assert hub.state.collab.feed.stream_count == 0
         assert await metric(client, "agenthub_sse_clients") == 0
 
 
@@ -608,4 +608,4 @@ async def test_the_sse_clients_gauge_counts_the_connected_clients(hub: RunningHu
         await until(clients_gauge(client, 3))
         await stack.aclose()
         await until(clients_gauge(client, 0))
-        assert hub.state.collab.feed.listener_count == 0
+        assert hub.state.collab.feed.stream_count == 0

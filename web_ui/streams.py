@@ -3,16 +3,17 @@
 Filters come from a subscription (`subscription_id=`) or from query parameters (type, role, agent_id,
 min_confidence). The stream starts after `Last-Event-ID` (header, or `last_event_id=`), else after `start`
 (`now`, `beginning` or a sequence; a subscription's default is its stored cursor). It replays what it must from
-the log, then follows the live feed; an event id is a sequence, so a client that drops resumes exactly where it
-was. A client whose queue fills (it stopped reading) is disconnected and can resume.
+the log, then follows the live feed, writing whatever is waiting in one go; an event id is a sequence, so a
+client that drops resumes exactly where it was. A client that stops reading is disconnected when a write times
+out, and can resume.
 """
 
 import json
 import logging
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
-import anyio
 from pydantic import ValidationError
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from sse_starlette.sse import SendTimeoutError
@@ -21,7 +22,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from agenthub.errors import CursorInFuture, HubError, InvalidInput, TooManyConnections
-from collaboration.feed import Listener, encode_event
+from collaboration.feed import encode_event
 from collaboration.filters import DiscoveryFilter
 from web_ui.api import DiscoveryFilterQuery
 from web_ui.problems import problem_for, validation_problem
@@ -30,7 +31,6 @@ from web_ui.state import HubState, hub_of, principal_of
 logger = logging.getLogger(__name__)
 
 _REPLAY_PAGE = 100
-_BATCH = 64
 _RETRY_MS = 2000
 # ASCII digits only (str.isdigit also takes '²', which int() refuses), and few enough for int() to parse.
 _SEQUENCE = re.compile(r"[0-9]{1,20}")
@@ -71,57 +71,63 @@ async def discovery_stream(request: Request) -> Response:
                  for k, v in params.items()})
             flt, default = query.to_filter(), newest
         start = _start_point(request, default, newest)
-        if hub.collab.feed.listener_count >= hub.settings.sse.max_clients:
+        if hub.collab.feed.stream_count >= hub.settings.sse.max_clients:
             raise TooManyConnections(hub.settings.sse.max_clients)
     except ValidationError as exc:
         return validation_problem(exc)
     except HubError as exc:
         return problem_for(exc)
     if request.method == "HEAD":
-        # sse-starlette answers HEAD with the headers alone and never runs the stream, which would leave a
-        # listener behind that nothing removes.
-        return EventSourceResponse(iter(()))
-    listener = hub.collab.feed.listen(flt)
+        return EventSourceResponse(iter(()))  # headers only
+    hub.collab.feed.add_stream()  # counted now, so concurrent connections cannot all pass the limit
     hub.metrics.sse_clients.inc()
     return _Stream(
-        _events(hub, listener, flt, start, newest),
+        _events(hub, flt, start, newest),
         ping=hub.settings.sse.heartbeat_seconds,
         send_timeout=hub.settings.sse.send_timeout_seconds,
+        on_drop=hub.metrics.sse_dropped.inc,
     )
 
 
 class _Stream(EventSourceResponse):
-    """A client that stops reading is dropped when a send times out: expected, so logged quietly, not as a crash."""
+    """A client that stops reading is dropped when a send times out: expected, so counted and logged quietly."""
+
+    def __init__(self, *args: Any, on_drop: Callable[[], None], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._on_drop = on_drop
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await super().__call__(scope, receive, send)
         except* SendTimeoutError:
+            self._on_drop()
             logger.info("dropped an SSE client that stopped reading")
 
 
-async def _events(hub: HubState, listener: Listener, flt: DiscoveryFilter, start: int, newest: int
+async def _events(hub: HubState, flt: DiscoveryFilter, cursor: int, newest: int
                   ) -> AsyncIterator[ServerSentEvent | bytes]:
+    """Replay the log up to what was newest at connect time, then follow the feed, back to the log whenever the
+    stream falls further behind than the feed keeps."""
+    feed = hub.collab.feed
     try:
-        yield ServerSentEvent(json.dumps({"cursor": start, "newest": newest}), event="connected", retry=_RETRY_MS)
-        cursor = start
-        while cursor < listener.registered_at:
-            items, cursor = await hub.collab.log.read(flt, cursor, _REPLAY_PAGE)
-            if items:
-                yield b"".join(encode_event(d).frame for d in items)
-        async with listener.receive:
-            async for first in listener.receive:
-                # Whatever else is already queued goes out in the same write: one send per burst, not per event.
-                batch = [first]
-                while len(batch) < _BATCH:
-                    try:
-                        batch.append(listener.receive.receive_nowait())
-                    except (anyio.WouldBlock, anyio.EndOfStream):
-                        break
-                fresh = [e for e in batch if e.discovery.sequence > cursor]
-                if fresh:
-                    cursor = fresh[-1].discovery.sequence
-                    yield b"".join(e.frame for e in fresh)
+        yield ServerSentEvent(json.dumps({"cursor": cursor, "newest": newest}), event="connected", retry=_RETRY_MS)
+        catch_up_to = newest
+        while True:
+            if cursor < catch_up_to:
+                items, cursor = await hub.collab.log.read(flt, cursor, _REPLAY_PAGE)
+                if items:
+                    yield b"".join(encode_event(d).frame for d in items)
+                continue
+            events = await feed.events_after(cursor)
+            if events is None:
+                catch_up_to = feed.frontier
+                continue
+            if not events:  # the hub is shutting down
+                return
+            cursor = events[-1].discovery.sequence
+            frames = [e.frame for e in events if flt.matches(e.discovery)]
+            if frames:
+                yield b"".join(frames)  # all that was waiting, in one write
     finally:
-        hub.collab.feed.unlisten(listener)
+        feed.remove_stream()
         hub.metrics.sse_clients.dec()
