@@ -5,15 +5,23 @@ row lock makes the sequence gap-free and makes commits happen in sequence order,
 counter's value" is always committed and readable: a reader that stops at the counter never skips a row that
 commits later. After the commit the discovery is published on NATS, which only wakes other replicas up; they
 read what they missed from here.
+
+Concurrent shares are written together: while one statement is in flight the next ones queue, and whoever
+writes next takes the whole queue in one multi-row statement (one round trip, one commit, consecutive sequence
+numbers in arrival order). If that statement fails on a bad `related_to`, the batch is written one by one so
+only the bad discovery is refused.
 """
 
+import json
 import logging
+from dataclasses import dataclass
 from datetime import datetime
 
+import anyio
 import asyncpg
 
 from agenthub.bus import Bus
-from agenthub.errors import CursorInFuture, DiscoveryNotFound, RelatedDiscoveryNotFound
+from agenthub.errors import CursorInFuture, DiscoveryNotFound, HubError, RelatedDiscoveryNotFound, ServiceUnavailable
 from agenthub.ids import new_discovery_id
 from agenthub.metrics import HubMetrics
 from collaboration.filters import SQL_CONDITION, DiscoveryFilter
@@ -29,6 +37,29 @@ INSERT INTO discoveries (sequence, id, agent_id, agent_role, discovery_type, con
 SELECT seq.last, $1, $2, $3, $4, $5, $6, $7, $8 FROM seq
 RETURNING {_COLUMNS}
 """
+
+_INSERT_MANY = f"""
+WITH items AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::float8[], $7::text[],
+                         $8::text[]) WITH ORDINALITY AS t(id, agent_id, agent_role, discovery_type, content,
+                                                          confidence, related_to, tags, n)
+), seq AS (UPDATE discovery_counter SET last = last + cardinality($1::text[]) RETURNING last)
+INSERT INTO discoveries (sequence, id, agent_id, agent_role, discovery_type, content, confidence, related_to, tags)
+SELECT seq.last - cardinality($1::text[]) + items.n, items.id, items.agent_id, items.agent_role,
+       items.discovery_type, items.content, items.confidence, items.related_to,
+       ARRAY(SELECT jsonb_array_elements_text(items.tags::jsonb))
+FROM items, seq ORDER BY items.n
+RETURNING {_COLUMNS}
+"""
+_MAX_BATCH = 200
+
+
+@dataclass(eq=False, slots=True)
+class _Pending:
+    item: ShareDiscoveryInput
+    row: asyncpg.Record | None = None
+    error: HubError | None = None
+    done: bool = False
 
 
 def row_to_discovery(row: asyncpg.Record) -> Discovery:
@@ -48,23 +79,64 @@ class DiscoveryLog:
         self._pool = pool
         self._bus = bus
         self._metrics = metrics
+        self._queue: list[_Pending] = []
+        self._write_lock = anyio.Lock()
 
     async def share(self, item: ShareDiscoveryInput) -> SharedDiscovery:
         """Store, then publish. Raises RelatedDiscoveryNotFound (nothing stored) for an unknown `related_to`."""
-        try:
-            row = await self._pool.fetchrow(
-                _INSERT, new_discovery_id(), item.agent_id, item.agent_role, item.discovery_type, item.content,
-                item.confidence, item.related_to, item.tags,
-            )
-        except asyncpg.ForeignKeyViolationError as exc:
-            raise RelatedDiscoveryNotFound(item.related_to or "") from exc
-        assert row is not None
-        discovery = row_to_discovery(row)
+        pending = _Pending(item)
+        self._queue.append(pending)
+        async with self._write_lock:
+            if not pending.done:  # nobody took it along yet: write it and everything queued behind it
+                batch, self._queue = self._queue[:_MAX_BATCH], self._queue[_MAX_BATCH:]
+                # Shielded: other callers' discoveries ride on this write, so it finishes even if ours is cancelled.
+                with anyio.CancelScope(shield=True):
+                    await self._write(batch)
+        if pending.error is not None:
+            raise pending.error
+        assert pending.row is not None
+        discovery = row_to_discovery(pending.row)
         subject = discovery_subject(self._bus, discovery.agent_id, discovery.discovery_type)
         await self._bus.publish(subject, discovery)
         self._metrics.discoveries.labels(discovery.discovery_type).inc()
         return SharedDiscovery(discovery_id=discovery.discovery_id, uri=discovery.uri, sequence=discovery.sequence,
                                nats_subject=subject, timestamp=discovery.timestamp)
+
+    async def _write(self, batch: list[_Pending]) -> None:
+        try:
+            if len(batch) == 1:
+                await self._write_one(batch[0])
+                return
+            items = [p.item for p in batch]
+            try:
+                rows = await self._pool.fetch(
+                    _INSERT_MANY, [new_discovery_id() for _ in items], [i.agent_id for i in items],
+                    [i.agent_role for i in items], [i.discovery_type for i in items], [i.content for i in items],
+                    [i.confidence for i in items], [i.related_to for i in items],
+                    [json.dumps(i.tags) for i in items],
+                )
+            except asyncpg.ForeignKeyViolationError:
+                for p in batch:
+                    await self._write_one(p)
+                return
+            for p, row in zip(batch, rows, strict=True):
+                p.row = row
+        finally:
+            for p in batch:  # a failure leaves the queued callers to raise it rather than wait forever
+                if p.row is None and p.error is None:
+                    p.error = ServiceUnavailable("the discovery could not be stored; retry")
+                p.done = True
+
+    async def _write_one(self, p: _Pending) -> None:
+        item = p.item
+        try:
+            p.row = await self._pool.fetchrow(
+                _INSERT, new_discovery_id(), item.agent_id, item.agent_role, item.discovery_type, item.content,
+                item.confidence, item.related_to, item.tags,
+            )
+        except asyncpg.ForeignKeyViolationError as exc:
+            p.error = RelatedDiscoveryNotFound(item.related_to or "")
+            p.error.__cause__ = exc
 
     async def get(self, discovery_id: str) -> Discovery:
         row = await self._pool.fetchrow(f"SELECT {_COLUMNS} FROM discoveries WHERE id = $1", discovery_id)

@@ -35,6 +35,7 @@ from web_ui.state import HubState
 logger = logging.getLogger(__name__)
 
 OPERATOR_TOKEN_FILE = "operator-token"
+_GC_THRESHOLDS = (50_000, 20, 20)
 
 _STREAM_DOC = {"/discoveries/stream": {"get": {
     "summary": "Discoveries as Server-Sent Events (subscription_id= or type/role/agent_id/min_confidence; "
@@ -145,6 +146,7 @@ async def serve(app: Starlette, sock: socket.socket, *, log_level: str = "info",
     # which otherwise walk it again and again under load (hundreds of ms each with many connections open).
     gc.collect()
     gc.freeze()
+    gc.set_threshold(*_GC_THRESHOLDS)
     async with anyio.create_task_group() as tg:
 
         async def stop_on_signal() -> None:

@@ -6,9 +6,10 @@ import random
 
 import anyio
 
+from agenthub.errors import RelatedDiscoveryNotFound
 from collaboration.discoveries import _INSERT, row_to_discovery
 from collaboration.filters import SQL_CONDITION, DiscoveryFilter
-from collaboration.models import DISCOVERY_TYPES, Discovery
+from collaboration.models import DISCOVERY_TYPES, Discovery, ShareDiscoveryInput
 from tests.conftest import RunningHub
 
 
@@ -84,3 +85,29 @@ async def test_python_and_sql_filters_select_the_same_discoveries(hub: RunningHu
                                 0, 10**9, *flt.sql_args())
         assert [r["sequence"] for r in rows] == [d.sequence for d in stored if flt.matches(d)], json.dumps(
             flt.sql_args())
+
+
+async def test_concurrent_shares_with_one_bad_related_to_refuse_only_that_one(hub: RunningHub) -> None:
+    log = hub.state.collab.log
+    first = await log.share(ShareDiscoveryInput(agent_id="a", agent_role="R", discovery_type="question",
+                                                content="root", confidence=0.5))
+    outcomes: dict[int, str] = {}
+
+    async def share(i: int) -> None:
+        related = "disc_nope" if i == 7 else first.discovery_id
+        try:
+            shared = await log.share(ShareDiscoveryInput(agent_id="a", agent_role="R", discovery_type="solution",
+                                                         content=f"c{i}", confidence=0.5, related_to=related))
+            outcomes[i] = f"stored {shared.sequence}"
+        except RelatedDiscoveryNotFound:
+            outcomes[i] = "refused"
+
+    async with anyio.create_task_group() as tg:
+        for i in range(30):
+            tg.start_soon(share, i)
+    assert outcomes.pop(7) == "refused"
+    assert sorted(int(o.split()[1]) for o in outcomes.values()) == list(range(2, 31))
+    rows = await hub.state.pool.fetch("SELECT sequence, content, related_to FROM discoveries ORDER BY sequence")
+    assert [r["sequence"] for r in rows] == list(range(1, 31))
+    assert "c7" not in {r["content"] for r in rows}
+    assert all(r["related_to"] == first.discovery_id for r in rows[1:])
