@@ -16,7 +16,6 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from itertools import islice
 from types import TracebackType
 from typing import Self
 
@@ -119,10 +118,10 @@ class DiscoveryFeed:
             await self._advanced.wait()
         if self._ending:
             return []
-        oldest = self._ring[0].discovery.sequence if self._ring else self.frontier + 1
-        if sequence + 1 < oldest:
+        missed = self.frontier - sequence  # the ring ends at the frontier, so they are its last `missed` events
+        if missed > len(self._ring):
             return None
-        return list(islice(self._ring, sequence + 1 - oldest, None))
+        return [self._ring[-i] for i in range(missed, 0, -1)]  # indexing from the right end: O(missed)
 
     async def wait_beyond(self, sequence: int, seconds: float) -> None:
         """Return when the frontier passes `sequence`, or after `seconds`."""

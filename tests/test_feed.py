@@ -10,7 +10,7 @@ from agenthub.errors import RelatedDiscoveryNotFound
 from collaboration.discoveries import _INSERT, row_to_discovery
 from collaboration.filters import SQL_CONDITION, DiscoveryFilter
 from collaboration.models import DISCOVERY_TYPES, Discovery, ShareDiscoveryInput
-from tests.conftest import RunningHub
+from tests.conftest import HubFactory, RunningHub
 
 
 async def _insert_silently(hub: RunningHub, n: int, agent: str = "ghost") -> list[Discovery]:
@@ -111,3 +111,16 @@ async def test_concurrent_shares_with_one_bad_related_to_refuse_only_that_one(hu
     assert [r["sequence"] for r in rows] == list(range(1, 31))
     assert "c7" not in {r["content"] for r in rows}
     assert all(r["related_to"] == first.discovery_id for r in rows[1:])
+
+
+async def test_the_feed_sends_a_stream_that_fell_out_of_its_ring_back_to_the_log(hub_factory: HubFactory) -> None:
+    async with hub_factory.run(hub_factory.settings(sse={"ring_size": 3})) as hub:
+        feed = hub.state.collab.feed
+        await _insert_silently(hub, 5)
+        with anyio.fail_after(5):
+            while feed.frontier < 5:
+                await feed.wait_beyond(feed.frontier, 1)
+        assert await feed.events_after(0) is None
+        assert await feed.events_after(1) is None
+        assert [e.discovery.sequence for e in await feed.events_after(2) or []] == [3, 4, 5]
+        assert [e.discovery.sequence for e in await feed.events_after(4) or []] == [5]
