@@ -17,7 +17,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-from unittest import mock
 
 import anyio
 import httpx2
@@ -45,7 +44,6 @@ from mcp.server import Server, ServerRequestContext
 from starlette.applications import Starlette
 
 import mcp_server.app
-from mcp_server.server import build_server
 from web_ui.state import HubState
 
 ECHO = "echo"
@@ -62,45 +60,39 @@ HUB_NAME = "hub"
 # -- the child: the product's app, plus an echo tool ---------------------------------------------------------------
 
 
-def with_echo(build_server: Callable[..., Server[Any]]) -> Callable[..., Server[Any]]:
-    """Wrap the product's `build_server` so the server it returns also answers (and lists) the echo tool."""
+def add_echo(server: Server[Any]) -> None:
+    """Make the product's MCP server also answer (and list) the echo tool; handlers are looked up per request."""
+    product_call = server.get_request_handler("tools/call")
+    product_list = server.get_request_handler("tools/list")
+    product_schema = server.get_tool_input_schema
+    assert product_call is not None and product_list is not None and product_schema is not None
 
-    def build(*args: Any, **kwargs: Any) -> Server[Any]:
-        server = build_server(*args, **kwargs)
-        product_call = server.get_request_handler("tools/call")
-        product_list = server.get_request_handler("tools/list")
-        assert product_call is not None and product_list is not None
+    async def call_tool(ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
+                        ) -> types.CallToolResult:
+        if params.name != ECHO:
+            result = await product_call.handler(ctx, params)
+            assert isinstance(result, types.CallToolResult)
+            return result
+        text = str((params.arguments or {}).get("text", ""))
+        return types.CallToolResult(content=[types.TextContent(type="text", text=text)],
+                                    structured_content={"text": text})
 
-        async def call_tool(ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
-                            ) -> types.CallToolResult:
-            if params.name != ECHO:
-                result = await product_call.handler(ctx, params)
-                assert isinstance(result, types.CallToolResult)
-                return result
-            text = str((params.arguments or {}).get("text", ""))
-            return types.CallToolResult(content=[types.TextContent(type="text", text=text)],
-                                        structured_content={"text": text})
+    async def list_tools(ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams
+                         ) -> types.ListToolsResult:
+        listed = await product_list.handler(ctx, params)
+        assert isinstance(listed, types.ListToolsResult)
+        return types.ListToolsResult(tools=[*listed.tools, ECHO_TOOL])
 
-        async def list_tools(ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams
-                             ) -> types.ListToolsResult:
-            listed = await product_list.handler(ctx, params)
-            assert isinstance(listed, types.ListToolsResult)
-            return types.ListToolsResult(tools=[*listed.tools, ECHO_TOOL])
-
-        product_schema = server.get_tool_input_schema
-        assert product_schema is not None
-        # The SDK checks each call's arguments against this schema; echo pays for that as the product's tools do.
-        server.get_tool_input_schema = lambda name: ECHO_TOOL.input_schema if name == ECHO else product_schema(name)
-        server.add_request_handler("tools/call", types.CallToolRequestParams, call_tool)
-        server.add_request_handler("tools/list", types.PaginatedRequestParams, list_tools)
-        return server
-
-    return build
+    # The SDK checks each call's arguments against this schema; echo pays for that as the product's tools do.
+    server.get_tool_input_schema = lambda name: ECHO_TOOL.input_schema if name == ECHO else product_schema(name)
+    server.add_request_handler("tools/call", types.CallToolRequestParams, call_tool)
+    server.add_request_handler("tools/list", types.PaginatedRequestParams, list_tools)
 
 
 def create_app_with_echo(hub: HubState) -> Starlette:
-    with mock.patch.object(mcp_server.app, "build_server", with_echo(build_server)):
-        return mcp_server.app.create_app(hub)
+    app = mcp_server.app.create_app(hub)
+    add_echo(app.state.mcp_server)
+    return app
 
 
 def serve_child(args: argparse.Namespace) -> None:

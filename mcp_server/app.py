@@ -104,6 +104,7 @@ def create_app(hub: HubState) -> Starlette:
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.hub = hub
+    app.state.mcp_server = server
     app.add_middleware(
         Guard, max_body=settings.limits.max_body_bytes, auth=settings.auth, allowed_hosts=settings.allowed_hosts,
         allowed_origins=settings.allowed_origins, pool=hub.pool,
