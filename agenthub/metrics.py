@@ -32,7 +32,8 @@ class HubMetrics:
         self.tool_latency = Histogram("agenthub_tool_call_seconds", "MCP tool call latency", ["tool"],
                                       buckets=_LATENCY_BUCKETS, registry=r)
         self.discoveries = Counter("agenthub_discoveries", "Discoveries shared through this hub", ["type"], registry=r)
-        self.sse_clients = Gauge("agenthub_sse_clients", "Connected SSE clients", registry=r)
+        self.sse_clients = Gauge("agenthub_sse_clients", "Connected SSE clients (read from the feed at scrape time)",
+                                 registry=r)
         self.sse_dropped = Counter("agenthub_sse_dropped_clients", "SSE clients dropped for not reading", registry=r)
         self.nats_publish_failures = Counter("agenthub_nats_publish_failures", "NATS publishes that failed",
                                              registry=r)

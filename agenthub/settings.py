@@ -41,6 +41,8 @@ class Settings(BaseSettings):
     allowed_hosts: list[str] = Field(default_factory=list)
     allowed_origins: list[str] = Field(default_factory=list)
     db_pool_size: int = Field(default=10, ge=1)
+    # How often the live feed checks the log for discoveries NATS did not bring (a lost or late publish).
+    feed_sync_seconds: float = Field(default=1.0, gt=0)
     log_level: str = "info"
     limits: LimitSettings = Field(default_factory=LimitSettings)
     sse: SSESettings = Field(default_factory=SSESettings)

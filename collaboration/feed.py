@@ -51,7 +51,7 @@ def encode_event(d: Discovery) -> FeedEvent:
 
 
 class DiscoveryFeed:
-    def __init__(self, log: DiscoveryLog, bus: Bus, *, ring_size: int, sync_interval: float = 1.0) -> None:
+    def __init__(self, log: DiscoveryLog, bus: Bus, *, ring_size: int, sync_interval: float) -> None:
         self._log = log
         self._bus = bus
         self._sync_interval = sync_interval
@@ -137,31 +137,28 @@ class DiscoveryFeed:
         except ValidationError:
             logger.warning("ignoring malformed discovery on %s", msg.subject)
             return
-        async with self._lock:
-            if d.sequence <= self.frontier:
-                return
-            self._pending[d.sequence] = d
-            if d.sequence > self.frontier + 1:
-                await self._fill(d.sequence - 1)
-            await self._deliver_ready()
+        await self._advance(d.sequence, arrived=d)
 
     async def _sync_forever(self) -> None:
         while True:
             await anyio.sleep(self._sync_interval)
             try:
-                newest = await self._log.newest_sequence()
-                if newest > self.frontier:
-                    async with self._lock:
-                        await self._fill(newest)
-                        await self._deliver_ready()
+                await self._advance(await self._log.newest_sequence())
             except Exception:  # the database may be briefly unreachable; the next tick tries again
                 logger.exception("discovery feed sync failed")
 
-    async def _fill(self, upto: int) -> None:
-        missing = [s for s in range(self.frontier + 1, upto + 1) if s not in self._pending]
-        if missing:
-            for d in await self._log.read_range(missing[0], missing[-1]):
-                self._pending.setdefault(d.sequence, d)
+    async def _advance(self, upto: int, *, arrived: Discovery | None = None) -> None:
+        """Deliver everything up to `upto` (with `arrived` from NATS), reading from the log whatever is missing."""
+        async with self._lock:
+            if upto <= self.frontier:
+                return
+            if arrived is not None:
+                self._pending.setdefault(arrived.sequence, arrived)
+            missing = [s for s in range(self.frontier + 1, upto + 1) if s not in self._pending]
+            if missing:
+                for d in await self._log.read_range(missing[0], missing[-1]):
+                    self._pending.setdefault(d.sequence, d)
+            await self._deliver_ready()
 
     async def _deliver_ready(self) -> None:
         while (d := self._pending.pop(self.frontier + 1, None)) is not None:

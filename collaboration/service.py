@@ -39,9 +39,10 @@ from collaboration.subscriptions import Subscription, Subscriptions
 class Collaboration:
     """Owns the live feed; enter it to start the feed, exit to stop it."""
 
-    def __init__(self, pool: asyncpg.Pool, bus: Bus, metrics: HubMetrics, *, base_url: str, ring_size: int) -> None:
+    def __init__(self, pool: asyncpg.Pool, bus: Bus, metrics: HubMetrics, *, base_url: str, ring_size: int,
+                 sync_seconds: float) -> None:
         self.log = DiscoveryLog(pool, bus, metrics)
-        self.feed = DiscoveryFeed(self.log, bus, ring_size=ring_size)
+        self.feed = DiscoveryFeed(self.log, bus, ring_size=ring_size, sync_interval=sync_seconds)
         self.subscriptions = Subscriptions(pool, self.log, self.feed)
         self.contexts = ContextManager(pool, bus)
         self._base_url = base_url.rstrip("/")

@@ -60,7 +60,9 @@ async def open_hub(settings: Settings, *, nats_monitor_url: str | None = None) -
         bus = await stack.enter_async_context(
             connect_bus(settings.nats_url, settings.nats_subject_prefix, metrics.nats_publish_failures.inc))
         collab = await stack.enter_async_context(
-            Collaboration(pool, bus, metrics, base_url=base_url(settings), ring_size=settings.sse.ring_size))
+            Collaboration(pool, bus, metrics, base_url=base_url(settings), ring_size=settings.sse.ring_size,
+                          sync_seconds=settings.feed_sync_seconds))
+        metrics.sse_clients.set_function(lambda: collab.feed.stream_count)
         if settings.auth:
             token_file = settings.data_dir / OPERATOR_TOKEN_FILE
             if await ensure_operator_token_file(pool, token_file):

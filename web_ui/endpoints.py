@@ -3,9 +3,10 @@ Starlette route (parsing, validation, error translation) and its entry in `/open
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
+from starlette.datastructures import QueryParams
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -13,6 +14,7 @@ from starlette.routing import Route
 from agenthub.errors import HubError
 from web_ui.problems import problem, problem_for, validation_problem
 
+M = TypeVar("M", bound=BaseModel)
 Handler = Callable[[Request, Any], Awaitable[BaseModel | Response]]
 
 
@@ -59,14 +61,21 @@ class Endpoint:
                     raise ValueError(f"the body is not valid JSON: {bad_json[0]}") from exc
                 raise
         if self.query is not None:
-            params: dict[str, Any] = {}
-            for key in request.query_params:
-                values = request.query_params.getlist(key)
-                field = self.query.model_fields.get(key)
-                is_list = field is not None and "list" in str(field.annotation)
-                params[key] = [v for raw in values for v in raw.split(",") if v] if is_list else values[-1]
-            return self.query.model_validate(params)
+            return parse_query(self.query, request.query_params)
         return None
+
+
+def parse_query(model: type[M], query: QueryParams, skip: frozenset[str] = frozenset()) -> M:
+    """Validate query parameters into `model`: list fields take repeated and comma-separated values."""
+    params: dict[str, Any] = {}
+    for key in query:
+        if key in skip:
+            continue
+        values = query.getlist(key)
+        field = model.model_fields.get(key)
+        is_list = field is not None and "list" in str(field.annotation)
+        params[key] = [v for raw in values for v in raw.split(",") if v] if is_list else values[-1]
+    return model.model_validate(params)
 
 
 def openapi(endpoints: list[Endpoint], *, title: str, version: str, extra_paths: dict[str, Any]) -> dict[str, Any]:

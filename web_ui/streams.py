@@ -25,11 +25,13 @@ from agenthub.errors import CursorInFuture, HubError, InvalidInput, TooManyConne
 from collaboration.feed import encode_event
 from collaboration.filters import DiscoveryFilter
 from web_ui.api import DiscoveryFilterQuery
+from web_ui.endpoints import parse_query
 from web_ui.problems import problem_for, validation_problem
 from web_ui.state import HubState, hub_of, principal_of
 
 logger = logging.getLogger(__name__)
 
+_POSITION_PARAMS = frozenset({"start", "last_event_id", "access_token"})  # not filters
 _REPLAY_PAGE = 100
 _RETRY_MS = 2000
 # ASCII digits only (str.isdigit also takes '²', which int() refuses), and few enough for int() to parse.
@@ -58,17 +60,15 @@ async def discovery_stream(request: Request) -> Response:
     try:
         who = principal_of(request)
         newest = await hub.collab.log.newest_sequence()
-        params = {k: v for k, v in request.query_params.items() if k not in ("start", "last_event_id", "access_token")}
-        sub_id = params.pop("subscription_id", None)
+        filters = set(request.query_params) - _POSITION_PARAMS
+        sub_id = request.query_params.get("subscription_id")
         if sub_id is not None:
-            if params:
+            if filters - {"subscription_id"}:
                 raise InvalidInput("give either subscription_id or filter parameters, not both")
             sub = await hub.collab.own_subscription(who, sub_id)
             flt, default = sub.flt, sub.cursor
         else:
-            query = DiscoveryFilterQuery.model_validate(
-                {k: request.query_params.getlist(k) if k in ("type", "role", "agent_id") else v
-                 for k, v in params.items()})
+            query = parse_query(DiscoveryFilterQuery, request.query_params, skip=_POSITION_PARAMS)
             flt, default = query.to_filter(), newest
         start = _start_point(request, default, newest)
         if hub.collab.feed.stream_count >= hub.settings.sse.max_clients:
@@ -80,7 +80,6 @@ async def discovery_stream(request: Request) -> Response:
     if request.method == "HEAD":
         return EventSourceResponse(iter(()))  # headers only
     hub.collab.feed.add_stream()  # counted now, so concurrent connections cannot all pass the limit
-    hub.metrics.sse_clients.inc()
     return _Stream(
         _events(hub, flt, start, newest),
         ping=hub.settings.sse.heartbeat_seconds,
@@ -130,4 +129,3 @@ async def _events(hub: HubState, flt: DiscoveryFilter, cursor: int, newest: int
                 yield b"".join(frames)  # all that was waiting, in one write
     finally:
         feed.remove_stream()
-        hub.metrics.sse_clients.dec()
