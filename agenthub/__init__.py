@@ -1,10 +1,25 @@
 """The foundation every agenthub package uses: settings, errors, ids, database, NATS, embedded services, auth,
-metrics."""
+metrics.
 
-from agenthub.auth import LOCAL_OPERATOR, Principal, Role
-from agenthub.bus import Bus
-from agenthub.errors import HubError
-from agenthub.metrics import HubMetrics
-from agenthub.settings import Settings
+The names below are imported on first use, not with the package: agent processes import a few of its
+modules and must start fast."""
 
-__all__ = ["LOCAL_OPERATOR", "Bus", "HubError", "HubMetrics", "Principal", "Role", "Settings"]
+from importlib import import_module
+from typing import Any
+
+_EXPORTS = {
+    "Bus": "agenthub.bus",
+    "HubError": "agenthub.errors",
+    "HubMetrics": "agenthub.metrics",
+    "LOCAL_OPERATOR": "agenthub.auth",
+    "Principal": "agenthub.auth",
+    "Role": "agenthub.auth",
+    "Settings": "agenthub.settings",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(_EXPORTS[name]), name)

@@ -6,12 +6,20 @@
     ├── NotFound
     │   ├── DiscoveryNotFound
     │   ├── RelatedDiscoveryNotFound `related_to` names no stored discovery
-    │   └── SubscriptionNotFound
+    │   ├── SubscriptionNotFound
+    │   └── AgentNotFound
+    ├── Conflict                     the request does not fit the current state of what it names
+    │   ├── AgentExists              an agent id already in use
+    │   └── IllegalTransition        an agent state change the state machine does not allow
     ├── Unauthenticated              no token, or a token that is unknown or revoked
     ├── Forbidden                    the token's role or agent id does not allow the action
     ├── TooManyConnections           a connection limit is reached
     ├── ServiceUnavailable           NATS or PostgreSQL cannot be reached
-    └── StartupError                 the hub cannot start; the message is one line for the operator
+    │   └── CircuitOpen              a circuit breaker is open: calls are refused until it half-opens
+    ├── StartupError                 the hub cannot start; the message is one line for the operator
+    └── AgentWorkError               inside an agent process: work that failed, by what to do about it
+        ├── TransientAgentError      retry with backoff (a timeout, a rate limit, the hub restarting)
+        └── LogicalAgentError        retrying cannot help (bad configuration, a rejected key): stop and alert
 """
 
 
@@ -56,6 +64,30 @@ class SubscriptionNotFound(NotFound):
         self.subscription_id = subscription_id
 
 
+class AgentNotFound(NotFound):
+    def __init__(self, agent_id: str) -> None:
+        super().__init__(f"no agent with id {agent_id!r}")
+        self.agent_id = agent_id
+
+
+class Conflict(HubError):
+    pass
+
+
+class AgentExists(Conflict):
+    def __init__(self, agent_id: str) -> None:
+        super().__init__(f"an agent with id {agent_id!r} already exists")
+        self.agent_id = agent_id
+
+
+class IllegalTransition(Conflict):
+    def __init__(self, agent_id: str, current: str, target: str) -> None:
+        super().__init__(f"agent {agent_id!r} is {current} and cannot become {target}")
+        self.agent_id = agent_id
+        self.current = current
+        self.target = target
+
+
 class Unauthenticated(HubError):
     pass
 
@@ -74,5 +106,24 @@ class ServiceUnavailable(HubError):
     pass
 
 
+class CircuitOpen(ServiceUnavailable):
+    def __init__(self, name: str, retry_after: float) -> None:
+        super().__init__(f"circuit breaker {name!r} is open; retry in {retry_after:.1f} s")
+        self.name = name
+        self.retry_after = retry_after
+
+
 class StartupError(HubError):
+    pass
+
+
+class AgentWorkError(HubError):
+    pass
+
+
+class TransientAgentError(AgentWorkError):
+    pass
+
+
+class LogicalAgentError(AgentWorkError):
     pass

@@ -38,5 +38,17 @@ class HubMetrics:
         self.nats_publish_failures = Counter("agenthub_nats_publish_failures", "NATS publishes that failed",
                                              registry=r)
 
+        self.questions_routed = Counter("agenthub_questions_routed", "Questions the orchestrator sent to agents",
+                                        registry=r)
+        self.questions_unrouted = Counter("agenthub_questions_unrouted", "Questions (or deliveries) not routed",
+                                          ["reason"], registry=r)
+        self.agent_failures = Counter("agenthub_agent_failures", "Agent process failures", ["reason"], registry=r)
+        self.agent_errors = Counter("agenthub_agent_errors", "Errors agents reported", ["category"], registry=r)
+        self.agent_alerts = Counter("agenthub_agent_alerts", "Agents stopped as failed, needing an operator",
+                                    ["reason"], registry=r)
+        self.agent_restarts = Counter("agenthub_agent_restarts", "Agent processes started again", registry=r)
+        self.open_breakers = Gauge("agenthub_open_breakers",
+                                   "Agent circuit breakers that are open (read at scrape time)", registry=r)
+
     def watch_pool(self, read: Callable[[], tuple[int, int, int]]) -> None:
         self.registry.register(_PoolCollector(read))

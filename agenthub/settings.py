@@ -27,8 +27,24 @@ class SSESettings(BaseModel):
     send_timeout_seconds: float = Field(default=5.0, gt=0)
 
 
+class AgentSettings(BaseModel):
+    """The agent pool, its supervision and the live orchestrator."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    heartbeat_seconds: float = Field(default=10.0, ge=0.1, le=300)  # default interval; a spawn request may set its own
+    missed_beats: int = Field(default=3, ge=1, le=100)  # this many intervals without a heartbeat is a failure
+    startup_seconds: float = Field(default=30.0, gt=0)  # a process that has not announced itself by then is restarted
+    max_agents: int = Field(default=100, ge=1)
+    breaker_fail_max: int = Field(default=3, ge=1)  # consecutive failures (crashes, lost heartbeats) that open it
+    breaker_reset_seconds: float = Field(default=30.0, gt=0)
+    max_question_depth: int = Field(default=4, ge=0)  # orchestrator loop guard: related_to chain depth
+    questions_per_agent_per_minute: int = Field(default=30, ge=1)
+
+
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="AGENTHUB_", env_nested_delimiter="__", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="AGENTHUB_", env_nested_delimiter="__", extra="ignore",
+                                      populate_by_name=True)
 
     data_dir: Path = Path(".agenthub")
     host: str = "127.0.0.1"
@@ -37,6 +53,7 @@ class Settings(BaseSettings):
     nats_url: str | None = None
     database_url: str | None = None
     nats_subject_prefix: str = ""
+    replica_id: str | None = None  # default: a name kept in the data directory
     auth: bool = True
     allowed_hosts: list[str] = Field(default_factory=list)
     allowed_origins: list[str] = Field(default_factory=list)
@@ -46,3 +63,6 @@ class Settings(BaseSettings):
     log_level: str = "info"
     limits: LimitSettings = Field(default_factory=LimitSettings)
     sse: SSESettings = Field(default_factory=SSESettings)
+    agents: AgentSettings = Field(default_factory=AgentSettings)
+    # For `claude` agents; read from ANTHROPIC_API_KEY (the Anthropic SDK's own name) and passed to their processes.
+    anthropic_api_key: str | None = Field(default=None, validation_alias="ANTHROPIC_API_KEY", repr=False)

@@ -214,3 +214,14 @@ class CollaborationStatus(Output):
     newest_sequence: int
     subscriptions: int
     sse_clients: int
+
+
+class RoutedQuestion(Output):
+    """What the live orchestrator sends an agent (as `questions` context on `context.direct.{id}`) for a
+    `question` discovery it should answer."""
+
+    discovery_id: str
+    question: str
+    from_agent: str
+    depth: int
+    tags: list[str]

@@ -6,6 +6,7 @@ uvicorn until a signal. Shutdown runs in reverse: HTTP and MCP sessions, then th
 import contextlib
 import gc
 import logging
+import secrets
 import signal
 import socket
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -20,14 +21,17 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 
+from agent_pool.pool import AgentPool
 from agenthub.auth import ensure_operator_token_file
 from agenthub.bus import connect_bus
 from agenthub.database import open_pool
 from agenthub.metrics import HubMetrics
 from agenthub.settings import Settings
+from collaboration.orchestrator import Orchestrator
 from collaboration.service import Collaboration
 from mcp_server.server import ResourceNotifier, build_server
-from web_ui import api, ops, streams
+from supervisor import INTENSITY_REACHED, ChildSpec, Supervisor, SupervisorEvent, task_child
+from web_ui import agents, api, ops, streams
 from web_ui.endpoints import openapi
 from web_ui.guard import Guard
 from web_ui.state import HubState
@@ -35,6 +39,7 @@ from web_ui.state import HubState
 logger = logging.getLogger(__name__)
 
 OPERATOR_TOKEN_FILE = "operator-token"
+REPLICA_ID_FILE = "replica-id"
 _GC_THRESHOLDS = (50_000, 20, 20)
 
 _STREAM_DOC = {"/discoveries/stream": {"get": {
@@ -46,6 +51,33 @@ _STREAM_DOC = {"/discoveries/stream": {"get": {
 
 def base_url(settings: Settings) -> str:
     return settings.public_url or f"http://{settings.host}:{settings.port}"
+
+
+def local_url(settings: Settings) -> str:
+    """The URL agent processes on this machine use to reach the hub."""
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(settings.host, settings.host)
+    return f"http://[{host}]:{settings.port}" if ":" in host else f"http://{host}:{settings.port}"
+
+
+def replica_id(settings: Settings) -> str:
+    """This hub's name as the owner of the agents it runs, kept in the data directory across restarts."""
+    if settings.replica_id:
+        return settings.replica_id
+    path = settings.data_dir / REPLICA_ID_FILE
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        name = f"{socket.gethostname()}-{secrets.token_hex(3)}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(name + "\n")
+        return name
+
+
+async def _log_root_event(event: SupervisorEvent) -> None:
+    if event.kind == "restarting":
+        logger.error("hub component %s failed; restarting it in %.2f s", event.child_id, event.delay or 0)
+    elif event.kind == "shutdown" and event.exit is not None and event.exit.detail == INTENSITY_REACHED:
+        logger.critical("hub components keep failing; the root supervisor gave up (%s)", event.exit.detail)
 
 
 @asynccontextmanager
@@ -67,8 +99,21 @@ async def open_hub(settings: Settings, *, nats_monitor_url: str | None = None) -
             token_file = settings.data_dir / OPERATOR_TOKEN_FILE
             if await ensure_operator_token_file(pool, token_file):
                 logger.info("created the first operator token in %s", token_file)
-        yield HubState(settings=settings, pool=pool, bus=bus, metrics=metrics, collab=collab,
-                       nats_monitor_url=nats_monitor_url)
+        agents = AgentPool(pool=pool, bus=bus, metrics=metrics, settings=settings.agents, replica=replica_id(settings),
+                           hub_url=local_url(settings), nats_url=settings.nats_url, data_dir=settings.data_dir,
+                           anthropic_api_key=settings.anthropic_api_key)
+        orchestrator = Orchestrator(collab.log, collab.contexts, metrics, targets=agents.route_targets,
+                                    max_depth=settings.agents.max_question_depth,
+                                    per_agent_per_minute=settings.agents.questions_per_agent_per_minute)
+        collab.feed.add_hook(orchestrator.discovery_shared)
+        # The hub's own long-lived components run under one root supervisor (the feed keeps its own context).
+        root = Supervisor("hub", [*agents.children(), ChildSpec(id="orchestrator", start=task_child(orchestrator.run))],
+                          max_restarts=3, period=60, listener=_log_root_event)
+        await stack.enter_async_context(root)
+        stack.push_async_callback(agents.stop_all)  # runs before the root supervisor stops: agents end as stopped
+        await agents.reconcile()
+        yield HubState(settings=settings, pool=pool, bus=bus, metrics=metrics, collab=collab, agents=agents,
+                       supervisor=root, orchestrator=orchestrator, nats_monitor_url=nats_monitor_url)
 
 
 def create_app(hub: HubState) -> Starlette:
@@ -84,7 +129,7 @@ def create_app(hub: HubState) -> Starlette:
         transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False),
     )
     session_manager = server.session_manager
-    document = openapi(api.ENDPOINTS, title="agenthub", version="0.1.0", extra_paths=_STREAM_DOC)
+    document = openapi(api.ENDPOINTS + agents.ENDPOINTS, title="agenthub", version="0.1.0", extra_paths=_STREAM_DOC)
 
     async def openapi_json(request: Request) -> Response:
         return JSONResponse(document)
@@ -101,7 +146,7 @@ def create_app(hub: HubState) -> Starlette:
         Route("/metrics/system", ops.system_metrics),
         Route("/openapi.json", openapi_json),
         Route("/discoveries/stream", streams.discovery_stream),
-        *(ep.route() for ep in api.ENDPOINTS),
+        *(ep.route() for ep in api.ENDPOINTS + agents.ENDPOINTS),
         Mount("/", app=mcp_app),  # MCP at /mcp; must stay last, it matches every path
     ]
     app = Starlette(routes=routes, lifespan=lifespan)

@@ -2,6 +2,9 @@
 
     agenthub serve [--data-dir D] [--host H] [--port P] [--no-auth]
     agenthub token create --role operator|agent|viewer [--agent-id X] [--url U] [--data-dir D]
+    agenthub agent spawn --role R [--id X] [--capability C]... (--behaviour B | --command CMD | --executor E)
+                         [--config JSON] [--text T] [--prompt P] [--restart TYPE] [--max-restarts N] [--period S]
+    agenthub agent list | show ID | stop ID | restart ID      [--url U] [--data-dir D]
 
 `serve` starts the embedded NATS and PostgreSQL unless AGENTHUB_NATS_URL / AGENTHUB_DATABASE_URL are set, then
 serves until Ctrl-C or SIGTERM and stops everything in order. Every problem the operator can fix is one line
@@ -14,6 +17,7 @@ import fcntl
 import ipaddress
 import json
 import logging
+import shlex
 import signal
 import socket
 import sys
@@ -115,29 +119,95 @@ async def _serve_async(settings: Settings, sock: socket.socket, monitor_url: str
         await serve(create_app(hub), sock, log_level=settings.log_level, before_shutdown=hub.collab.feed.end_streams)
 
 
-def run_token_create(settings: Settings, role: str, agent_id: str | None, url: str | None) -> None:
+def _hub_request(settings: Settings, url: str | None, method: str, path: str, body: dict[str, Any] | None = None
+                 ) -> Any:
+    """Call the running hub's REST API with the operator token from the data directory."""
     token_file = settings.data_dir / OPERATOR_TOKEN_FILE
     try:
         operator = token_file.read_text().strip()
     except OSError as exc:
         raise StartupError(f"cannot read the operator token at {token_file}: start the hub once first") from exc
-    target = (url or f"http://{settings.host}:{settings.port}").rstrip("/") + "/api/v1/tokens"
-    body: dict[str, Any] = {"role": role}
-    if agent_id is not None:
-        body["agent_id"] = agent_id
-    req = urllib.request.Request(target, data=json.dumps(body).encode(), method="POST", headers={
+    target = (url or f"http://{settings.host}:{settings.port}").rstrip("/") + path
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(target, data=data, method=method, headers={
         "Authorization": f"Bearer {operator}", "Content-Type": "application/json"})
     try:
-        with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 - the operator's own hub URL
-            created = json.load(resp)
+        with urllib.request.urlopen(req, timeout=30) as resp:  # noqa: S310 - the operator's own hub URL
+            return json.load(resp)
     except urllib.error.HTTPError as exc:
         detail = json.loads(exc.read() or b"{}").get("detail", exc.reason)
         raise StartupError(f"the hub refused: {detail}") from exc
     except urllib.error.URLError as exc:
         raise ServiceUnavailable(f"cannot reach the hub at {target}: {exc.reason}") from exc
+
+
+def run_token_create(settings: Settings, role: str, agent_id: str | None, url: str | None) -> None:
+    body: dict[str, Any] = {"role": role}
+    if agent_id is not None:
+        body["agent_id"] = agent_id
+    created = _hub_request(settings, url, "POST", "/api/v1/tokens", body)
     print(created["token"])
     print(f"{created['role']} token {created['token_id']}" + (f" for agent {agent_id}" if agent_id else ""),
           file=sys.stderr)
+
+
+def _spawn_body(args: argparse.Namespace) -> dict[str, Any]:
+    try:
+        config: dict[str, Any] = json.loads(args.config) if args.config else {}
+    except json.JSONDecodeError as exc:
+        raise StartupError(f"--config is not valid JSON: {exc}") from exc
+    executor = args.executor
+    if args.command_line:
+        executor = executor or "command"
+        config.setdefault("argv", shlex.split(args.command_line))
+    if args.behaviour:
+        executor = executor or "scripted"
+        config.setdefault("behaviour", args.behaviour)
+    if args.text:
+        config.setdefault("text", args.text)
+    if args.prompt:
+        config.setdefault("prompt", args.prompt)
+    if executor is None:
+        raise StartupError("say what the agent runs: --executor, --command or --behaviour")
+    body: dict[str, Any] = {"role": args.role, "capabilities": args.capability or [], "executor": executor,
+                            "executor_config": config}
+    if args.id:
+        body["agent_id"] = args.id
+    if args.heartbeat is not None:
+        body["heartbeat_seconds"] = args.heartbeat
+    policy = {name: value for name, value in (("restart", args.restart), ("max_restarts", args.max_restarts),
+                                              ("period_seconds", args.period)) if value is not None}
+    if policy:
+        body["restart_policy"] = policy
+    return body
+
+
+def _agent_line(agent: dict[str, Any]) -> str:
+    pid = agent["pid"] if agent["pid"] is not None else "-"
+    beat = (agent["last_heartbeat"] or "-")[:19]
+    return (f"{agent['agent_id']:<24} {agent['state']:<9} {pid!s:>7} {agent['restarts']:>8}  {beat:<19}  "
+            f"{agent['breaker_state']:<9} {agent['executor']:<8} {agent['role']}")
+
+
+def run_agent(settings: Settings, args: argparse.Namespace) -> None:
+    command = args.agent_command
+    if command == "spawn":
+        agent = _hub_request(settings, args.url, "POST", "/api/v1/agents", _spawn_body(args))
+    elif command == "list":
+        listed = _hub_request(settings, args.url, "GET", "/api/v1/agents")
+        print(f"{'AGENT':<24} {'STATE':<9} {'PID':>7} {'RESTARTS':>8}  {'LAST HEARTBEAT':<19}  {'BREAKER':<9} "
+              f"{'EXECUTOR':<8} ROLE")
+        for agent in listed["agents"]:
+            print(_agent_line(agent))
+        return
+    elif command == "show":
+        print(json.dumps(_hub_request(settings, args.url, "GET", f"/api/v1/agents/{args.agent_id}"), indent=2))
+        return
+    elif command == "stop":
+        agent = _hub_request(settings, args.url, "DELETE", f"/api/v1/agents/{args.agent_id}")
+    else:
+        agent = _hub_request(settings, args.url, "POST", f"/api/v1/agents/{args.agent_id}/restart")
+    print(_agent_line(agent))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -155,6 +225,29 @@ def _parser() -> argparse.ArgumentParser:
     create_p.add_argument("--agent-id", help="the agent the token acts as (agent tokens only)")
     create_p.add_argument("--url", help="hub URL (default http://127.0.0.1:8765)")
     create_p.add_argument("--data-dir", type=Path, help="where the operator token is (default ./.agenthub)")
+    agent_p = sub.add_parser("agent", help="spawn, list, show, stop and restart agents on a running hub")
+    agent_sub = agent_p.add_subparsers(dest="agent_command", required=True)
+    spawn_p = agent_sub.add_parser("spawn", help="start an agent process")
+    spawn_p.add_argument("--role", required=True)
+    spawn_p.add_argument("--id", help="agent id (default: generated)")
+    spawn_p.add_argument("--capability", action="append", help="a capability (repeatable)")
+    spawn_p.add_argument("--executor", choices=["scripted", "claude", "command"])
+    spawn_p.add_argument("--config", help="executor configuration as JSON")
+    spawn_p.add_argument("--command", dest="command_line", help="command agent: the command line to run")
+    spawn_p.add_argument("--behaviour", choices=["analyzer", "responder"], help="scripted agent: its behaviour")
+    spawn_p.add_argument("--text", help="scripted analyzer: the text to analyse")
+    spawn_p.add_argument("--prompt", help="claude or command agent: work to do at start")
+    spawn_p.add_argument("--restart", choices=["permanent", "transient", "temporary"])
+    spawn_p.add_argument("--max-restarts", type=int, help="restart intensity: at most this many restarts ...")
+    spawn_p.add_argument("--period", type=float, help="... within this many seconds")
+    spawn_p.add_argument("--heartbeat", type=float, help="heartbeat interval in seconds")
+    agent_sub.add_parser("list", help="all agents with state, pid, restarts, heartbeat and breaker")
+    for name, text in (("show", "one agent with its events, as JSON"), ("stop", "stop an agent gracefully"),
+                       ("restart", "restart an agent's process")):
+        agent_sub.add_parser(name, help=text).add_argument("agent_id")
+    for p in agent_sub.choices.values():
+        p.add_argument("--url", help="hub URL (default http://127.0.0.1:8765)")
+        p.add_argument("--data-dir", type=Path, help="where the operator token is (default ./.agenthub)")
     return parser
 
 
@@ -171,6 +264,8 @@ def main(argv: list[str] | None = None) -> None:
         logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         if args.command == "serve":
             run_serve(settings)
+        elif args.command == "agent":
+            run_agent(settings, args)
         else:
             run_token_create(settings, args.role, args.agent_id, args.url)
     except HubError as exc:

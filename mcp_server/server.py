@@ -88,7 +88,7 @@ def build_server(hub: HubState, notifier: ResourceNotifier) -> Server[Any]:
 
     async def on_call_tool(ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
                            ) -> types.CallToolResult:
-        return await call_tool(hub.collab, _principal(ctx, hub), hub.metrics, params.name, params.arguments)
+        return await call_tool(hub, _principal(ctx, hub), params.name, params.arguments)
 
     async def list_resources(ctx: ServerRequestContext[Any, Any], params: Any) -> types.ListResourcesResult:
         _principal(ctx, hub)

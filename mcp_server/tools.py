@@ -15,9 +15,9 @@ import mcp.types as types
 from mcp.shared.exceptions import MCPError
 from pydantic import BaseModel, ValidationError
 
+from agent_pool.models import AgentInfo, AgentList, AgentRef, ListAgentsInput, SpawnAgentInput
 from agenthub.auth import Principal, Role
 from agenthub.errors import HubError
-from agenthub.metrics import HubMetrics
 from collaboration.models import (
     CollaborationStatus,
     ContextList,
@@ -35,11 +35,11 @@ from collaboration.models import (
     UnsubscribeInput,
     validation_errors,
 )
-from collaboration.service import Collaboration
+from web_ui.state import HubState
 
 logger = logging.getLogger(__name__)
 
-Run = Callable[[Collaboration, Principal, Any], Awaitable[BaseModel]]
+Run = Callable[[HubState, Principal, Any], Awaitable[BaseModel]]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -61,7 +61,8 @@ class ToolSpec:
 
 
 AGENT_PROFILE = frozenset({Role.AGENT, Role.OPERATOR})
-OPERATOR_PROFILE = frozenset({Role.OPERATOR, Role.VIEWER})
+OPERATOR_PROFILE = frozenset({Role.OPERATOR, Role.VIEWER})  # viewers see the read-only operator tools
+OPERATOR_ONLY = frozenset({Role.OPERATOR})
 
 TOOLS: list[ToolSpec] = [
     ToolSpec(
@@ -69,14 +70,14 @@ TOOLS: list[ToolSpec] = [
         description="Share a discovery with every agent and UI watching the hub. Types: pattern, anomaly, "
         "connection, solution, question, insight. Set related_to to the id of a discovery you answer or build on.",
         input=ShareDiscoveryInput, output=SharedDiscovery, roles=AGENT_PROFILE,
-        run=lambda c, who, req: c.share_discovery(who, req),
+        run=lambda h, who, req: h.collab.share_discovery(who, req),
     ),
     ToolSpec(
         name="subscribe_discoveries",
         description="Subscribe to discoveries matching a filter (types, roles, agent ids, minimum confidence). "
         "Returns a subscription id to pass to poll_discoveries, and an SSE endpoint for UIs.",
         input=SubscribeInput, output=Subscribed, roles=AGENT_PROFILE,
-        run=lambda c, who, req: c.subscribe(who, req),
+        run=lambda h, who, req: h.collab.subscribe(who, req),
     ),
     ToolSpec(
         name="poll_discoveries",
@@ -84,32 +85,52 @@ TOOLS: list[ToolSpec] = [
         "cursor to pass next time. With wait_seconds > 0 it waits for new ones when there are none yet. Passing "
         "back the returned cursor never skips or repeats a discovery.",
         input=PollInput, output=PollResult, roles=AGENT_PROFILE,
-        run=lambda c, who, req: c.poll(who, req),
+        run=lambda h, who, req: h.collab.poll(who, req),
     ),
     ToolSpec(
         name="unsubscribe_discoveries",
         description="End a discovery subscription.",
         input=UnsubscribeInput, output=Unsubscribed, roles=AGENT_PROFILE,
-        run=lambda c, who, req: c.unsubscribe(who, req),
+        run=lambda h, who, req: h.collab.unsubscribe(who, req),
     ),
     ToolSpec(
         name="share_context",
         description="Share context with one agent (to_agent) or all (omit to_agent). Types: background, "
         "working_memory, patterns, questions, partial_solutions, warnings. It expires after ttl_seconds.",
         input=ShareContextInput, output=SharedContext, roles=AGENT_PROFILE,
-        run=lambda c, who, req: c.share_context(who, req),
+        run=lambda h, who, req: h.collab.share_context(who, req),
     ),
     ToolSpec(
         name="get_context",
         description="Get the unexpired context addressed to an agent or broadcast, most relevant first.",
         input=GetContextInput, output=ContextList, roles=AGENT_PROFILE, read_only=True,
-        run=lambda c, who, req: c.get_context(who, req),
+        run=lambda h, who, req: h.collab.get_context(who, req),
     ),
     ToolSpec(
         name="get_collaboration_status",
         description="Counts of discoveries by type, subscriptions and connected SSE clients.",
         input=EmptyInput, output=CollaborationStatus, roles=OPERATOR_PROFILE, read_only=True,
-        run=lambda c, who, req: c.status(),
+        run=lambda h, who, req: h.collab.status(),
+    ),
+    ToolSpec(
+        name="spawn_agent",
+        description="Start an agent process: a role, capabilities, an executor (scripted, claude or command) with its "
+        "configuration, and a restart policy. It joins the hub over MCP, heartbeats, and is restarted when it fails.",
+        input=SpawnAgentInput, output=AgentInfo, roles=OPERATOR_ONLY,
+        run=lambda h, who, req: h.agents.spawn(who, req),
+    ),
+    ToolSpec(
+        name="stop_agent",
+        description="Stop an agent process gracefully (terminate, wait its shutdown time, then kill).",
+        input=AgentRef, output=AgentInfo, roles=OPERATOR_ONLY,
+        run=lambda h, who, req: h.agents.stop(who, req),
+    ),
+    ToolSpec(
+        name="list_agents",
+        description="Agents with their state, pid, restarts, last heartbeat and circuit breaker; filter by state, "
+        "role or capability.",
+        input=ListAgentsInput, output=AgentList, roles=OPERATOR_PROFILE, read_only=True,
+        run=lambda h, who, req: h.agents.list_agents(req),
     ),
 ]
 _BY_NAME = {t.name: t for t in TOOLS}
@@ -136,8 +157,8 @@ def _validation_message(exc: ValidationError) -> str:
     return "invalid arguments: " + "; ".join(details)
 
 
-async def call_tool(collab: Collaboration, who: Principal, metrics: HubMetrics, name: str,
-                    arguments: dict[str, Any] | None) -> types.CallToolResult:
+async def call_tool(hub: HubState, who: Principal, name: str, arguments: dict[str, Any] | None
+                    ) -> types.CallToolResult:
     spec = _BY_NAME.get(name)
     if spec is None or who.role not in spec.roles:
         raise MCPError(types.INVALID_PARAMS, f"Unknown tool: {name}")
@@ -145,7 +166,7 @@ async def call_tool(collab: Collaboration, who: Principal, metrics: HubMetrics, 
     outcome = "error"
     try:
         req = spec.input.model_validate(arguments or {})
-        output = await spec.run(collab, who, req)
+        output = await spec.run(hub, who, req)
         outcome = "ok"
         return types.CallToolResult(
             content=[types.TextContent(type="text", text=output.model_dump_json())],
@@ -158,5 +179,5 @@ async def call_tool(collab: Collaboration, who: Principal, metrics: HubMetrics, 
         outcome = type(exc).__name__
         return _text_result(exc.message)
     finally:
-        metrics.tool_calls.labels(name, outcome).inc()
-        metrics.tool_latency.labels(name).observe(time.perf_counter() - started)
+        hub.metrics.tool_calls.labels(name, outcome).inc()
+        hub.metrics.tool_latency.labels(name).observe(time.perf_counter() - started)

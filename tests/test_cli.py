@@ -2,6 +2,7 @@
 and one-line errors for every problem the operator can fix."""
 
 import importlib.util
+import json
 import os
 import shutil
 import signal
@@ -15,6 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx2
 import psutil
@@ -271,3 +273,47 @@ def test_serving_without_auth_on_a_non_loopback_address_is_refused(workdir: Path
     assert len(lines) == 1
     assert lines[0].startswith("agenthub: error:")
     assert "0.0.0.0" in lines[0] and "authentication" in lines[0]
+
+
+def agent_cli(data_dir: Path, url: str, *args: str) -> str:
+    result = subprocess.run([AGENTHUB, "agent", *args, "--url", url, "--data-dir", str(data_dir)],
+                            capture_output=True, text=True, timeout=60, env=clean_env())
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def agent_state(data_dir: Path, url: str, agent_id: str, *states: str, pid_not: int | None = None) -> dict[str, Any]:
+    deadline = time.monotonic() + 30
+    while True:
+        agent: dict[str, Any] = json.loads(agent_cli(data_dir, url, "show", agent_id))
+        if agent["state"] in states and agent["pid"] not in (None, pid_not):
+            return agent
+        assert time.monotonic() < deadline, agent
+        time.sleep(0.1)
+
+
+def test_operators_run_agents_from_the_cli_and_a_killed_one_comes_back(workdir: Path) -> None:
+    data_dir = workdir / "data"
+    script = "import json, sys; print(json.dumps({'content': 'echo: ' + sys.stdin.read(), 'confidence': 0.9}))"
+    with serving(data_dir, workdir / "logs") as hub:
+        agent_cli(data_dir, hub.url, "spawn", "--id", "helper", "--role", "responder", "--behaviour", "responder",
+                  "--capability", "ops")
+        agent_cli(data_dir, hub.url, "spawn", "--id", "echoer", "--role", "tool", "--command",
+                  f"{sys.executable} -c \"{script}\"", "--prompt", "hello")
+        helper = agent_state(data_dir, hub.url, "helper", "idle")
+        agent_state(data_dir, hub.url, "echoer", "idle")
+        listing = agent_cli(data_dir, hub.url, "list").splitlines()
+        assert listing[0].split()[:3] == ["AGENT", "STATE", "PID"]
+        assert sorted(line.split()[0] for line in listing[1:]) == ["echoer", "helper"]
+        os.kill(helper["pid"], signal.SIGKILL)
+        back = agent_state(data_dir, hub.url, "helper", "idle", "running", pid_not=helper["pid"])
+        assert back["restarts"] == 1
+        history = [(e["from_state"], e["to_state"]) for e in back["recent_events"] if e["kind"] == "transition"]
+        assert ("idle", "error") in history and ("error", "starting") in history
+        echoed = httpx2.get(f"{hub.url}/api/v1/discoveries", params={"agent_id": "echoer"},
+                            headers={"Authorization": f"Bearer {(data_dir / 'operator-token').read_text().strip()}"})
+        assert [d["content"] for d in echoed.json()["items"]] == ["echo: hello"]
+        assert agent_cli(data_dir, hub.url, "stop", "echoer").split()[1] == "stopped"
+        pids = [back["pid"]]
+        assert hub.stop() == 0
+    assert wait_until_gone(pids), "agent processes outlived the hub"

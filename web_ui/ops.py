@@ -14,8 +14,6 @@ from starlette.responses import JSONResponse, Response
 
 from web_ui.state import HubState, hub_of
 
-_BUSY_SECONDS = 60
-
 
 async def health(request: Request) -> Response:
     hub = hub_of(request)
@@ -48,16 +46,12 @@ def _nats_connections(monitor_url: str) -> int | None:
 
 async def system_metrics(request: Request) -> Response:
     hub = hub_of(request)
-    row = await hub.pool.fetchrow(
-        "SELECT count(*) AS total, count(*) FILTER (WHERE last > now() - make_interval(secs => $1)) AS busy FROM ("
-        " SELECT agent_id, max(created_at) AS last FROM discoveries GROUP BY agent_id"
-        " UNION ALL SELECT DISTINCT subscriber_agent_id, NULL::timestamptz FROM subscriptions"
-        "  WHERE subscriber_agent_id NOT IN (SELECT agent_id FROM discoveries)) a", float(_BUSY_SECONDS),
-    )
-    total, busy = (row["total"], row["busy"]) if row else (0, 0)
+    by_state = await hub.agents.registry.counts_by_state()
+    live = {state: n for state, n in by_state.items() if state not in ("stopped", "failed")}
     return JSONResponse({
         "timestamp": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
-        "agents": {"total": total, "idle": total - busy, "busy": busy},
+        "agents": {"total": sum(live.values()), "idle": live.get("idle", 0) + live.get("running", 0),
+                   "busy": live.get("busy", 0), "by_state": by_state},
         "nats": {"connections": await _connections(hub), "messages_per_sec": _nats_rate(hub)},
         "system": {
             "cpu_percent": hub.process.cpu_percent(interval=None),

@@ -6,6 +6,7 @@ from pydantic import ValidationError
 from starlette.responses import JSONResponse
 
 from agenthub.errors import (
+    Conflict,
     Forbidden,
     HubError,
     InvalidInput,
@@ -19,6 +20,7 @@ from collaboration.models import validation_errors
 _STATUS: list[tuple[type[HubError], int, str]] = [
     (InvalidInput, 400, "Invalid input"),
     (NotFound, 404, "Not found"),
+    (Conflict, 409, "Conflict"),
     (Unauthenticated, 401, "Unauthenticated"),
     (Forbidden, 403, "Forbidden"),
     (TooManyConnections, 429, "Too many connections"),

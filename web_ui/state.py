@@ -7,12 +7,15 @@ import asyncpg
 import psutil
 from starlette.requests import Request
 
+from agent_pool.pool import AgentPool
 from agenthub.auth import LOCAL_OPERATOR, Principal
 from agenthub.bus import Bus
 from agenthub.errors import Unauthenticated
 from agenthub.metrics import HubMetrics
 from agenthub.settings import Settings
+from collaboration.orchestrator import Orchestrator
 from collaboration.service import Collaboration
+from supervisor import Supervisor
 
 
 def _sampled_process() -> psutil.Process:
@@ -28,6 +31,9 @@ class HubState:
     bus: Bus
     metrics: HubMetrics
     collab: Collaboration
+    agents: AgentPool
+    supervisor: Supervisor
+    orchestrator: Orchestrator
     nats_monitor_url: str | None = None
     started: float = field(default_factory=time.monotonic)
     process: psutil.Process = field(default_factory=_sampled_process)

@@ -1,0 +1,34 @@
+"""Executors: what an agent process does with its work. One per `executor` name in a spawn request.
+
+An executor gets the work given in its configuration once (`begin`) and each question the live orchestrator
+routes to the agent (`answer`). It talks to the hub only through the `Runtime` (MCP tools over HTTP). It raises
+`TransientAgentError` for failures worth retrying and `LogicalAgentError` for those that are not (bad
+configuration, a rejected key); anything else is a crash and the supervisor restarts the process.
+"""
+
+from typing import Protocol
+
+from agent_pool.models import ClaudeConfig, CommandConfig, ScriptedConfig, WorkerConfig
+from agent_pool.runtime import Runtime
+from collaboration.models import RoutedQuestion
+
+
+class Executor(Protocol):
+    async def begin(self, rt: Runtime) -> None: ...
+
+    async def answer(self, rt: Runtime, question: RoutedQuestion) -> None: ...
+
+
+def build_executor(config: WorkerConfig) -> Executor:
+    """The executor for a worker's configuration (imported lazily: each pulls in its own dependencies)."""
+    if config.executor == "scripted":
+        from agent_pool.executors.scripted import ScriptedExecutor
+
+        return ScriptedExecutor(ScriptedConfig.model_validate(config.executor_config))
+    if config.executor == "claude":
+        from agent_pool.executors.claude import ClaudeExecutor
+
+        return ClaudeExecutor(ClaudeConfig.model_validate(config.executor_config))
+    from agent_pool.executors.command import CommandExecutor
+
+    return CommandExecutor(CommandConfig.model_validate(config.executor_config))

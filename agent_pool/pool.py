@@ -1,0 +1,590 @@
+"""The agent pool: spawns, stops and restarts agent processes under the supervision tree, follows them on NATS
+and keeps the agents table true.
+
+Supervision (OTP terms): the pool's `agents` supervisor (simple_one_for_one) has one child per agent, itself a
+supervisor (`agent:{id}`, one_for_one, intensity = the agent's restart policy, auto_shutdown any_significant)
+whose only child is the worker process. A crash restarts the process with backoff; more restarts than the policy
+allows within its period make the agent's supervisor give up and escalate, and the agent is marked failed and
+alerted. The agents supervisor runs under the hub's root supervisor with the pool's listener and heartbeat
+watcher (`children`).
+
+Failures (the MS-1 error flow): a crash or a lost heartbeat is fatal (the process is killed and restarted); a
+transient error is the worker's to retry; a logical error stops the agent as failed, without restarts. Each
+agent has a circuit breaker fed by its failures and its completed work: while it is open the agent gets no
+routed questions and is not advertised in `agents.discovery.query` replies.
+
+Every agent belongs to the replica that spawned it (`owner`); only that replica starts, stops or watches its
+process. On start, `reconcile` brings back this replica's agents that were running when it last stopped.
+"""
+
+import logging
+import os
+import secrets
+import shutil
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import anyio
+import asyncpg
+import psutil
+from anyio.abc import TaskGroup, TaskStatus
+from nats.aio.msg import Msg
+from pydantic import ValidationError
+
+from agent_pool.models import (
+    AdvertisedAgent,
+    AgentInfo,
+    AgentList,
+    AgentQuery,
+    AgentQueryReply,
+    AgentRef,
+    Announce,
+    ClaudeConfig,
+    CommandConfig,
+    ErrorEvent,
+    Heartbeat,
+    ListAgentsInput,
+    Performance,
+    SpawnAgentInput,
+    WorkerConfig,
+)
+from agent_pool.registry import AgentRegistry
+from agent_pool.states import LIVE, AgentState, is_working
+from agenthub.auth import Principal, Role, create_token
+from agenthub.bus import Bus
+from agenthub.errors import (
+    AgentNotFound,
+    Conflict,
+    IllegalTransition,
+    InvalidInput,
+    TooManyConnections,
+)
+from agenthub.metrics import HubMetrics
+from agenthub.settings import AgentSettings
+from collaboration.models import Discovery
+from supervisor import (
+    INTENSITY_REACHED,
+    Backoff,
+    Breaker,
+    BreakerState,
+    ChildSpec,
+    Exit,
+    ExitKind,
+    ProcessChild,
+    RestartType,
+    Strategy,
+    Supervisor,
+    SupervisorEvent,
+    should_restart,
+    start_process,
+    task_child,
+)
+
+logger = logging.getLogger(__name__)
+
+WORKER_ARGV = (sys.executable, "-m", "agent_pool.worker")
+_QUERY_QUEUE_GROUP = "agenthub-agents"
+
+
+@dataclass(slots=True, kw_only=True)
+class _Live:
+    """An agent whose process this replica runs (or is about to run)."""
+
+    role: str
+    capabilities: frozenset[str]
+    heartbeat_seconds: float
+    restart: RestartType
+    instance: str = ""
+    process: ProcessChild | None = None
+    state: AgentState = AgentState.CREATED
+    last_beat: float = field(default_factory=time.monotonic)
+    announced: bool = False
+    heartbeat_lost: bool = False  # the watcher killed it: its exit is that failure, not a second one
+    work_done: int = 0
+    metrics: dict[str, Any] | None = None
+
+
+class _Worker:
+    """A worker process as its supervisor's child. When the process ends on its own, `wait` records the exit
+    (state, breaker) before the supervisor learns of it, so a restart always follows the recorded failure."""
+
+    def __init__(self, pool: "AgentPool", agent_id: str, instance: str, process: ProcessChild) -> None:
+        self._pool = pool
+        self._agent_id = agent_id
+        self._instance = instance
+        self.process = process
+        self._recorded: Exit | None = None
+        self._lock = anyio.Lock()
+        self._stopping = False
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    async def wait(self) -> Exit:
+        exit_ = await self.process.wait()
+        async with self._lock:
+            if self._recorded is None:
+                self._recorded = exit_
+                if not self._stopping:
+                    await self._pool._exited(self._agent_id, self._instance, self.pid, exit_)
+        return exit_
+
+    async def stop(self, timeout: float | None) -> Exit:  # noqa: ASYNC109 (the Child protocol's kill grace)
+        self._stopping = True  # the supervisor's doing, not a failure
+        return await self.process.stop(timeout)
+
+
+class AgentPool:
+    def __init__(self, *, pool: asyncpg.Pool, bus: Bus, metrics: HubMetrics, settings: AgentSettings, replica: str,
+                 hub_url: str, nats_url: str, data_dir: Path, anthropic_api_key: str | None) -> None:
+        self.registry = AgentRegistry(pool, bus)
+        self.replica = replica
+        self._pool = pool
+        self._bus = bus
+        self._metrics = metrics
+        self._settings = settings
+        self._hub_url = hub_url
+        self._nats_url = nats_url
+        self._log_dir = data_dir / "agents"
+        self._anthropic_api_key = anthropic_api_key
+        self._live: dict[str, _Live] = {}
+        self._breakers: dict[str, Breaker] = {}
+        self._breaker_views: dict[str, str] = {}
+        self._ops: TaskGroup | None = None
+        self.supervisor = Supervisor("agents", strategy=Strategy.SIMPLE_ONE_FOR_ONE, max_restarts=10, period=60)
+        metrics.open_breakers.set_function(lambda: sum(v == "open" for v in self._breaker_views.values()))
+
+    def children(self) -> list[ChildSpec]:
+        """The pool's parts for the hub's root supervisor, in start order."""
+        return [
+            self.supervisor.as_child(),
+            ChildSpec(id="agent-events", start=task_child(self._listen)),
+            ChildSpec(id="heartbeat-watch", start=task_child(self._watch)),
+        ]
+
+    # -- operator actions ------------------------------------------------------------------------------------------
+
+    async def spawn(self, who: Principal, req: SpawnAgentInput) -> AgentInfo:
+        who.require_operator()
+        self._check_runnable(req)
+        if len(self._live) >= self._settings.max_agents:
+            raise TooManyConnections(self._settings.max_agents)
+        agent_id = req.agent_id or f"agent-{secrets.token_hex(4)}"
+        await self.registry.create(req, agent_id, owner=self.replica,
+                                   heartbeat_seconds=req.heartbeat_seconds or self._settings.heartbeat_seconds)
+        await self._launch(agent_id)
+        return await self.registry.get(agent_id, with_events=True)
+
+    async def stop(self, who: Principal, ref: AgentRef) -> AgentInfo:
+        who.require_operator()
+        info = await self._owned(ref.agent_id)
+        await self.registry.transition(ref.agent_id, AgentState.STOPPING, "stop requested", desired="stopped")
+        await self._terminate(ref.agent_id)
+        await self.registry.transition(ref.agent_id, AgentState.STOPPED, "stopped by the operator", pid=None)
+        await self._revoke(info)
+        return await self.registry.get(ref.agent_id, with_events=True)
+
+    async def restart(self, who: Principal, ref: AgentRef) -> AgentInfo:
+        who.require_operator()
+        info = await self._owned(ref.agent_id)
+        if info.state in LIVE or info.state is AgentState.CREATED:
+            await self.registry.transition(ref.agent_id, AgentState.STOPPING, "restart requested")
+            await self._terminate(ref.agent_id)
+            await self.registry.transition(ref.agent_id, AgentState.STOPPED, "stopped for a restart", pid=None)
+        elif info.state is AgentState.STOPPING:
+            raise IllegalTransition(ref.agent_id, info.state.value, AgentState.STARTING.value)
+        await self.registry.update(ref.agent_id, desired="running")
+        self._breaker(ref.agent_id).record_success()  # an operator's restart is a fresh start
+        await self._launch(ref.agent_id)
+        return await self.registry.get(ref.agent_id, with_events=True)
+
+    async def get(self, agent_id: str) -> AgentInfo:
+        info = await self.registry.get(agent_id, with_events=True)
+        live = self._live.get(agent_id)
+        if live is not None:
+            info.metrics = live.metrics
+        return info
+
+    async def list_agents(self, query: ListAgentsInput) -> AgentList:
+        agents = await self.registry.find(query)
+        for info in agents:
+            live = self._live.get(info.agent_id)
+            if live is not None:
+                info.metrics = live.metrics
+        return AgentList(agents=agents)
+
+    def _check_runnable(self, req: SpawnAgentInput) -> None:
+        """Refuse what could only fail later: a missing command, a claude agent without a key."""
+        config = req.config()
+        if isinstance(config, CommandConfig) and shutil.which(config.argv[0]) is None:
+            raise InvalidInput(f"command not found: {config.argv[0]!r} (not an executable file, nor on PATH)")
+        if isinstance(config, ClaudeConfig) and not self._anthropic_api_key:
+            raise InvalidInput("a claude agent needs an Anthropic API key: start the hub with ANTHROPIC_API_KEY set")
+
+    async def _owned(self, agent_id: str) -> AgentInfo:
+        info = await self.registry.get(agent_id)
+        if info.owner != self.replica:
+            raise Conflict(f"agent {agent_id!r} is run by replica {info.owner!r}; send the request to that replica")
+        return info
+
+    # -- supervision -----------------------------------------------------------------------------------------------
+
+    def _breaker(self, agent_id: str) -> Breaker:
+        breaker = self._breakers.get(agent_id)
+        if breaker is None:
+            breaker = Breaker(f"agent:{agent_id}", fail_max=self._settings.breaker_fail_max,
+                              reset_timeout=self._settings.breaker_reset_seconds)
+            self._breakers[agent_id] = breaker
+        return breaker
+
+    @staticmethod
+    def _view(breaker: Breaker) -> str:
+        """The breaker as operators see it: an open breaker whose timeout passed is ready for a trial."""
+        if breaker.state is BreakerState.OPEN and breaker.retry_after <= 0:
+            return BreakerState.HALF_OPEN.value
+        return breaker.state.value
+
+    async def _sync_breaker(self, agent_id: str) -> None:
+        view = self._view(self._breaker(agent_id))
+        if self._breaker_views.get(agent_id, "closed") == view:
+            return
+        self._breaker_views[agent_id] = view
+        try:
+            await self.registry.update(agent_id, breaker_state=view)
+            await self.registry.record(agent_id, "breaker", f"circuit breaker {view}")
+        except asyncpg.ForeignKeyViolationError:  # the agent row is gone; nothing to show it on
+            pass
+
+    async def _failure(self, agent_id: str, reason: str | None, exc: BaseException) -> None:
+        if reason is not None:
+            self._metrics.agent_failures.labels(reason).inc()
+        self._breaker(agent_id).record_failure(exc)
+        await self._sync_breaker(agent_id)
+
+    def _agent_supervisor(self, info: AgentInfo) -> Supervisor:
+        policy = info.restart_policy
+        worker = ChildSpec(
+            id="worker", start=partial(self._start_worker, info.agent_id), restart=RestartType(policy.restart),
+            # OTP: only transient and temporary children may be significant; their end ends the agent's supervisor.
+            shutdown=policy.shutdown_seconds, significant=policy.restart != "permanent",
+            backoff=Backoff(initial=policy.backoff_initial_seconds, maximum=policy.backoff_max_seconds,
+                            reset_after=policy.backoff_reset_seconds),
+        )
+        return Supervisor(f"agent:{info.agent_id}", [worker], max_restarts=policy.max_restarts,
+                          period=policy.period_seconds, auto_shutdown="any_significant",
+                          listener=partial(self._on_event, info.agent_id))
+
+    async def _launch(self, agent_id: str) -> None:
+        info = await self.registry.get(agent_id)
+        self._live[agent_id] = _Live(role=info.role, capabilities=frozenset(info.capabilities),
+                                     heartbeat_seconds=info.heartbeat_seconds,
+                                     restart=RestartType(info.restart_policy.restart), state=info.state)
+        if any(c.id == agent_id for c in self.supervisor.which_children()):
+            await self.supervisor.delete_child(agent_id)  # the spec of an earlier run that ended
+        spec = Supervisor.child_spec(agent_id, partial(self._agent_supervisor, info), restart=RestartType.TRANSIENT)
+        try:
+            await self.supervisor.start_child(spec)
+        except Exception as exc:  # the first start failed: the agent cannot run as configured
+            self._live.pop(agent_id, None)
+            detail = f"could not start: {exc}"
+            await self.registry.transition(agent_id, AgentState.FAILED, detail, last_error=detail, pid=None)
+            raise InvalidInput(f"agent {agent_id} {detail}") from exc
+
+    async def _terminate(self, agent_id: str) -> None:
+        live = self._live.pop(agent_id, None)
+        if live is None:
+            return
+        if any(c.id == agent_id for c in self.supervisor.which_children()):
+            await self.supervisor.terminate_child(agent_id)
+            await self.supervisor.delete_child(agent_id)
+
+    async def _revoke(self, info: AgentInfo) -> None:
+        await self._pool.execute("UPDATE tokens SET revoked_at = now() WHERE agent_id = $1 AND revoked_at IS NULL"
+                                 " AND id IN (SELECT token_id FROM agents WHERE id = $1)", info.agent_id)
+
+    async def _start_worker(self, agent_id: str, tg: TaskGroup) -> _Worker:
+        """Start one worker process for the agent: a fresh token and instance id each time."""
+        info = await self.registry.get(agent_id)
+        if info.desired != "running":
+            raise RuntimeError(f"agent {agent_id} is not meant to run")
+        await self._revoke(info)
+        token_id, token = await create_token(self._pool, Role.AGENT, agent_id)
+        instance = secrets.token_hex(6)
+        restarted = info.state is not AgentState.CREATED
+        info = await self.registry.transition(
+            agent_id, AgentState.STARTING, "restarting the process" if restarted else "starting the process",
+            count_restart=restarted, token_id=token_id, pid=None)
+        if restarted:
+            self._metrics.agent_restarts.inc()
+        live = self._live[agent_id]
+        config = WorkerConfig(
+            agent_id=agent_id, instance=instance, role=info.role, capabilities=info.capabilities,
+            executor=info.executor, executor_config=info.executor_config, hub_url=self._hub_url,
+            nats_url=self._nats_url, subject_prefix=self._bus.prefix, heartbeat_seconds=info.heartbeat_seconds,
+            parent_pid=os.getpid())
+        env = {**os.environ, "AGENTHUB_WORKER": config.model_dump_json(), "AGENTHUB_AGENT_TOKEN": token}
+        if info.executor == "claude" and self._anthropic_api_key:
+            env["ANTHROPIC_API_KEY"] = self._anthropic_api_key
+        self._log_dir.mkdir(parents=True, exist_ok=True)
+        with (self._log_dir / f"{agent_id}.log").open("ab") as log:
+            process = await start_process(WORKER_ARGV, tg=tg, env=env, stdout=log, stderr=log)
+        live.instance, live.process, live.announced, live.heartbeat_lost = instance, process, False, False
+        live.work_done, live.metrics = 0, None
+        live.state, live.last_beat = AgentState.STARTING, time.monotonic()
+        await self.registry.update(agent_id, pid=process.pid)
+        logger.info("agent %s: started process %d", agent_id, process.pid)
+        return _Worker(self, agent_id, instance, process)
+
+    async def _exited(self, agent_id: str, instance: str, pid: int, exit_: Exit) -> None:
+        """A worker process ended on its own: record it as its supervisor will treat it."""
+        live = self._current(agent_id, instance)
+        if live is None:
+            return
+        live.process = None
+        detail = f"process {pid} exited: {exit_.detail or exit_.kind.value}"
+        if exit_.kind is ExitKind.ABNORMAL:
+            await self._failure(agent_id, None if live.heartbeat_lost else "crash", RuntimeError(detail))
+        if should_restart(live.restart, exit_):
+            target = AgentState.ERROR
+        elif exit_.kind is ExitKind.ABNORMAL:
+            target = AgentState.FAILED
+        else:
+            await self._transition(agent_id, AgentState.STOPPING, detail)
+            target = AgentState.STOPPED
+        await self._transition(agent_id, target, detail, pid=None,
+                               last_error=None if target is AgentState.STOPPED else detail)
+        if target is not AgentState.ERROR:
+            self._live.pop(agent_id, None)
+
+    async def _on_event(self, agent_id: str, event: SupervisorEvent) -> None:
+        """Events of an agent's own supervisor, in order (after the fact: exits are recorded by `_Worker`)."""
+        if event.kind == "restarting":
+            await self.registry.record(agent_id, "restart", f"restarting in {event.delay or 0:.2f} s")
+        elif event.kind == "start_failed":
+            detail = f"the process could not start: {event.exit.detail if event.exit else 'unknown error'}"
+            await self.registry.record(agent_id, "error", detail)
+            await self._transition(agent_id, AgentState.ERROR, detail, last_error=detail)
+        elif event.kind == "shutdown" and event.exit is not None and INTENSITY_REACHED in event.exit.detail:
+            policy = await self.registry.get(agent_id)
+            detail = (f"more than {policy.restart_policy.max_restarts} restarts within "
+                      f"{policy.restart_policy.period_seconds:g} s: giving up ({INTENSITY_REACHED})")
+            self._live.pop(agent_id, None)
+            await self._transition(agent_id, AgentState.FAILED, detail, last_error=detail, pid=None)
+            await self._alert(agent_id, "restart_intensity", detail)
+
+    async def _transition(self, agent_id: str, target: AgentState, detail: str, **fields: Any) -> None:
+        """A transition the pool observed; one the state machine refuses (a stop raced it) is logged, not raised."""
+        try:
+            info = await self.registry.transition(agent_id, target, detail, **fields)
+        except (IllegalTransition, AgentNotFound) as exc:
+            logger.info("agent %s: %s", agent_id, exc)
+            return
+        live = self._live.get(agent_id)
+        if live is not None:
+            live.state = info.state
+
+    async def _alert(self, agent_id: str, reason: str, detail: str) -> None:
+        self._metrics.agent_alerts.labels(reason).inc()
+        await self.registry.record(agent_id, "alert", detail)
+        logger.error("agent %s needs an operator: %s", agent_id, detail)
+
+    # -- what the processes say on NATS ----------------------------------------------------------------------------
+
+    async def _listen(self, task_status: TaskStatus[None]) -> None:
+        nc = self._bus.nc
+        events = await nc.subscribe(self._bus.subject("agents.>"), pending_msgs_limit=65536)
+        queries = await nc.subscribe(self._bus.subject("agents.discovery.query"), queue=_QUERY_QUEUE_GROUP)
+        try:
+            async with anyio.create_task_group() as tg:
+                self._ops = tg
+                tg.start_soon(self._answer_queries, queries)
+                task_status.started()
+                async for msg in events.messages:
+                    try:
+                        await self._dispatch(msg)
+                    except Exception:  # one bad message or failed write must not stop the pool's ears
+                        logger.exception("handling %s failed", msg.subject)
+        finally:
+            self._ops = None
+            with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+                await events.unsubscribe()
+                await queries.unsubscribe()
+
+    async def _dispatch(self, msg: Msg) -> None:
+        parts = msg.subject[len(self._bus.prefix):].split(".")
+        if parts[1:] == ["discovery", "announce"]:
+            announce = Announce.model_validate_json(msg.data)
+            live = self._current(announce.agent_id, announce.instance)
+            if live is None:
+                return
+            live.announced, live.last_beat = True, time.monotonic()
+            await self._transition(announce.agent_id, AgentState.RUNNING, f"announced itself (pid {announce.pid})")
+            return
+        if len(parts) < 3 or parts[1] == "discovery":
+            return
+        agent_id, kind = parts[1], ".".join(parts[2:])
+        if kind == "heartbeat":
+            beat = Heartbeat.model_validate_json(msg.data)
+            live = self._current(agent_id, beat.instance)
+            if live is None or not live.announced:
+                return
+            live.last_beat = time.monotonic()
+            await self.registry.update(agent_id, last_heartbeat=datetime.now(UTC))
+            if AgentState(beat.state) != live.state and is_working(live.state):
+                await self._transition(agent_id, AgentState(beat.state), f"heartbeat {beat.seq}")
+        elif kind == "metrics.performance":
+            perf = Performance.model_validate_json(msg.data)
+            live = self._current(agent_id, perf.instance)
+            if live is None:
+                return
+            live.metrics = perf.model_dump(exclude={"agent_id", "instance"})
+            if perf.work_done > live.work_done:
+                self._breaker(agent_id).record_success()
+                await self._sync_breaker(agent_id)
+            live.work_done = perf.work_done
+        elif kind == "events.error":
+            error = ErrorEvent.model_validate_json(msg.data)
+            if self._current(agent_id, error.instance) is None:
+                return
+            self._metrics.agent_errors.labels(error.category).inc()
+            await self.registry.record(agent_id, "error", f"{error.category}: {error.message}")
+            if error.category == "logical" and self._ops is not None:
+                self._ops.start_soon(self._fail_logical, agent_id, error.message)
+
+    def _current(self, agent_id: str, instance: str) -> _Live | None:
+        """The live agent if the message comes from its current process (not a stale or foreign one)."""
+        live = self._live.get(agent_id)
+        if live is None or live.instance != instance:
+            return None
+        return live
+
+    async def _fail_logical(self, agent_id: str, message: str) -> None:
+        """A logical error: restarting cannot help, so stop the agent as failed and alert."""
+        detail = f"logical error: {message}"
+        try:
+            info = await self.registry.transition(agent_id, AgentState.FAILED, detail, desired="stopped",
+                                                  last_error=detail, pid=None)
+        except IllegalTransition as exc:
+            logger.info("agent %s: %s", agent_id, exc)
+            return
+        await self._alert(agent_id, "logical_error", detail)
+        await self._terminate(agent_id)
+        await self._revoke(info)
+
+    async def _answer_queries(self, sub: Any) -> None:
+        async for msg in sub.messages:
+            try:
+                query = AgentQuery.model_validate_json(msg.data or b"{}")
+            except ValidationError:
+                query = None
+            agents = [] if query is None else [
+                AdvertisedAgent(agent_id=a.agent_id, role=a.role, capabilities=a.capabilities, state=a.state.value)
+                for a in await self.registry.find(ListAgentsInput(
+                    state=["running", "busy", "idle"], role=query.role,
+                    capability=query.capability))
+                if a.breaker_state != BreakerState.OPEN.value
+            ]
+            if msg.reply:
+                await self._bus.nc.publish(msg.reply, AgentQueryReply(agents=agents).model_dump_json().encode())
+
+    # -- heartbeats ------------------------------------------------------------------------------------------------
+
+    async def _watch(self, task_status: TaskStatus[None]) -> None:
+        """Kill processes whose heartbeats stopped (the supervisor then restarts them), and show breakers that
+        are ready for a trial as half-open."""
+        task_status.started()
+        while True:
+            interval = min([live.heartbeat_seconds for live in self._live.values()] or [1.0])
+            await anyio.sleep(min(1.0, interval / 2))
+            now = time.monotonic()
+            for agent_id, live in list(self._live.items()):
+                await self._sync_breaker(agent_id)
+                if live.process is None:
+                    continue
+                limit = (live.heartbeat_seconds * self._settings.missed_beats if live.announced
+                         else max(self._settings.startup_seconds, live.heartbeat_seconds * self._settings.missed_beats))
+                silent = now - live.last_beat
+                if silent <= limit:
+                    continue
+                process, live.process = live.process, None
+                what = "heartbeat" if live.announced else "announcement"
+                detail = f"no {what} for {silent:.1f} s (limit {limit:.1f} s): killing process {process.pid}"
+                logger.warning("agent %s: %s", agent_id, detail)
+                await self.registry.record(agent_id, "heartbeat_lost", detail)
+                self._metrics.agent_failures.labels("heartbeat").inc()
+                live.heartbeat_lost = True
+                process.kill()
+
+    # -- routing ---------------------------------------------------------------------------------------------------
+
+    def route_targets(self, d: Discovery) -> list[str]:
+        """Agents of this replica that should get question `d`: working, breaker not open, and a tag naming
+        their role or a capability."""
+        tags = {t.lower() for t in d.tags}
+        return [agent_id for agent_id, live in self._live.items()
+                if live.announced and is_working(live.state) and self._breaker(agent_id).allows_calls
+                and tags & {live.role.lower(), *(c.lower() for c in live.capabilities)}]
+
+    # -- hub start and stop ----------------------------------------------------------------------------------------
+
+    async def reconcile(self) -> None:
+        """Bring this replica's agents back after the hub restarted: processes that outlived a crashed hub are
+        killed, agents that were running are marked, and those whose policy says so are started again."""
+        for info in await self.registry.find(owner=self.replica):
+            state = info.state
+            if info.pid is not None:
+                _kill_leftover(info.pid, info.agent_id)
+            if state in LIVE:
+                state = AgentState.ERROR
+                await self._transition(info.agent_id, state, "the hub restarted; the process is gone", pid=None)
+            elif state is AgentState.STOPPING:
+                state = AgentState.STOPPED
+                await self._transition(info.agent_id, state, "the hub restarted", pid=None)
+            if info.desired != "running" or state is AgentState.FAILED:
+                continue
+            if info.restart_policy.restart == "temporary":  # never restarted (OTP); a lost one is failed
+                if state is AgentState.ERROR:
+                    await self._transition(info.agent_id, AgentState.FAILED, "temporary agents are not restarted")
+                continue
+            try:
+                await self._launch(info.agent_id)
+            except InvalidInput as exc:
+                logger.error("agent %s: %s", info.agent_id, exc.message)
+
+    async def stop_all(self) -> None:
+        """Stop every process this replica runs (the hub is shutting down); the agents start again with it."""
+        async def stop_one(agent_id: str) -> None:
+            await self._transition(agent_id, AgentState.STOPPING, "the hub is shutting down")
+            await self._terminate(agent_id)
+            await self._transition(agent_id, AgentState.STOPPED, "the hub shut down", pid=None)
+
+        with anyio.CancelScope(shield=True):
+            async with anyio.create_task_group() as tg:
+                for agent_id in list(self._live):
+                    tg.start_soon(stop_one, agent_id)
+
+
+def _kill_leftover(pid: int, agent_id: str) -> None:
+    """Kill a worker that outlived its hub (SIGKILL of the hub leaves it orphaned), if the pid is still it."""
+    try:
+        process = psutil.Process(pid)
+        cmdline = process.cmdline()
+        if "agent_pool.worker" not in cmdline:
+            return
+        env = process.environ()
+    except (psutil.Error, OSError):
+        return
+    if f'"agent_id":"{agent_id}"' in env.get("AGENTHUB_WORKER", ""):
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        logger.warning("agent %s: killed process %d left from the previous hub", agent_id, pid)
+

@@ -1,0 +1,241 @@
+"""Inside an agent process: its connection to the hub and its life as an agent.
+
+The runtime connects to NATS and, over MCP, to the hub (retrying while the hub is not up yet), listens for
+questions routed to it on `context.direct.{id}`, announces itself, heartbeats, publishes performance metrics
+and errors, and feeds work to its executor one item at a time, reporting busy and idle as it goes.
+
+Errors are handled by category (the MS-1 error flow): `TransientAgentError` is retried with backoff,
+`LogicalAgentError` is reported and the process waits for the hub to stop it (it must not be restarted into the
+same mistake), anything else is reported as fatal and the process exits non-zero so its supervisor restarts it.
+"""
+
+import json
+import logging
+import os
+import resource
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import httpx2
+import nats
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.types import CallToolResult, TextContent
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from pydantic import BaseModel, ValidationError
+
+from agent_pool.models import Announce, ErrorCategory, ErrorEvent, Heartbeat, Performance, WorkerConfig
+from agent_pool.retry import retry
+from agenthub.errors import LogicalAgentError, TransientAgentError
+from collaboration.models import RoutedQuestion
+from supervisor.policy import Backoff
+
+if TYPE_CHECKING:
+    from agent_pool.executors import Executor
+
+logger = logging.getLogger(__name__)
+
+INITIAL_TAG = "initial"  # tags the discoveries of an agent's configured work, so a restart does not redo it
+_QUEUE = 100
+_CONNECT_BACKOFF = Backoff(initial=0.05, maximum=2.0, reset_after=60.0)
+_WORK_ATTEMPTS = 5
+_WORK_BACKOFF = Backoff(initial=0.5, maximum=10.0, reset_after=60.0)
+_LOGICAL_GRACE = 30.0  # after a logical error, how long to wait for the hub to stop us before exiting ourselves
+
+
+class ToolFailed(Exception):
+    """A hub tool returned an error result."""
+
+
+class Runtime:
+    def __init__(self, config: WorkerConfig, token: str) -> None:
+        self.config = config
+        self.agent_id = config.agent_id
+        self._token = token
+        self._nc: NatsClient | None = None
+        self._client: Client | None = None
+        self._busy = False
+        self._seq = 0
+        self.work_done = 0  # work items that produced something (a shared discovery)
+        self.shared = 0
+        self.errors = 0
+        self._busy_seconds = 0.0
+        self._started = time.monotonic()
+        send, receive = anyio.create_memory_object_stream[RoutedQuestion](_QUEUE)
+        self._questions_in: MemoryObjectSendStream[RoutedQuestion] = send
+        self._questions: MemoryObjectReceiveStream[RoutedQuestion] = receive
+
+    # -- the hub's tools -------------------------------------------------------------------------------------------
+
+    @property
+    def client(self) -> Client:
+        assert self._client is not None, "the runtime is not connected"
+        return self._client
+
+    async def call_tool(self, name: str, arguments: dict[str, Any]) -> CallToolResult:
+        try:
+            return await self.client.call_tool(name, arguments)
+        except (httpx2.TransportError, OSError) as exc:
+            raise TransientAgentError(f"the hub is unreachable: {exc}") from exc
+
+    async def tool(self, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
+        """Call a hub tool and return its structured result; an error result raises `ToolFailed`."""
+        result = await self.call_tool(name, arguments)
+        if result.is_error:
+            text = " ".join(c.text for c in result.content if isinstance(c, TextContent))
+            raise ToolFailed(f"{name}: {text}")
+        return result.structured_content or {}
+
+    async def share(self, discovery_type: str, content: str, *, confidence: float, related_to: str | None = None,
+                    tags: list[str] | None = None) -> str:
+        """Share a discovery as this agent; returns its id."""
+        args: dict[str, Any] = {"agent_id": self.agent_id, "agent_role": self.config.role,
+                                "discovery_type": discovery_type, "content": content[:16_000],
+                                "confidence": confidence, "tags": tags or []}
+        if related_to is not None:
+            args["related_to"] = related_to
+        discovery_id = str((await self.tool("share_discovery", args))["discovery_id"])
+        self.shared += 1
+        return discovery_id
+
+    async def my_discoveries(self) -> list[dict[str, Any]]:
+        """This agent's latest discoveries (newest 50)."""
+        uri = f"discovery://agents/{self.agent_id}/discoveries"
+        result = await self.client.read_resource(uri)
+        text = getattr(result.contents[0], "text", "{}") if result.contents else "{}"
+        items: list[dict[str, Any]] = json.loads(text).get("discoveries", [])
+        return items
+
+    async def initial_work_done(self) -> bool:
+        return any(INITIAL_TAG in d.get("tags", []) for d in await self.my_discoveries())
+
+    # -- NATS -------------------------------------------------------------------------------------------------------
+
+    def _subject(self, name: str) -> str:
+        return f"{self.config.subject_prefix}{name}"
+
+    async def publish(self, name: str, payload: BaseModel) -> None:
+        if self._nc is None:
+            return
+        try:
+            await self._nc.publish(self._subject(name), payload.model_dump_json().encode())
+        except Exception:  # telemetry must never stop the work; the hub notices missing heartbeats
+            logger.warning("publish on %s failed", name, exc_info=True)
+
+    async def report_error(self, category: ErrorCategory, message: str) -> None:
+        self.errors += 1
+        logger.warning("%s error: %s", category, message)
+        await self.publish(f"agents.{self.agent_id}.events.error", ErrorEvent(
+            agent_id=self.agent_id, instance=self.config.instance, category=category, message=message[:2000]))
+
+    async def _heartbeat(self) -> None:
+        self._seq += 1
+        await self.publish(f"agents.{self.agent_id}.heartbeat", Heartbeat(
+            agent_id=self.agent_id, instance=self.config.instance, pid=os.getpid(),
+            state="busy" if self._busy else "idle", seq=self._seq, work_done=self.work_done))
+
+    async def _performance(self) -> None:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        await self.publish(f"agents.{self.agent_id}.metrics.performance", Performance(
+            agent_id=self.agent_id, instance=self.config.instance, work_done=self.work_done, errors=self.errors,
+            busy_seconds=round(self._busy_seconds, 3), uptime_seconds=round(time.monotonic() - self._started, 3),
+            rss_bytes=usage.ru_maxrss * 1024, cpu_seconds=round(usage.ru_utime + usage.ru_stime, 3)))
+
+    async def _beat_forever(self) -> None:
+        while True:
+            await anyio.sleep(self.config.heartbeat_seconds)
+            if os.getppid() != self.config.parent_pid:  # the hub died: an orphaned agent must not linger
+                logger.warning("the hub (pid %d) is gone; exiting", self.config.parent_pid)
+                os._exit(0)
+            await self._heartbeat()
+            await self._performance()
+
+    async def _on_context(self, msg: Msg) -> None:
+        try:
+            item = json.loads(msg.data)
+            if item.get("context_type") != "questions":
+                return
+            question = RoutedQuestion.model_validate(item["content"])
+        except (ValueError, KeyError, ValidationError):
+            logger.warning("ignored a malformed context message")
+            return
+        try:
+            self._questions_in.send_nowait(question)
+        except anyio.WouldBlock:
+            await self.report_error("transient", f"question queue full; dropped {question.discovery_id}")
+
+    # -- lifecycle --------------------------------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def connect(self) -> AsyncIterator["Runtime"]:
+        async def note(exc: BaseException, delay: float) -> None:
+            logger.info("hub not reachable yet (%s); retrying in %.2f s", exc, delay)
+
+        async def connect_nats() -> NatsClient:
+            return await nats.connect(self.config.nats_url, connect_timeout=2, max_reconnect_attempts=-1,
+                                      reconnect_time_wait=0.5, name=f"agent:{self.agent_id}")
+
+        self._nc = await retry(connect_nats, retry_on=(Exception,), attempts=0, backoff=_CONNECT_BACKOFF,
+                               on_retry=note)
+        try:
+            await self._nc.subscribe(self._subject(f"context.direct.{self.agent_id}"), cb=self._on_context)
+            http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {self._token}"},
+                                      timeout=httpx2.Timeout(30, read=120))
+            async with http:
+                client = Client(streamable_http_client(self.config.hub_url.rstrip("/") + "/mcp", http_client=http))
+
+                async def enter() -> Client:
+                    return await client.__aenter__()
+
+                self._client = await retry(enter, retry_on=(httpx2.TransportError, OSError), attempts=0,
+                                           backoff=_CONNECT_BACKOFF, on_retry=note)
+                try:
+                    yield self
+                finally:
+                    await client.__aexit__(None, None, None)
+        finally:
+            await self._nc.close()
+
+    async def run(self, executor: "Executor") -> None:
+        """Announce, then heartbeat and work until cancelled."""
+        await self.publish("agents.discovery.announce", Announce(
+            agent_id=self.agent_id, instance=self.config.instance, pid=os.getpid(), role=self.config.role,
+            capabilities=self.config.capabilities, executor=self.config.executor))
+        await self._heartbeat()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._beat_forever)
+            await self._work(lambda: executor.begin(self))
+            async for question in self._questions:
+                await self._work(lambda q=question: executor.answer(self, q))  # type: ignore[misc]
+
+    async def _work(self, job: Callable[[], Awaitable[None]]) -> None:
+        self._busy = True
+        await self._heartbeat()
+        started, shared_before = time.monotonic(), self.shared
+
+        async def transient(exc: BaseException, delay: float) -> None:
+            await self.report_error("transient", f"{exc} (retrying in {delay:.1f} s)")
+
+        try:
+            await retry(job, retry_on=(TransientAgentError,), attempts=_WORK_ATTEMPTS, backoff=_WORK_BACKOFF,
+                        on_retry=transient)
+            if self.shared > shared_before:
+                self.work_done += 1
+        except LogicalAgentError as exc:
+            await self.report_error("logical", exc.message)
+            await anyio.sleep(_LOGICAL_GRACE)  # the hub stops us; if it does not, exit without a restart loop
+            raise SystemExit(78) from exc
+        except TransientAgentError as exc:
+            await self.report_error("transient", f"gave up after {_WORK_ATTEMPTS} attempts: {exc.message}")
+        except ToolFailed as exc:
+            await self.report_error("transient", str(exc))
+        finally:
+            self._busy = False
+            self._busy_seconds += time.monotonic() - started
+        await self._heartbeat()
+        await self._performance()

@@ -1,0 +1,73 @@
+"""Helpers for tests that run real agent processes through a hub."""
+
+import os
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+import httpx2
+import psutil
+
+FAST_POLICY = {"max_restarts": 50, "period_seconds": 60, "backoff_initial_seconds": 0, "backoff_max_seconds": 0.2}
+
+
+def scripted(agent_id: str, behaviour: str = "responder", **extra: Any) -> dict[str, Any]:
+    config: dict[str, Any] = {"behaviour": behaviour}
+    if behaviour == "analyzer":
+        config["text"] = extra.pop("text", "Latency spikes every night. Why does the cache miss?")
+    body: dict[str, Any] = {"agent_id": agent_id, "role": extra.pop("role", "responder"),
+                            "capabilities": extra.pop("capabilities", ["testing"]), "executor": "scripted",
+                            "executor_config": config, "restart_policy": {**FAST_POLICY, **extra.pop("policy", {})}}
+    body.update(extra)
+    return body
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], seconds: float = 10, what: str = "condition") -> None:
+    """Wait until `check()` is true, polling every 50 ms, for at most `seconds`."""
+    with anyio.move_on_after(seconds):
+        while True:
+            if await check():
+                return
+            await anyio.sleep(0.05)
+    raise AssertionError(f"{what} not reached within {seconds} s")
+
+
+async def wait_for(http: httpx2.AsyncClient, agent_id: str, *states: str, seconds: float = 30,
+                   pid_not: int | None = None) -> dict[str, Any]:
+    """Poll the agent until it is in one of `states` (and, if given, runs a pid other than `pid_not`)."""
+    last: dict[str, Any] = {}
+    try:
+        with anyio.fail_after(seconds):
+            while True:
+                r = await http.get(f"/api/v1/agents/{agent_id}")
+                last = r.json()
+                if r.status_code == 200 and last["state"] in states and (pid_not is None or last["pid"] not in
+                                                                          (None, pid_not)):
+                    return last
+                await anyio.sleep(0.05)
+    except TimeoutError:
+        raise AssertionError(f"agent {agent_id} never reached {states}: {last}") from None
+
+
+def gone(pid: int) -> bool:
+    """True when no process has this pid, not even a zombie waiting to be reaped."""
+    return not psutil.pid_exists(pid)
+
+
+async def wait_gone(pid: int, seconds: float = 10) -> None:
+    async def check() -> bool:
+        return gone(pid)
+
+    await eventually(check, seconds, f"process {pid} gone")
+
+
+def worker_pids() -> set[int]:
+    """Agent worker processes that are children of this test process."""
+    pids = set()
+    for p in psutil.Process(os.getpid()).children(recursive=True):
+        try:
+            if "agent_pool.worker" in p.cmdline():
+                pids.add(p.pid)
+        except psutil.Error:  # a zombie has no command line; it is still there
+            pids.add(p.pid)
+    return pids
