@@ -24,6 +24,7 @@ import nats
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
 from mcp.types import CallToolResult, TextContent
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
@@ -82,6 +83,8 @@ class Runtime:
             return await self.client.call_tool(name, arguments)
         except (httpx2.TransportError, OSError) as exc:
             raise TransientAgentError(f"the hub is unreachable: {exc}") from exc
+        except MCPError as exc:  # protocol-level refusal (an unknown tool): the work item fails, the agent lives
+            raise ToolFailed(f"{name}: {exc}") from exc
 
     async def tool(self, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
         """Call a hub tool and return its structured result; an error result raises `ToolFailed`."""

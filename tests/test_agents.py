@@ -38,10 +38,10 @@ async def test_a_spawned_scripted_agent_announces_itself_and_runs_with_its_histo
         assert agent["pid"] is not None and not gone(agent["pid"])
         assert agent["last_heartbeat"] is not None
         transitions = [(e["from_state"], e["to_state"]) for e in agent["recent_events"] if e["kind"] == "transition"]
-        assert transitions[:4] == [(None, "created"), ("created", "starting"), ("starting", "running"),
-                                   ("running", "idle")]
-        listed = (await http.get("/api/v1/agents", params={"state": "idle"})).json()["agents"]
+        assert transitions[:3] == [(None, "created"), ("created", "starting"), ("starting", "running")]
+        listed = (await http.get("/api/v1/agents", params={"state": "running,idle,busy"})).json()["agents"]
         assert [a["agent_id"] for a in listed] == ["resp-1"]
+        assert (await http.get("/api/v1/agents", params={"state": "stopped"})).json()["agents"] == []
 
 
 async def test_an_agent_killed_with_sigkill_twenty_times_comes_back_running_each_time(agent_hub: RunningHub) -> None:

@@ -65,14 +65,14 @@ class Served:
 
 
 @contextmanager
-def serving(data_dir: Path, logs: Path, *args: str) -> Iterator[Served]:
+def serving(data_dir: Path, logs: Path, *args: str, env: dict[str, str] | None = None) -> Iterator[Served]:
     """`agenthub serve` until the block ends; fails the test if it is not ready within START_SECONDS."""
     port = free_port()
     logs.mkdir(parents=True, exist_ok=True)
     out, err = logs / f"serve-{port}.out", logs / f"serve-{port}.err"
     with out.open("wb") as stdout, err.open("wb") as stderr:
         proc = subprocess.Popen([AGENTHUB, "serve", "--data-dir", str(data_dir), "--port", str(port), *args],
-                                stdout=stdout, stderr=stderr, env=clean_env(), cwd=logs)
+                                stdout=stdout, stderr=stderr, env=env or clean_env(), cwd=logs)
     served = Served(proc=proc, url=f"http://127.0.0.1:{port}", stdout=out, stderr=err)
     try:
         deadline = time.monotonic() + START_SECONDS
@@ -317,3 +317,21 @@ def test_operators_run_agents_from_the_cli_and_a_killed_one_comes_back(workdir: 
         pids = [back["pid"]]
         assert hub.stop() == 0
     assert wait_until_gone(pids), "agent processes outlived the hub"
+
+
+def test_agents_of_a_hub_killed_with_sigkill_exit_and_come_back_when_it_starts_again(workdir: Path) -> None:
+    data_dir = workdir / "data"
+    env = clean_env(AGENTHUB_AGENTS__HEARTBEAT_SECONDS="0.5")
+    with serving(data_dir, workdir / "logs", env=env) as hub:
+        agent_cli(data_dir, hub.url, "spawn", "--id", "survivor", "--role", "responder", "--behaviour", "responder")
+        before = agent_state(data_dir, hub.url, "survivor", "idle")
+        hub.proc.kill()
+        hub.proc.wait(STOP_SECONDS)
+        assert wait_until_gone([before["pid"]]), "the agent outlived its hub"  # it notices its parent is gone
+    with serving(data_dir, workdir / "logs", env=env) as hub:
+        after = agent_state(data_dir, hub.url, "survivor", "idle", "running", pid_not=before["pid"])
+        history = [(e["from_state"], e["to_state"], e["detail"]) for e in after["recent_events"]
+                   if e["kind"] == "transition"]
+        assert ("idle", "error", "the hub restarted; the process is gone") in history
+        assert hub.stop() == 0
+    assert wait_until_gone([after["pid"]])

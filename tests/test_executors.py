@@ -252,12 +252,17 @@ async def test_command_json_object_output_becomes_the_discovery(hub: RunningHub)
             shared["related_to"]) == ("anomaly", "leak: Where is the leak?", 0.9, ["memory"], question.discovery_id)
 
 
-async def test_command_plain_text_output_is_shared_stripped_as_a_solution(hub: RunningHub) -> None:
+async def test_command_plain_text_output_is_shared_stripped_as_a_solution_and_the_command_gets_no_hub_settings(
+        hub: RunningHub, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AGENTHUB_DATABASE_URL", "postgresql://hub:secret@db/hub")
+    monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
     question = await ask(hub, "shout this")
-    await run_answer(hub, command("import sys; print('\\n  ' + sys.stdin.read().upper() + '  \\n')"), question)
+    script = ("import os, sys; print('\\n  ' + sys.stdin.read().upper(), "
+              "sorted(k for k in os.environ if k.startswith(('AGENTHUB_', 'ANTHROPIC_'))), '  \\n')")
+    await run_answer(hub, command(script), question)
     (shared,) = await discoveries_of(hub)
     assert (shared["discovery_type"], shared["content"], shared["confidence"], shared["related_to"]) == (
-        "solution", "SHOUT THIS", 0.7, question.discovery_id)
+        "solution", "SHOUT THIS ['ANTHROPIC_API_KEY']", 0.7, question.discovery_id)
 
 
 @pytest.mark.parametrize(("args", "expected"), [
@@ -333,6 +338,7 @@ async def test_command_printing_more_than_its_limit_is_killed_as_a_logical_error
     (b'{"content": "c", "tags": ["a"]}', Finding(content="c", tags=["a"])),
     (b'{"content": "   "}', None),
     (b'{"result": "no content key",  "n": 1}', Finding(content='{"result":"no content key","n":1}')),
+    (b'{"type": "result", "subtype": "success", "result": "from claude -p"}', Finding(content="from claude -p")),
     (b"[1, 2]", Finding(content="[1,2]")),
     (b'"a json string"', Finding(content="a json string")),
     (b"{not json", Finding(content="{not json")),

@@ -27,12 +27,11 @@ from typing import Any
 
 import anthropic
 from anthropic.types import Message, MessageParam, TextBlockParam, ToolParam, ToolResultBlockParam, ToolUseBlock
-from mcp import MCPError
 from mcp.types import CallToolResult, TextContent
 
 from agent_pool.models import ClaudeConfig
 from agent_pool.retry import retry
-from agent_pool.runtime import INITIAL_TAG, Runtime
+from agent_pool.runtime import INITIAL_TAG, Runtime, ToolFailed
 from agenthub.errors import AgentWorkError, CircuitOpen, LogicalAgentError, TransientAgentError
 from collaboration.models import RoutedQuestion
 from supervisor.breaker import Breaker
@@ -132,7 +131,7 @@ class ClaudeExecutor:
 
     async def answer(self, rt: Runtime, question: RoutedQuestion) -> None:
         logger.info("agent %s: answering question %s", rt.agent_id, question.discovery_id)
-        prompt = (f"Agent {question.from_agent} asked (discovery {question.discovery_id}):\n\n{question.question}")
+        prompt = f"Agent {question.from_agent} asked (discovery {question.discovery_id}):\n\n{question.question}"
         answer = await self.run(rt, prompt)
         if answer:
             discovery_id = await rt.share("solution", answer, confidence=CONFIDENCE,
@@ -214,6 +213,6 @@ class ClaudeExecutor:
         arguments: dict[str, Any] = dict(call.input)
         try:
             result = await rt.call_tool(call.name, arguments)
-        except MCPError as exc:  # the hub refused the call itself; the model can correct it
+        except ToolFailed as exc:  # the hub refused the call itself (an MCP error); the model can correct it
             return error_result(call.id, f"{call.name}: {exc}")
         return tool_result(call.id, result)

@@ -7,7 +7,9 @@ Contract:
 * Prompt: written to stdin (`prompt_via="stdin"`, then stdin is closed), or (`"argument"`) substituted for every
   `{prompt}` in the arguments, or appended as the last argument when none has `{prompt}`. No shell is involved.
 * Process: `config.argv` runs in a process group of its own; when the work item ends (for any reason) whatever is
-  left of the group is SIGKILLed, so nothing the command spawned outlives it.
+  left of the group is SIGKILLed, so nothing the command spawned outlives it. It gets the agent process's
+  environment without the hub's own `AGENTHUB_*` variables (settings, possibly with credentials, it has no use for);
+  `ANTHROPIC_API_KEY` and the like stay, since CLI agents need them.
 * Limits: past `config.timeout_seconds` the group is killed and `TransientAgentError` raised; stdout beyond
   `config.max_output_bytes` kills it with `LogicalAgentError`. The tail of stderr goes into error messages.
 * Exit: a command that cannot be started (missing, not executable) is a `LogicalAgentError`; a non-zero exit is a
@@ -16,6 +18,7 @@ Contract:
     - a JSON object with `content` (a string) becomes that discovery; it may set `discovery_type`, `confidence`
       and `tags`; an object with `content` that breaks these rules is a `LogicalAgentError` (the command does
       not follow its contract; running it again would not help); blank `content` shares nothing;
+    - Claude Code's print-mode JSON (`{"type": "result", "result": "..."}`) is shared as its `result`;
     - a JSON string is shared as the string; any other JSON as its compact JSON text;
     - anything else as the stripped text; empty output shares nothing.
   Defaults: `insight` tagged `INITIAL_TAG` for `begin` (the tag is always added), `solution` related to the
@@ -48,6 +51,7 @@ _MAX_TAGS = 20  # the hub's limit on a discovery's tags
 _STDERR_TAIL = 2000
 _CHUNK = 65_536
 _KILL_WAIT = 10.0  # SIGKILL ends a process promptly; this only guards against one stuck in the kernel
+_HUB_ENV_PREFIX = "AGENTHUB_"
 _NOT_RUNNABLE = frozenset({errno.ENOENT, errno.EACCES, errno.ENOEXEC, errno.ENOTDIR, errno.EISDIR, errno.EPERM})
 
 
@@ -99,9 +103,16 @@ def parse_output(stdout: bytes) -> Finding | None:
             return None
         return Finding(content=out.content, discovery_type=out.discovery_type, confidence=out.confidence,
                        tags=out.tags)
+    if isinstance(value, dict) and value.get("type") == "result" and isinstance(value.get("result"), str):
+        value = value["result"]  # Claude Code's `--output-format json`: the answer is its `result`
     if isinstance(value, str):
         return Finding(content=value) if value.strip() else None
     return Finding(content=json.dumps(value, separators=(",", ":"), ensure_ascii=False))
+
+
+def command_env() -> dict[str, str]:
+    """The command's environment: this process's, without the hub's settings."""
+    return {name: value for name, value in os.environ.items() if not name.startswith(_HUB_ENV_PREFIX)}
 
 
 def _kill_group(pid: int) -> None:
@@ -173,7 +184,7 @@ class CommandExecutor:
         try:
             process = await anyio.open_process(argv, stdin=subprocess.PIPE if via_stdin else subprocess.DEVNULL,
                                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                               start_new_session=True)
+                                               env=command_env(), start_new_session=True)
         except OSError as exc:
             if exc.errno in _NOT_RUNNABLE:
                 raise LogicalAgentError(f"cannot run {name!r}: {exc.strerror}") from exc
