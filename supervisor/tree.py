@@ -115,7 +115,7 @@ class SupervisorEvent:
 Listener = Callable[[SupervisorEvent], Awaitable[None]]
 
 
-@dataclass(slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True, eq=False)  # eq=False: slots compare and hash by identity
 class _Slot:
     """The supervisor's mutable bookkeeping for one child spec; written only under the supervisor's lock."""
 
@@ -265,6 +265,11 @@ class Supervisor:
     @property
     def pid(self) -> None:
         return None
+
+    @property
+    def exit(self) -> Exit | None:
+        """Why the supervisor ended, or None while it runs."""
+        return self._exit
 
     async def wait(self) -> Exit:
         """Return once the supervisor has stopped, with why it stopped."""
@@ -464,8 +469,8 @@ class Supervisor:
             for sibling in siblings:
                 if sibling.spec.restart is RestartType.TEMPORARY:  # OTP: never restarted, not even now; dropped
                     self._retire(sibling)
-            restarting = {id(s) for s in siblings if s.spec.restart is not RestartType.TEMPORARY} | {id(slot)}
-            group = [s for s in self._slots.values() if id(s) in restarting]
+            keep = {s for s in siblings if s.spec.restart is not RestartType.TEMPORARY} | {slot}
+            group = [s for s in self._slots.values() if s in keep]
         await self._schedule_restart(group, delay, inline=True)
 
     def _affected_siblings(self, slot: _Slot) -> list[_Slot]:
@@ -501,6 +506,8 @@ class Supervisor:
             await self._crash(exc)
 
     async def _restart_group(self, group: list[_Slot], token: object) -> None:
+        if self._shutting_down:  # stop() came in while this decision was under way
+            return
         # Slots terminated, deleted or taken over by a later restart since scheduling are no longer ours.
         live = [s for s in group if s.pending is token and self._slots.get(s.spec.id) is s]
         started: list[_Slot] = []
@@ -695,7 +702,7 @@ class _TaskChild:
                     if not status.ready:
                         raise  # it never came up: its start fails, and the supervisor reports that
                     # One child's failure is reported as its exit; it must not take down the supervisor's group.
-                    logger.exception("task child failed")
+                    logger.exception("task child %s failed", getattr(fn, "__qualname__", fn))
                     exit = Exit(kind=ExitKind.ABNORMAL, detail=_describe(exc))
                 else:
                     exit = Exit(kind=ExitKind.NORMAL)

@@ -42,6 +42,8 @@ async def test_a_spawned_scripted_agent_announces_itself_and_runs_with_its_histo
         listed = (await http.get("/api/v1/agents", params={"state": "running,idle,busy"})).json()["agents"]
         assert [a["agent_id"] for a in listed] == ["resp-1"]
         assert (await http.get("/api/v1/agents", params={"state": "stopped"})).json()["agents"] == []
+        system = (await http.get("/metrics/system")).json()["agents"]
+        assert system["total"] == 1 and system["idle"] + system["busy"] == 1
 
 
 async def test_an_agent_killed_with_sigkill_twenty_times_comes_back_running_each_time(agent_hub: RunningHub) -> None:

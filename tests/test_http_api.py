@@ -263,7 +263,15 @@ async def test_health_and_readiness_answer_without_a_token(hub: RunningHub) -> N
     assert health.json()["status"] == "ok"
     assert health.json()["uptime_seconds"] >= 0
     assert ready.status_code == 200
-    assert ready.json() == {"status": "ready", "checks": {"nats": "ok", "postgres": "ok"}}
+    assert ready.json() == {"status": "ready", "checks": {"nats": "ok", "postgres": "ok", "supervisor": "ok"}}
+
+
+async def test_the_hub_is_not_ready_once_its_root_supervisor_has_stopped(hub: RunningHub) -> None:
+    await hub.state.supervisor.stop(5)
+    async with anonymous(hub) as http:
+        ready = await http.get("/ready")
+    assert ready.status_code == 503
+    assert ready.json()["checks"]["supervisor"].startswith("stopped")
 
 
 async def test_metrics_count_tool_calls_latency_discoveries_and_pool_connections(hub: RunningHub) -> None:

@@ -139,7 +139,7 @@ async def wait_ready(read_fd: int, count: int = 1) -> None:
     """Wait until `count` children wrote their "ready" line to the pipe."""
     seen = b""
     with anyio.fail_after(5):
-        while seen.count(b"ready\n") < count:
+        while seen.count(b"ready") < count:  # print() may write the line and its newline separately
             await anyio.wait_readable(read_fd)
             seen += os.read(read_fd, 1000)
 

@@ -29,6 +29,8 @@ async def ready(request: Request) -> Response:
         checks["postgres"] = "ok"
     except Exception as exc:  # any failure to answer means not ready; report it instead of raising
         checks["postgres"] = f"unreachable: {type(exc).__name__}"
+    ended = hub.supervisor.exit  # the root of the hub's components gave up: agents are no longer supervised
+    checks["supervisor"] = "ok" if ended is None else f"stopped: {ended.detail or ended.kind.value}"
     ok = all(v == "ok" for v in checks.values())
     return JSONResponse({"status": "ready" if ok else "not ready", "checks": checks}, status_code=200 if ok else 503)
 
