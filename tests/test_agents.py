@@ -296,3 +296,52 @@ async def test_stopping_the_hub_stops_every_agent_and_starting_it_brings_them_ba
         temp = (await http.get("/api/v1/agents/temp")).json()
         assert temp["state"] == "stopped" and temp["pid"] is None  # temporary: never started again
     assert worker_pids() == set()
+
+
+async def test_an_agent_speaks_on_its_nats_subjects_and_every_transition_is_published(agent_hub: RunningHub) -> None:
+    prefix = agent_hub.state.settings.nats_subject_prefix
+    seen: dict[str, list[dict[str, Any]]] = {}
+    nc = await nats.connect(agent_hub.state.settings.nats_url)
+    try:
+        async def collect(msg: Any) -> None:
+            seen.setdefault(msg.subject[len(prefix):], []).append(json.loads(msg.data))
+
+        await nc.subscribe(f"{prefix}agents.>", cb=collect)
+        async with agent_hub.http() as http:
+            await http.post("/api/v1/agents", json=scripted("talker"))
+            agent = await wait_for(http, "talker", "idle")
+
+            async def beats_and_metrics() -> bool:
+                return len(seen.get("agents.talker.heartbeat", [])) >= 2 and \
+                    "agents.talker.metrics.performance" in seen
+
+            await eventually(beats_and_metrics, 10, "heartbeats and metrics")
+        announce = seen["agents.discovery.announce"][0]
+        assert (announce["agent_id"], announce["pid"], announce["role"]) == ("talker", agent["pid"], "responder")
+        assert {b["state"] for b in seen["agents.talker.heartbeat"]} <= {"idle", "busy"}
+        assert seen["agents.talker.metrics.performance"][-1]["rss_bytes"] > 0
+        states = [(e["from_state"], e["to_state"]) for e in seen["agents.talker.events.state"]]
+        assert states[:3] == [(None, "created"), ("created", "starting"), ("starting", "running")]
+    finally:
+        await nc.close()
+
+
+async def test_a_forged_or_stale_announce_does_not_change_an_agents_state(agent_hub: RunningHub) -> None:
+    prefix = agent_hub.state.settings.nats_subject_prefix
+    async with agent_hub.http() as http:
+        await http.post("/api/v1/agents", json=scripted("genuine"))
+        agent = await wait_for(http, "genuine", "idle")
+        await http.delete("/api/v1/agents/genuine")
+        nc = await nats.connect(agent_hub.state.settings.nats_url)
+        try:
+            for instance in ("forged", "old"):
+                forged = {"agent_id": "genuine", "instance": instance, "pid": agent["pid"], "role": "responder",
+                          "capabilities": [], "executor": "scripted"}
+                await nc.publish(f"{prefix}agents.discovery.announce", json.dumps(forged).encode())
+            await nc.flush()
+        finally:
+            await nc.close()
+        await anyio.sleep(0.5)
+        after = (await http.get("/api/v1/agents/genuine")).json()
+        assert after["state"] == "stopped"
+        assert [e for e in after["recent_events"] if e["to_state"] == "running"][-1]["at"] < after["updated_at"]
