@@ -179,7 +179,6 @@ class WorkerConfig(Message):
     nats_url: str
     subject_prefix: str
     heartbeat_seconds: float
-    parent_pid: int
 
 
 class Announce(Message):

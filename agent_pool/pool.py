@@ -63,6 +63,7 @@ from agenthub.errors import (
     Conflict,
     IllegalTransition,
     InvalidInput,
+    ServiceUnavailable,
     TooManyConnections,
 )
 from agenthub.metrics import HubMetrics
@@ -76,7 +77,6 @@ from supervisor import (
     ChildSpec,
     Exit,
     ExitKind,
-    ProcessChild,
     RestartType,
     Strategy,
     Supervisor,
@@ -85,10 +85,17 @@ from supervisor import (
     start_process,
     task_child,
 )
+from supervisor.forkserver import ForkServer
+from supervisor.process import GroupLeader
 
 logger = logging.getLogger(__name__)
 
 WORKER_ARGV = (sys.executable, "-m", "agent_pool.worker")
+WORKER_ENTRY = "agent_pool.worker:main"
+# What the fork server imports once for every agent process it forks: the runtime (MCP SDK, NATS, HTTP) and the
+# executors.
+WORKER_PRELOAD = ("agent_pool.runtime", "agent_pool.executors.scripted", "agent_pool.executors.command",
+                  "agent_pool.executors.claude")
 _QUERY_QUEUE_GROUP = "agenthub-agents"
 
 
@@ -101,7 +108,7 @@ class _Live:
     heartbeat_seconds: float
     restart: RestartType
     instance: str = ""
-    process: ProcessChild | None = None
+    process: GroupLeader | None = None
     state: AgentState = AgentState.CREATED
     last_beat: float = field(default_factory=time.monotonic)
     announced: bool = False
@@ -114,7 +121,7 @@ class _Worker:
     """A worker process as its supervisor's child. When the process ends on its own, `wait` records the exit
     (state, breaker) before the supervisor learns of it, so a restart always follows the recorded failure."""
 
-    def __init__(self, pool: "AgentPool", agent_id: str, instance: str, process: ProcessChild) -> None:
+    def __init__(self, pool: "AgentPool", agent_id: str, instance: str, process: GroupLeader) -> None:
         self._pool = pool
         self._agent_id = agent_id
         self._instance = instance
@@ -159,11 +166,15 @@ class AgentPool:
         self._breaker_views: dict[str, str] = {}
         self._ops: TaskGroup | None = None
         self.supervisor = Supervisor("agents", strategy=Strategy.SIMPLE_ONE_FOR_ONE, max_restarts=10, period=60)
+        self.fork_server = (ForkServer(WORKER_PRELOAD, WORKER_ENTRY, log=self._log_dir / "fork-server.log")
+                            if settings.fork_server else None)
         metrics.open_breakers.set_function(lambda: sum(v == "open" for v in self._breaker_views.values()))
 
     def children(self) -> list[ChildSpec]:
         """The pool's parts for the hub's root supervisor, in start order."""
+        fork_server = [ChildSpec(id="fork-server", start=task_child(self.fork_server.run))] if self.fork_server else []
         return [
+            *fork_server,
             self.supervisor.as_child(),
             ChildSpec(id="agent-events", start=task_child(self._listen)),
             ChildSpec(id="heartbeat-watch", start=task_child(self._watch)),
@@ -282,6 +293,8 @@ class AgentPool:
                           listener=partial(self._on_event, info.agent_id))
 
     async def _launch(self, agent_id: str) -> None:
+        if self.fork_server is not None:
+            self.fork_server.want()
         info = await self.registry.get(agent_id)
         self._live[agent_id] = _Live(role=info.role, capabilities=frozenset(info.capabilities),
                                      heartbeat_seconds=info.heartbeat_seconds,
@@ -327,14 +340,13 @@ class AgentPool:
         config = WorkerConfig(
             agent_id=agent_id, instance=instance, role=info.role, capabilities=info.capabilities,
             executor=info.executor, executor_config=info.executor_config, hub_url=self._hub_url,
-            nats_url=self._nats_url, subject_prefix=self._bus.prefix, heartbeat_seconds=info.heartbeat_seconds,
-            parent_pid=os.getpid())
+            nats_url=self._nats_url, subject_prefix=self._bus.prefix, heartbeat_seconds=info.heartbeat_seconds)
         env = {**os.environ, "AGENTHUB_WORKER": config.model_dump_json(), "AGENTHUB_AGENT_TOKEN": token}
         if info.executor == "claude" and self._anthropic_api_key:
             env["ANTHROPIC_API_KEY"] = self._anthropic_api_key
         self._log_dir.mkdir(parents=True, exist_ok=True)
-        with (self._log_dir / f"{agent_id}.log").open("ab") as log:
-            process = await start_process(WORKER_ARGV, tg=tg, env=env, stdout=log, stderr=log)
+        log_path = self._log_dir / f"{agent_id}.log"
+        process = await self._spawn(env, log_path, tg)
         live.instance, live.process, live.announced, live.heartbeat_lost = instance, process, False, False
         live.work_done, live.metrics = 0, None
         live.state, live.last_beat = AgentState.STARTING, time.monotonic()
@@ -362,6 +374,16 @@ class AgentPool:
                                last_error=None if target is AgentState.STOPPED else detail)
         if target is not AgentState.ERROR:
             self._live.pop(agent_id, None)
+
+    async def _spawn(self, env: dict[str, str], log_path: Path, tg: TaskGroup) -> GroupLeader:
+        """A new worker process: forked from the warm fork server when it is ready, else started from scratch."""
+        if self.fork_server is not None and self.fork_server.ready:
+            try:
+                return await self.fork_server.start(env=env, log=log_path)
+            except ServiceUnavailable as exc:
+                logger.warning("%s; starting the agent process directly", exc.message)
+        with log_path.open("ab") as log:
+            return await start_process(WORKER_ARGV, tg=tg, env=env, stdout=log, stderr=log)
 
     async def _on_event(self, agent_id: str, event: SupervisorEvent) -> None:
         """Events of an agent's own supervisor, in order (after the fact: exits are recorded by `_Worker`)."""

@@ -67,6 +67,7 @@ class Runtime:
         self.errors = 0
         self._busy_seconds = 0.0
         self._started = time.monotonic()
+        self._parent = os.getppid()  # the hub, or the fork server that forked us
         send, receive = anyio.create_memory_object_stream[RoutedQuestion](_QUEUE)
         self._questions_in: MemoryObjectSendStream[RoutedQuestion] = send
         self._questions: MemoryObjectReceiveStream[RoutedQuestion] = receive
@@ -152,8 +153,8 @@ class Runtime:
     async def _beat_forever(self) -> None:
         while True:
             await anyio.sleep(self.config.heartbeat_seconds)
-            if os.getppid() != self.config.parent_pid:  # the hub died: an orphaned agent must not linger
-                logger.warning("the hub (pid %d) is gone; exiting", self.config.parent_pid)
+            if os.getppid() != self._parent:  # the hub (or its fork server) died: an orphan must not linger
+                logger.warning("the parent process %d is gone; exiting", self._parent)
                 os._exit(0)
             await self._heartbeat()
             await self._performance()

@@ -1,4 +1,4 @@
-"""What both benchmark programs share: embedded NATS and PostgreSQL in a throwaway directory, a server (the hub
+"""What the benchmark programs share: embedded NATS and PostgreSQL in a throwaway directory, a server (the hub
 or a bare baseline app) in a child process on 127.0.0.1, percentiles, and the result table.
 
 The server runs in its own process so that it and the load generator do not share one event loop; the child is

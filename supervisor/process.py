@@ -49,14 +49,19 @@ def exit_from_returncode(returncode: int) -> Exit:
     return Exit(kind=ExitKind.ABNORMAL, detail=f"exit code {returncode}", code=returncode)
 
 
-class ProcessChild:
-    """One started OS process; implements the supervisor's `Child` protocol."""
+class GroupLeader:
+    """A process leading its own process group, whose exit someone else reports (`_exited`); implements the
+    supervisor's `Child` protocol: waiting, and OTP's shutdown by signals to the whole group."""
 
-    def __init__(self, process: Process) -> None:
-        self._process = process
-        self._pid = process.pid
+    def __init__(self, pid: int) -> None:
+        self._pid = pid
         self._exited = anyio.Event()
         self._exit: Exit | None = None
+
+    def _set_exit(self, exit: Exit) -> None:
+        if self._exit is None:
+            self._exit = exit
+            self._exited.set()
 
     @property
     def pid(self) -> int:
@@ -110,9 +115,17 @@ class ProcessChild:
         except PermissionError:  # a member changed uid; signal the leader at least
             logger.warning("cannot signal process group %d; signalling the leader only", self._pid)
             try:
-                self._process.send_signal(signum)
+                os.kill(self._pid, signum)
             except ProcessLookupError:
                 pass
+
+
+class ProcessChild(GroupLeader):
+    """One OS process this process started (and reaps); implements the supervisor's `Child` protocol."""
+
+    def __init__(self, process: Process) -> None:
+        super().__init__(process.pid)
+        self._process = process
 
     async def _reap(self, *, task_status: TaskStatus[None]) -> None:
         """The single waiter: wait for the leader, kill the rest of its group, publish the exit."""
@@ -131,11 +144,10 @@ class ProcessChild:
                 # reused while any member is alive, so this cannot hit a stranger's group.
                 self._signal_group(signal.SIGKILL)
                 if returncode is None:
-                    self._exit = Exit(kind=ExitKind.ABNORMAL, detail="could not be reaped")
+                    self._set_exit(Exit(kind=ExitKind.ABNORMAL, detail="could not be reaped"))
                 else:
-                    self._exit = exit_from_returncode(returncode)
-                logger.debug("process %d exited: %s", self._pid, self._exit.detail)
-                self._exited.set()
+                    self._set_exit(exit_from_returncode(returncode))
+                logger.debug("process %d exited: %s", self._pid, returncode)
 
 
 async def start_process(argv: Sequence[str], *, tg: TaskGroup, env: Mapping[str, str] | None = None,

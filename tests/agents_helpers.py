@@ -62,12 +62,24 @@ async def wait_gone(pid: int, seconds: float = 10) -> None:
 
 
 def worker_pids() -> set[int]:
-    """Agent worker processes that are children of this test process."""
+    """Agent processes descending from this test process: started directly (`-m agent_pool.worker`) or forked by
+    a fork server (whose command line they share; the server itself is this process's child)."""
     pids = set()
-    for p in psutil.Process(os.getpid()).children(recursive=True):
+    me = os.getpid()
+    for p in psutil.Process(me).children(recursive=True):
         try:
-            if "agent_pool.worker" in p.cmdline():
+            cmdline = " ".join(p.cmdline())
+            if "agent_pool.worker" in cmdline and not ("supervisor.forkserver" in cmdline and p.ppid() == me):
                 pids.add(p.pid)
         except psutil.Error:  # a zombie has no command line; it is still there
             pids.add(p.pid)
     return pids
+
+
+def fork_target() -> None:
+    """A program for fork-server tests: prints FORK_SAY, then exits with FORK_EXIT after FORK_SLEEP seconds."""
+    import time
+
+    print(os.environ.get("FORK_SAY", ""), flush=True)
+    time.sleep(float(os.environ.get("FORK_SLEEP", "0")))
+    raise SystemExit(int(os.environ.get("FORK_EXIT", "0")))

@@ -10,6 +10,7 @@ from typing import Any
 
 import anyio
 import nats
+import psutil
 import pytest
 
 from agenthub.auth import Role
@@ -345,3 +346,24 @@ async def test_a_forged_or_stale_announce_does_not_change_an_agents_state(agent_
         after = (await http.get("/api/v1/agents/genuine")).json()
         assert after["state"] == "stopped"
         assert [e for e in after["recent_events"] if e["to_state"] == "running"][-1]["at"] < after["updated_at"]
+
+
+async def test_once_the_fork_server_is_warm_restarted_agents_are_forked_from_it(agent_hub: RunningHub) -> None:
+    fork = agent_hub.state.agents.fork_server
+    assert fork is not None
+    async with agent_hub.http() as http:
+        await http.post("/api/v1/agents", json=scripted("forked"))
+        agent = await wait_for(http, "forked", "idle")
+
+        async def warm() -> bool:
+            return fork.ready
+
+        await eventually(warm, 30, "fork server ready")
+        os.kill(agent["pid"], signal.SIGKILL)
+        again = await wait_for(http, "forked", "idle", "running", pid_not=agent["pid"])
+        assert psutil.Process(again["pid"]).ppid() == fork.pid
+        assert os.getsid(again["pid"]) == again["pid"]
+        os.kill(again["pid"], signal.SIGKILL)  # a forked agent's crash is seen and restarted the same way
+        third = await wait_for(http, "forked", "idle", "running", pid_not=again["pid"])
+        assert third["restarts"] == 2
+    assert fork.pid is not None and psutil.Process(fork.pid).is_running()

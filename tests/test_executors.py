@@ -3,7 +3,6 @@ talks to a fake Messages API (`tests/messages_api.py`), the command executor run
 
 import json
 import logging
-import os
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -48,8 +47,7 @@ async def runtime(hub: RunningHub, executor: Executor, config: dict[str, Any]) -
     """A runtime for agent `AGENT`, connected to the hub as that agent."""
     worker = WorkerConfig(agent_id=AGENT, instance="test", role=ROLE, capabilities=["logs", "sql"], executor=executor,
                           executor_config=config, hub_url=hub.url, nats_url=hub.state.settings.nats_url,
-                          subject_prefix=hub.state.settings.nats_subject_prefix, heartbeat_seconds=10,
-                          parent_pid=os.getpid())
+                          subject_prefix=hub.state.settings.nats_subject_prefix, heartbeat_seconds=10)
     async with Runtime(worker, await hub.token(Role.AGENT, AGENT)).connect() as rt:
         yield rt
 

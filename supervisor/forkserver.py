@@ -1,0 +1,264 @@
+"""A fork server: a process that imports a program's modules once and then forks ready copies of it on request.
+
+Starting a Python program that imports a large library (the MCP SDK takes about half a second) makes every restart
+at least that slow. The fork server pays for the imports once; each child is a `fork()` of it that runs the
+program's entry point at once. Children are supervised like any process (`ForkedChild` is a `GroupLeader`), but
+only the fork server can reap them, so it reports their exits.
+
+Protocol (JSON lines): the hub writes `{"id", "env", "log"}` on the server's stdin; the server answers
+`{"started": id, "pid"}` or `{"failed": id, "error"}`, and reports `{"exit": pid, "returncode"}` for every child
+that ends (negative return code: killed by that signal). `{"ready": pid}` is its first line.
+
+The server has no threads and no event loop (so forking it is safe): it waits in `select` on its stdin and on a
+SIGCHLD wake-up pipe. Each child starts its own session, sends its output to its log file, takes the requested
+environment and runs the entry point. When its parent (the hub) goes away, or its stdin closes, the server kills
+every child's process group and exits, so nothing outlives the hub.
+
+Run as `python -m supervisor.forkserver PRELOAD_MODULES MODULE:FUNCTION`.
+"""
+
+import importlib
+import json
+import logging
+import os
+import random
+import select
+import signal
+import subprocess
+import sys
+import traceback
+from collections.abc import Callable, Mapping, Sequence
+from itertools import count
+from pathlib import Path
+from typing import Any
+
+import anyio
+from anyio.abc import Process, TaskStatus
+
+from agenthub.errors import ServiceUnavailable
+from supervisor.policy import Exit, ExitKind
+from supervisor.process import GroupLeader, exit_from_returncode
+
+logger = logging.getLogger(__name__)
+
+_START_TIMEOUT = 10.0
+_READY_TIMEOUT = 30.0
+_LINE_LIMIT = 1 << 20
+
+
+class ForkedChild(GroupLeader):
+    """A child of the fork server; its exit arrives from the server."""
+
+
+class ForkServer:
+    """The hub's side of one fork server. Run `run` as a supervised task: once someone `want`s the server, it
+    starts the server process and relays its reports until it dies (then every child it had is killed and reported
+    as exited, and `run` raises so the supervisor starts a new server). `start` forks a child; it raises
+    `ServiceUnavailable` while no server is ready, so callers can start the program directly meanwhile."""
+
+    def __init__(self, preload: Sequence[str], target: str, *, log: Path) -> None:
+        self._argv = [sys.executable, "-m", "supervisor.forkserver", ",".join(preload), target]
+        self._log = log
+        self._process: Process | None = None
+        self._children: dict[int, ForkedChild] = {}
+        self._pending: dict[int, tuple[anyio.Event, list[Any]]] = {}
+        self._ids = count(1)
+        self._lock = anyio.Lock()
+        self._wanted = anyio.Event()
+        self.pid: int | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.pid is not None
+
+    def want(self) -> None:
+        """Start the server (it takes its imports' time) if it is not started yet."""
+        self._wanted.set()
+
+    async def run(self, task_status: TaskStatus[None]) -> None:
+        task_status.started()  # the server warms up in the background; until then `start` refuses
+        await self._wanted.wait()
+        self._log.parent.mkdir(parents=True, exist_ok=True)
+        with self._log.open("ab") as log:
+            process = await anyio.open_process(self._argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                               stderr=log, start_new_session=True)
+        self._process = process
+        try:
+            assert process.stdout is not None
+            lines = _lines(process.stdout)
+            with anyio.fail_after(_READY_TIMEOUT):
+                first = await anext(lines)
+            self.pid = int(first["ready"])
+            logger.info("fork server %d ready", self.pid)
+            async for message in lines:
+                self._on_message(message)
+            raise RuntimeError(f"fork server {process.pid} exited")
+        finally:
+            self.pid = None
+            self._process = None
+            with anyio.CancelScope(shield=True):
+                await _stop(process)
+                for child in self._children.values():  # orphans of a dead server: nothing may outlive it
+                    child.kill()
+                    child._set_exit(Exit(kind=ExitKind.ABNORMAL, detail="the fork server stopped"))
+                self._children.clear()
+                for event, reply in self._pending.values():
+                    reply.append({"error": "the fork server stopped"})
+                    event.set()
+
+    async def start(self, *, env: Mapping[str, str], log: Path) -> ForkedChild:
+        """Fork a child with this environment, its output appended to `log`."""
+        process = self._process
+        if process is None or process.stdin is None or self.pid is None:
+            raise ServiceUnavailable("the fork server is not running")
+        request_id = next(self._ids)
+        event, reply = anyio.Event(), list[dict[str, Any]]()
+        self._pending[request_id] = (event, reply)
+        try:
+            async with self._lock:
+                await process.stdin.send(json.dumps({"id": request_id, "env": dict(env), "log": str(log)}).encode()
+                                         + b"\n")
+            with anyio.fail_after(_START_TIMEOUT):
+                await event.wait()
+        finally:
+            self._pending.pop(request_id, None)
+        answer = reply[0]
+        if "pid" not in answer:
+            raise ServiceUnavailable(f"the fork server could not start the child: {answer['error']}")
+        return self._children[answer["pid"]]
+
+    def _on_message(self, message: dict[str, Any]) -> None:
+        if "exit" in message:
+            child = self._children.pop(message["exit"], None)
+            if child is not None:
+                child.kill()  # what the child spawned must not outlive it
+                child._set_exit(exit_from_returncode(message["returncode"]))
+            return
+        pending = self._pending.get(message.get("started") or message.get("failed") or 0)
+        if "started" in message:
+            self._children[message["pid"]] = ForkedChild(message["pid"])
+        if pending is not None:
+            pending[1].append(message)
+            pending[0].set()
+
+
+async def _lines(stream: Any) -> Any:
+    buffer = b""
+    async for chunk in stream:
+        buffer += chunk
+        if len(buffer) > _LINE_LIMIT:
+            raise RuntimeError("the fork server sent an oversize line")
+        *complete, buffer = buffer.split(b"\n")
+        for line in complete:
+            yield json.loads(line)
+
+
+async def _stop(process: Process) -> None:
+    """Close the server's stdin (it then kills its children and exits), and make sure it is gone."""
+    with anyio.move_on_after(5):
+        if process.stdin is not None:
+            await process.stdin.aclose()
+        await process.wait()
+    if process.returncode is None:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        with anyio.move_on_after(5):
+            await process.wait()
+
+
+# -- the server process -----------------------------------------------------------------------------------------------
+
+
+def _send(message: dict[str, Any]) -> None:
+    os.write(1, json.dumps(message).encode() + b"\n")
+
+
+def _fork(request: dict[str, Any], entry: Callable[[], object], wakeup: tuple[int, int]) -> int:
+    pid = os.fork()
+    if pid:
+        return pid
+    code = 1
+    try:  # the child: never return into the server's loop
+        os.setsid()
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        for fd in wakeup:
+            os.close(fd)
+        out = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.dup2(out, 1)
+        os.dup2(out, 2)
+        os.close(out)
+        os.close(null)
+        os.environ.clear()
+        os.environ.update(request["env"])
+        random.seed()  # the server's generator state must not be shared by every child
+        try:
+            entry()
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def _kill_children(children: set[int]) -> None:
+    for pid in children:
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def serve(preload: Sequence[str], target: str) -> None:
+    for name in preload:
+        importlib.import_module(name)
+    module, _, function = target.partition(":")
+    entry: Callable[[], object] = getattr(importlib.import_module(module), function)
+    parent = os.getppid()
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    signal.signal(signal.SIGCHLD, lambda signum, frame: None)
+    signal.set_wakeup_fd(wake_w)
+    children: set[int] = set()
+    buffer = b""
+    _send({"ready": os.getpid()})
+    try:
+        while os.getppid() == parent:
+            readable, _, _ = select.select([0, wake_r], [], [], 1.0)
+            if wake_r in readable:
+                os.read(wake_r, 4096)
+            while children:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+                if pid == 0:
+                    break
+                children.discard(pid)
+                _send({"exit": pid, "returncode": os.waitstatus_to_exitcode(status)})
+            if 0 in readable:
+                chunk = os.read(0, 65536)
+                if not chunk:
+                    return  # the hub closed our stdin: stop
+                buffer += chunk
+                *requests, buffer = buffer.split(b"\n")
+                for line in requests:
+                    request = json.loads(line)
+                    try:
+                        pid = _fork(request, entry, (wake_r, wake_w))
+                    except OSError as exc:
+                        _send({"failed": request["id"], "error": str(exc)})
+                        continue
+                    children.add(pid)
+                    _send({"started": request["id"], "pid": pid})
+    finally:
+        _kill_children(children)
+
+
+if __name__ == "__main__":
+    serve([m for m in sys.argv[1].split(",") if m], sys.argv[2])
