@@ -213,7 +213,8 @@ class Runtime:
         await self._heartbeat()
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._beat_forever)
-            await self._work(lambda: executor.begin(self))
+            if executor.has_initial_work:
+                await self._work(lambda: executor.begin(self))
             async for question in self._questions:
                 await self._work(lambda q=question: executor.answer(self, q))  # type: ignore[misc]
 

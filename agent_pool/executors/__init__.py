@@ -14,6 +14,11 @@ from collaboration.models import RoutedQuestion
 
 
 class Executor(Protocol):
+    @property
+    def has_initial_work(self) -> bool:
+        """Whether the configuration gives work to do at start (else `begin` is not called)."""
+        ...
+
     async def begin(self, rt: Runtime) -> None: ...
 
     async def answer(self, rt: Runtime, question: RoutedQuestion) -> None: ...

@@ -120,6 +120,10 @@ class ClaudeExecutor:
         self._attempts = attempts
         self._tools: list[ToolParam] | None = None
 
+    @property
+    def has_initial_work(self) -> bool:
+        return self.config.prompt is not None
+
     async def begin(self, rt: Runtime) -> None:
         if self.config.prompt is None or await rt.initial_work_done():
             return

@@ -149,6 +149,10 @@ class CommandExecutor:
     def __init__(self, config: CommandConfig) -> None:
         self.config = config
 
+    @property
+    def has_initial_work(self) -> bool:
+        return self.config.prompt is not None
+
     async def begin(self, rt: Runtime) -> None:
         if self.config.prompt is None or await rt.initial_work_done():
             return

@@ -39,6 +39,10 @@ class ScriptedExecutor:
     def __init__(self, config: ScriptedConfig) -> None:
         self.config = config
 
+    @property
+    def has_initial_work(self) -> bool:
+        return self.config.behaviour == "analyzer" and self.config.text is not None
+
     async def begin(self, rt: Runtime) -> None:
         if self.config.behaviour != "analyzer" or self.config.text is None or await rt.initial_work_done():
             return
