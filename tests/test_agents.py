@@ -367,3 +367,17 @@ async def test_once_the_fork_server_is_warm_restarted_agents_are_forked_from_it(
         third = await wait_for(http, "forked", "idle", "running", pid_not=again["pid"])
         assert third["restarts"] == 2
     assert fork.pid is not None and psutil.Process(fork.pid).is_running()
+
+
+async def test_an_agent_is_run_by_its_owner_replica_and_others_refuse_to_stop_it(hub_factory: HubFactory) -> None:
+    first_settings = hub_factory.settings(replica_id="replica-a", data_dir=hub_factory.tmp_path / "a")
+    second_settings = hub_factory.settings(replica_id="replica-b", data_dir=hub_factory.tmp_path / "b")
+    async with hub_factory.run(first_settings) as first, hub_factory.run(second_settings) as second, \
+            first.http() as http_a, second.http(first.operator_token) as http_b:
+        await http_a.post("/api/v1/agents", json=scripted("owned"))
+        await wait_for(http_a, "owned", "idle")
+        seen = (await http_b.get("/api/v1/agents/owned")).json()
+        assert seen["owner"] == "replica-a" and seen["state"] in ("idle", "busy", "running")
+        r = await http_b.delete("/api/v1/agents/owned")
+        assert r.status_code == 409 and "replica-a" in r.json()["detail"]
+        assert (await http_a.get("/api/v1/agents/owned")).json()["state"] in ("idle", "busy", "running")
