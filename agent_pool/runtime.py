@@ -213,10 +213,14 @@ class Runtime:
         await self._heartbeat()
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._beat_forever)
-            if executor.has_initial_work:
-                await self._work(lambda: executor.begin(self))
+            await self.initial_work(executor)
             async for question in self._questions:
                 await self._work(lambda q=question: executor.answer(self, q))  # type: ignore[misc]
+
+    async def initial_work(self, executor: "Executor") -> None:
+        """The work the configuration gives, once per agent: not again after a restart that finds it shared."""
+        if executor.has_initial_work and not await self.initial_work_done():
+            await self._work(lambda: executor.begin(self))
 
     async def _work(self, job: Callable[[], Awaitable[None]]) -> None:
         self._busy = True

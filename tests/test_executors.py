@@ -155,8 +155,8 @@ async def test_claude_shares_its_initial_work_once_as_a_tagged_insight(
     config = claude(messages_api, prompt="Map the system.")
     async with runtime(hub, "claude", config) as rt:
         with anyio.fail_after(30):
-            await ClaudeExecutor(ClaudeConfig.model_validate(config)).begin(rt)
-            await ClaudeExecutor(ClaudeConfig.model_validate(config)).begin(rt)  # a restarted agent
+            await rt.initial_work(ClaudeExecutor(ClaudeConfig.model_validate(config)))
+            await rt.initial_work(ClaudeExecutor(ClaudeConfig.model_validate(config)))  # a restarted agent
 
     assert len(messages_api.requests) == 1
     assert messages_api.requests[0]["messages"] == [{"role": "user", "content": "Map the system."}]
@@ -280,8 +280,8 @@ async def test_command_begin_runs_the_configured_prompt_once(hub: RunningHub, tm
     config = command(script, prompt="the logs")
     async with runtime(hub, "command", config) as rt:
         with anyio.fail_after(30):
-            await CommandExecutor(CommandConfig.model_validate(config)).begin(rt)
-            await CommandExecutor(CommandConfig.model_validate(config)).begin(rt)  # a restarted agent
+            await rt.initial_work(CommandExecutor(CommandConfig.model_validate(config)))
+            await rt.initial_work(CommandExecutor(CommandConfig.model_validate(config)))  # a restarted agent
     assert runs.read_text() == "x"
     (shared,) = await discoveries_of(hub)
     assert (shared["discovery_type"], shared["content"], shared["tags"]) == (

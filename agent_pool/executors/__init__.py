@@ -1,9 +1,10 @@
 """Executors: what an agent process does with its work. One per `executor` name in a spawn request.
 
-An executor gets the work given in its configuration once (`begin`) and each question the live orchestrator
-routes to the agent (`answer`). It talks to the hub only through the `Runtime` (MCP tools over HTTP). It raises
-`TransientAgentError` for failures worth retrying and `LogicalAgentError` for those that are not (bad
-configuration, a rejected key); anything else is a crash and the supervisor restarts the process.
+An executor gets the work given in its configuration once (`begin`; the runtime skips it when the agent already
+shared that work before a restart) and each question the live orchestrator routes to the agent (`answer`). It
+talks to the hub only through the `Runtime` (MCP tools over HTTP). It raises `TransientAgentError` for failures
+worth retrying and `LogicalAgentError` for those that are not (bad configuration, a rejected key); anything else
+is a crash and the supervisor restarts the process.
 """
 
 from typing import Protocol

@@ -2,10 +2,10 @@
 
 Contract:
 
-* Work: `begin` runs `config.prompt` once (skipped when there is none, or when this agent already shared its
-  initial work, tagged `INITIAL_TAG`); `answer` runs each question routed to the agent. The model's final text is
-  shared as this agent's discovery: an `insight` tagged `INITIAL_TAG` for `begin`, a `solution` related to the
-  question for `answer`. A blank final text shares nothing.
+* Work: `begin` runs `config.prompt` (the runtime calls it once per agent, not again after a restart that finds
+  the initial work shared, tagged `INITIAL_TAG`); `answer` runs each question routed to the agent. The model's
+  final text is shared as this agent's discovery: an `insight` tagged `INITIAL_TAG` for `begin`, a `solution`
+  related to the question for `answer`. A blank final text shares nothing.
 * Tools: the hub's MCP tools this agent's token may call are listed once per executor and offered to the model.
   Every `tool_use` block is run through `Runtime.call_tool` and answered with a `tool_result`, with `is_error` when
   the hub returned an error result or refused the call. A work item makes at most `config.max_turns` API calls;
@@ -125,7 +125,7 @@ class ClaudeExecutor:
         return self.config.prompt is not None
 
     async def begin(self, rt: Runtime) -> None:
-        if self.config.prompt is None or await rt.initial_work_done():
+        if self.config.prompt is None:
             return
         logger.info("agent %s: initial work started", rt.agent_id)
         answer = await self.run(rt, self.config.prompt)

@@ -2,8 +2,8 @@
 
 Contract:
 
-* Work: `begin` runs `config.prompt` once (skipped when there is none, or when this agent already shared its
-  initial work, tagged `INITIAL_TAG`); `answer` runs the text of each question routed to the agent.
+* Work: `begin` runs `config.prompt` (the runtime calls it once per agent, not again after a restart that finds
+  the initial work shared, tagged `INITIAL_TAG`); `answer` runs the text of each question routed to the agent.
 * Prompt: written to stdin (`prompt_via="stdin"`, then stdin is closed), or (`"argument"`) substituted for every
   `{prompt}` in the arguments, or appended as the last argument when none has `{prompt}`. No shell is involved.
 * Process: `config.argv` runs in a process group of its own; when the work item ends (for any reason) whatever is
@@ -154,7 +154,7 @@ class CommandExecutor:
         return self.config.prompt is not None
 
     async def begin(self, rt: Runtime) -> None:
-        if self.config.prompt is None or await rt.initial_work_done():
+        if self.config.prompt is None:
             return
         logger.info("agent %s: initial command started", rt.agent_id)
         finding = parse_output(await self.run(self.config.prompt))

@@ -44,7 +44,7 @@ class ScriptedExecutor:
         return self.config.behaviour == "analyzer" and self.config.text is not None
 
     async def begin(self, rt: Runtime) -> None:
-        if self.config.behaviour != "analyzer" or self.config.text is None or await rt.initial_work_done():
+        if self.config.behaviour != "analyzer" or self.config.text is None:
             return
         for sentence in sentences(self.config.text):
             kind = classify(sentence)
