@@ -122,7 +122,9 @@ class AgentWorkError(HubError):
 
 
 class TransientAgentError(AgentWorkError):
-    pass
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after  # when the cause says how long to wait (an open breaker), not sooner
 
 
 class LogicalAgentError(AgentWorkError):

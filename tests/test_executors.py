@@ -210,9 +210,11 @@ async def test_claude_call_timeouts_open_the_breaker_which_then_fails_fast(
         assert executor.breaker.state is BreakerState.OPEN
 
         started = time.monotonic()
-        with pytest.raises(TransientAgentError, match="breaker 'anthropic' is open"):
+        with pytest.raises(TransientAgentError, match="breaker 'anthropic' is open") as refused:
             await executor.answer(rt, question)
         assert time.monotonic() - started < 0.2
+        # The runtime's retry waits this long, so a question is not dropped before the breaker lets a trial through.
+        assert refused.value.retry_after is not None and 0 < refused.value.retry_after <= 30
     assert len(messages_api.requests) == 5
 
 

@@ -192,8 +192,9 @@ class ClaudeExecutor:
         try:
             return await retry(attempt, retry_on=(TransientAgentError,), attempts=self._attempts,
                                backoff=self._backoff, on_retry=note)
-        except CircuitOpen as exc:
-            raise TransientAgentError(f"the Anthropic API is failing: {exc.message}") from exc
+        except CircuitOpen as exc:  # retried by the runtime once the breaker lets a trial through
+            raise TransientAgentError(f"the Anthropic API is failing: {exc.message}",
+                                      retry_after=exc.retry_after) from exc
 
     async def _hub_tools(self, rt: Runtime) -> list[ToolParam]:
         if self._tools is None:
