@@ -41,11 +41,17 @@ class Message(BaseModel):
 
 class ScriptedConfig(Strict):
     """Deterministic built-in behaviours. `analyzer` shares what it finds in `text`, sentence by sentence;
-    `responder` answers the questions routed to it, linking each answer to its question."""
+    `responder` answers the questions routed to it, linking each answer to its question; `worker` bids on task
+    auctions it has the capabilities for (asking `price_percent` of the budget, estimating `estimated_seconds`)
+    and does the tasks it wins (taking `work_seconds`, ending as `outcome`)."""
 
-    behaviour: Literal["analyzer", "responder"]
+    behaviour: Literal["analyzer", "responder", "worker"]
     text: Text | None = None
     confidence: Annotated[float, Field(ge=0, le=1)] = 0.8
+    price_percent: Annotated[int, Field(ge=1, le=100)] = 60
+    estimated_seconds: Annotated[float, Field(gt=0, le=86_400)] = 5.0
+    work_seconds: Annotated[float, Field(ge=0, le=3600)] = 0.0
+    outcome: Literal["completed", "failed"] = "completed"
 
     @model_validator(mode="after")
     def _analyzer_needs_text(self) -> "ScriptedConfig":
@@ -156,6 +162,7 @@ class AgentInfo(BaseModel):
     created_at: datetime
     updated_at: datetime
     metrics: dict[str, Any] | None = None
+    reputation: float | None = Field(default=None, description="The market's score that scales this agent's bids.")
     recent_events: list[AgentEvent] = Field(default_factory=list)
 
 

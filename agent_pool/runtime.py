@@ -62,8 +62,10 @@ class Runtime:
         self._client: Client | None = None
         self._busy = False
         self._seq = 0
-        self.work_done = 0  # work items that produced something (a shared discovery)
+        self.work_done = 0  # work items that produced something (a shared discovery, a completed task)
         self.shared = 0
+        self.completed = 0
+        self._working = anyio.Lock()
         self.errors = 0
         self._busy_seconds = 0.0
         self._started = time.monotonic()
@@ -106,6 +108,41 @@ class Runtime:
         discovery_id = str((await self.tool("share_discovery", args))["discovery_id"])
         self.shared += 1
         return discovery_id
+
+    async def report_task(self, task_id: str, status: str, *, result: dict[str, Any] | None = None,
+                          message: str | None = None) -> dict[str, Any]:
+        """Report progress on, completion of or failure of a task this agent won."""
+        args: dict[str, Any] = {"task_id": task_id, "agent_id": self.agent_id, "status": status}
+        if result is not None:
+            args["result"] = result
+        if message is not None:
+            args["message"] = message
+        answer = await self.tool("report_task", args)
+        if status == "completed":
+            self.completed += 1
+        return answer
+
+    @asynccontextmanager
+    async def messages(self, name: str) -> AsyncIterator[MemoryObjectReceiveStream[dict[str, Any]]]:
+        """JSON messages on a NATS subject (under the hub's prefix) while the block runs; a bounded queue, whose
+        overflow is dropped and reported."""
+        assert self._nc is not None, "the runtime is not connected"
+        send, receive = anyio.create_memory_object_stream[dict[str, Any]](_QUEUE)
+
+        async def deliver(msg: Msg) -> None:
+            try:
+                send.send_nowait(json.loads(msg.data))
+            except ValueError:
+                logger.warning("ignored a malformed message on %s", msg.subject)
+            except anyio.WouldBlock:
+                await self.report_error("transient", f"queue for {name} full; dropped a message")
+
+        sub = await self._nc.subscribe(self._subject(name), cb=deliver)
+        try:
+            with send, receive:
+                yield receive
+        finally:
+            await sub.unsubscribe()
 
     async def my_discoveries(self) -> list[dict[str, Any]]:
         """This agent's latest discoveries (newest 50)."""
@@ -213,19 +250,25 @@ class Runtime:
         await self._heartbeat()
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._beat_forever)
+            tg.start_soon(executor.serve, self)
             await self.initial_work(executor)
             async for question in self._questions:
-                await self._work(lambda q=question: executor.answer(self, q))  # type: ignore[misc]
+                await self.work(lambda q=question: executor.answer(self, q))  # type: ignore[misc]
 
     async def initial_work(self, executor: "Executor") -> None:
         """The work the configuration gives, once per agent: not again after a restart that finds it shared."""
         if executor.has_initial_work and not await self.initial_work_done():
-            await self._work(lambda: executor.begin(self))
+            await self.work(lambda: executor.begin(self))
+
+    async def work(self, job: Callable[[], Awaitable[None]]) -> None:
+        """Run one work item (one at a time: an agent is busy or idle), with the error handling of its category."""
+        async with self._working:
+            await self._work(job)
 
     async def _work(self, job: Callable[[], Awaitable[None]]) -> None:
         self._busy = True
         await self._heartbeat()
-        started, shared_before = time.monotonic(), self.shared
+        started, done_before = time.monotonic(), self.shared + self.completed
 
         async def transient(exc: BaseException, delay: float) -> None:
             await self.report_error("transient", f"{exc} (retrying in {delay:.1f} s)")
@@ -233,7 +276,7 @@ class Runtime:
         try:
             await retry(job, retry_on=(TransientAgentError,), attempts=_WORK_ATTEMPTS, backoff=_WORK_BACKOFF,
                         on_retry=transient)
-            if self.shared > shared_before:
+            if self.shared + self.completed > done_before:
                 self.work_done += 1
         except LogicalAgentError as exc:
             await self.report_error("logical", exc.message)

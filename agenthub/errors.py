@@ -2,17 +2,35 @@
 
     HubError
     ├── InvalidInput                 the request is well-formed but its values are not acceptable
-    │   └── CursorInFuture           a cursor beyond the newest discovery
+    │   ├── CursorInFuture           a cursor beyond the newest discovery
+    │   ├── ValueOutOfRange          a number or length outside its bounds (amount, percent, key, limit)
+    │   ├── MalformedAccountId       not `mint`, `platform` or `{agent,requester,escrow}:{id}`
+    │   └── WrongAccountKind         an account of a kind the operation cannot use (a deposit to the mint)
     ├── NotFound
     │   ├── DiscoveryNotFound
     │   ├── RelatedDiscoveryNotFound `related_to` names no stored discovery
     │   ├── SubscriptionNotFound
-    │   └── AgentNotFound
+    │   ├── AgentNotFound
+    │   ├── AccountNotFound
+    │   ├── EscrowNotFound
+    │   └── TaskNotFound
     ├── Conflict                     the request does not fit the current state of what it names
     │   ├── AgentExists              an agent id already in use
-    │   └── IllegalTransition        an agent state change the state machine does not allow
+    │   ├── IllegalTransition        an agent state change the state machine does not allow
+    │   ├── InsufficientFunds        the account cannot cover the amount; nothing moved
+    │   ├── IdempotencyKeyReused     a key already used by this caller for a different request
+    │   ├── TaskAlreadyEscrowed      a task's budget is already held by another escrow
+    │   ├── EscrowAlreadySettled     released, refunded or split already: an escrow ends once
+    │   ├── EscrowDisputed           frozen by a dispute until an arbiter resolves it
+    │   ├── EscrowNotDisputed        resolving an escrow nobody disputed
+    │   ├── EscrowAlreadyAwarded     reducing an escrow whose payee is already chosen
+    │   ├── EscrowNotAwarded         paying an escrow that has no payee yet
+    │   ├── AuctionClosed            a bid after the auction closed
+    │   └── IllegalTaskTransition    a task state change the task state machine does not allow
     ├── Unauthenticated              no token, or a token that is unknown or revoked
     ├── Forbidden                    the token's role or agent id does not allow the action
+    │   ├── NotEscrowParty           a dispute by someone who is neither the payer nor the payee
+    │   └── MissingCapabilities      a bid from an agent without the task's required capabilities
     ├── TooManyConnections           a connection limit is reached
     ├── ServiceUnavailable           NATS or PostgreSQL cannot be reached
     │   └── CircuitOpen              a circuit breaker is open: calls are refused until it half-opens
@@ -40,6 +58,31 @@ class CursorInFuture(InvalidInput):
         super().__init__(f"cursor {cursor} is beyond the newest discovery sequence {newest}")
         self.cursor = cursor
         self.newest = newest
+
+
+class ValueOutOfRange(InvalidInput):
+    def __init__(self, name: str, value: int, minimum: int, maximum: int | None = None) -> None:
+        bounds = f"between {minimum} and {maximum}" if maximum is not None else f"at least {minimum}"
+        super().__init__(f"{name} must be {bounds}, got {value}")
+        self.name = name
+        self.value = value
+        self.minimum = minimum
+        self.maximum = maximum
+
+
+class MalformedAccountId(InvalidInput):
+    def __init__(self, value: str) -> None:
+        super().__init__(f"{value!r} is not an account id: expected 'mint', 'platform', 'agent:<id>', "
+                         "'requester:<id>' or 'escrow:<id>'")
+        self.value = value
+
+
+class WrongAccountKind(InvalidInput):
+    def __init__(self, account_id: str, kind: str, allowed: tuple[str, ...]) -> None:
+        super().__init__(f"account {account_id!r} is a {kind} account; this needs one of: {', '.join(allowed)}")
+        self.account_id = account_id
+        self.kind = kind
+        self.allowed = allowed
 
 
 class NotFound(HubError):
@@ -70,6 +113,18 @@ class AgentNotFound(NotFound):
         self.agent_id = agent_id
 
 
+class AccountNotFound(NotFound):
+    def __init__(self, account_id: str) -> None:
+        super().__init__(f"no account {account_id!r} (accounts exist once money has moved through them)")
+        self.account_id = account_id
+
+
+class EscrowNotFound(NotFound):
+    def __init__(self, escrow_id: str) -> None:
+        super().__init__(f"no escrow with id {escrow_id!r}")
+        self.escrow_id = escrow_id
+
+
 class Conflict(HubError):
     pass
 
@@ -88,12 +143,73 @@ class IllegalTransition(Conflict):
         self.target = target
 
 
+class InsufficientFunds(Conflict):
+    def __init__(self, account_id: str, needed: int, available: int) -> None:
+        super().__init__(f"account {account_id!r} has {available} credits and needs {needed}; nothing moved")
+        self.account_id = account_id
+        self.needed = needed
+        self.available = available
+
+
+class IdempotencyKeyReused(Conflict):
+    def __init__(self, key: str) -> None:
+        super().__init__(f"idempotency key {key!r} was already used for a different request; use a new key")
+        self.key = key
+
+
+class TaskAlreadyEscrowed(Conflict):
+    def __init__(self, task_id: str, escrow_id: str) -> None:
+        super().__init__(f"task {task_id!r} already has its budget held in escrow {escrow_id!r}")
+        self.task_id = task_id
+        self.escrow_id = escrow_id
+
+
+class EscrowAlreadySettled(Conflict):
+    def __init__(self, escrow_id: str, state: str) -> None:
+        super().__init__(f"escrow {escrow_id!r} is already {state}; an escrow ends exactly once")
+        self.escrow_id = escrow_id
+        self.state = state
+
+
+class EscrowDisputed(Conflict):
+    def __init__(self, escrow_id: str) -> None:
+        super().__init__(f"escrow {escrow_id!r} is disputed: it is frozen until an arbiter resolves it")
+        self.escrow_id = escrow_id
+
+
+class EscrowNotDisputed(Conflict):
+    def __init__(self, escrow_id: str, state: str) -> None:
+        super().__init__(f"escrow {escrow_id!r} is {state}, not disputed: there is nothing to resolve")
+        self.escrow_id = escrow_id
+        self.state = state
+
+
+class EscrowAlreadyAwarded(Conflict):
+    def __init__(self, escrow_id: str, payee: str) -> None:
+        super().__init__(f"escrow {escrow_id!r} was already awarded to {payee!r}")
+        self.escrow_id = escrow_id
+        self.payee = payee
+
+
+class EscrowNotAwarded(Conflict):
+    def __init__(self, escrow_id: str) -> None:
+        super().__init__(f"escrow {escrow_id!r} has no payee yet: it can only be refunded")
+        self.escrow_id = escrow_id
+
+
 class Unauthenticated(HubError):
     pass
 
 
 class Forbidden(HubError):
     pass
+
+
+class NotEscrowParty(Forbidden):
+    def __init__(self, escrow_id: str, account_id: str) -> None:
+        super().__init__(f"{account_id!r} is neither the payer nor the payee of escrow {escrow_id!r}")
+        self.escrow_id = escrow_id
+        self.account_id = account_id
 
 
 class TooManyConnections(HubError):
@@ -129,3 +245,30 @@ class TransientAgentError(AgentWorkError):
 
 class LogicalAgentError(AgentWorkError):
     pass
+
+
+class TaskNotFound(NotFound):
+    def __init__(self, task_id: str) -> None:
+        super().__init__(f"no task with id {task_id!r}")
+        self.task_id = task_id
+
+
+class AuctionClosed(Conflict):
+    def __init__(self, task_id: str) -> None:
+        super().__init__(f"the auction for task {task_id!r} is closed: bids are no longer taken")
+        self.task_id = task_id
+
+
+class IllegalTaskTransition(Conflict):
+    def __init__(self, task_id: str, current: str, target: str) -> None:
+        super().__init__(f"task {task_id!r} is {current} and cannot become {target}")
+        self.task_id = task_id
+        self.current = current
+        self.target = target
+
+
+class MissingCapabilities(Forbidden):
+    def __init__(self, agent_id: str, missing: list[str]) -> None:
+        super().__init__(f"agent {agent_id!r} lacks the required capabilities: {', '.join(missing)}")
+        self.agent_id = agent_id
+        self.missing = missing

@@ -50,5 +50,8 @@ class HubMetrics:
         self.open_breakers = Gauge("agenthub_open_breakers",
                                    "Agent circuit breakers that are open (read at scrape time)", registry=r)
 
+        self.auctions_cleared = Counter("agenthub_auctions_cleared", "Task auctions cleared by this replica",
+                                        registry=r)
+
     def watch_pool(self, read: Callable[[], tuple[int, int, int]]) -> None:
         self.registry.register(_PoolCollector(read))

@@ -45,6 +45,18 @@ class AgentSettings(BaseModel):
     questions_per_agent_per_minute: int = Field(default=30, ge=1)
 
 
+class MarketSettings(BaseModel):
+    """Tasks, auctions, escrow and reputation."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    fee_percent: int = Field(default=10, ge=0, le=100)  # the platform's share of each payment
+    accept_after_seconds: float = Field(default=3600.0, gt=0)  # a completed task is accepted automatically after
+    work_timeout_seconds: float = Field(default=3600.0, gt=0)  # an awarded task unfinished after this has failed
+    close_interval_seconds: float = Field(default=0.25, gt=0)  # how often due auctions are cleared (a batch)
+    reputation_half_life_seconds: float = Field(default=30 * 24 * 3600.0, gt=0)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="AGENTHUB_", env_nested_delimiter="__", extra="ignore",
                                       populate_by_name=True)
@@ -67,5 +79,6 @@ class Settings(BaseSettings):
     limits: LimitSettings = Field(default_factory=LimitSettings)
     sse: SSESettings = Field(default_factory=SSESettings)
     agents: AgentSettings = Field(default_factory=AgentSettings)
+    market: MarketSettings = Field(default_factory=MarketSettings)
     # For `claude` agents; read from ANTHROPIC_API_KEY (the Anthropic SDK's own name) and passed to their processes.
     anthropic_api_key: str | None = Field(default=None, validation_alias="ANTHROPIC_API_KEY", repr=False)

@@ -29,9 +29,11 @@ from agenthub.metrics import HubMetrics
 from agenthub.settings import Settings
 from collaboration.orchestrator import Orchestrator
 from collaboration.service import Collaboration
+from market.service import Market
 from mcp_server.server import ResourceNotifier, build_server
 from supervisor import INTENSITY_REACHED, ChildSpec, Supervisor, SupervisorEvent, task_child
 from web_ui import agents, api, ops, streams
+from web_ui import market as market_api
 from web_ui.endpoints import openapi
 from web_ui.guard import Guard
 from web_ui.state import HubState
@@ -41,6 +43,7 @@ logger = logging.getLogger(__name__)
 OPERATOR_TOKEN_FILE = "operator-token"
 REPLICA_ID_FILE = "replica-id"
 _GC_THRESHOLDS = (50_000, 20, 20)
+_ENDPOINTS = [*api.ENDPOINTS, *agents.ENDPOINTS, *market_api.ENDPOINTS]
 
 _STREAM_DOC = {"/discoveries/stream": {"get": {
     "summary": "Discoveries as Server-Sent Events (subscription_id= or type/role/agent_id/min_confidence; "
@@ -106,14 +109,15 @@ async def open_hub(settings: Settings, *, nats_monitor_url: str | None = None) -
                                     max_depth=settings.agents.max_question_depth,
                                     per_agent_per_minute=settings.agents.questions_per_agent_per_minute)
         collab.feed.add_hook(orchestrator.discovery_shared)
+        market = Market(pool, bus, metrics, settings.market)
         # The hub's own long-lived components run under one root supervisor (the feed keeps its own context).
-        root = Supervisor("hub", [*agents.children(), ChildSpec(id="orchestrator", start=task_child(orchestrator.run))],
-                          max_restarts=3, period=60, listener=_log_root_event)
+        root = Supervisor("hub", [*agents.children(), ChildSpec(id="orchestrator", start=task_child(orchestrator.run)),
+                                  *market.children()], max_restarts=3, period=60, listener=_log_root_event)
         await stack.enter_async_context(root)
         stack.push_async_callback(agents.stop_all)  # runs before the root supervisor stops: agents end as stopped
         await agents.reconcile()
         yield HubState(settings=settings, pool=pool, bus=bus, metrics=metrics, collab=collab, agents=agents,
-                       supervisor=root, orchestrator=orchestrator, nats_monitor_url=nats_monitor_url)
+                       market=market, supervisor=root, orchestrator=orchestrator, nats_monitor_url=nats_monitor_url)
 
 
 def create_app(hub: HubState) -> Starlette:
@@ -129,7 +133,7 @@ def create_app(hub: HubState) -> Starlette:
         transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False),
     )
     session_manager = server.session_manager
-    document = openapi(api.ENDPOINTS + agents.ENDPOINTS, title="agenthub", version="0.1.0", extra_paths=_STREAM_DOC)
+    document = openapi(_ENDPOINTS, title="agenthub", version="0.1.0", extra_paths=_STREAM_DOC)
 
     async def openapi_json(request: Request) -> Response:
         return JSONResponse(document)
@@ -146,7 +150,7 @@ def create_app(hub: HubState) -> Starlette:
         Route("/metrics/system", ops.system_metrics),
         Route("/openapi.json", openapi_json),
         Route("/discoveries/stream", streams.discovery_stream),
-        *(ep.route() for ep in api.ENDPOINTS + agents.ENDPOINTS),
+        *(ep.route() for ep in _ENDPOINTS),
         Mount("/", app=mcp_app),  # MCP at /mcp; must stay last, it matches every path
     ]
     app = Starlette(routes=routes, lifespan=lifespan)

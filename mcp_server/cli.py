@@ -5,6 +5,10 @@
     agenthub agent spawn --role R [--id X] [--capability C]... (--behaviour B | --command CMD | --executor E)
                          [--config JSON] [--text T] [--prompt P] [--restart TYPE] [--max-restarts N] [--period S]
     agenthub agent list | show ID | stop ID | restart ID      [--url U] [--data-dir D]
+    agenthub account deposit ID AMOUNT | show ID | ledger ID
+    agenthub task submit --requester R --description D --budget B [--capability C]... [--bidding-seconds S]
+    agenthub task list | show ID | accept ID | cancel ID | dispute ID --by X --evidence E
+    agenthub task resolve ID --outcome release|refund|split [--share N]
 
 `serve` starts the embedded NATS and PostgreSQL unless AGENTHUB_NATS_URL / AGENTHUB_DATABASE_URL are set, then
 serves until Ctrl-C or SIGTERM and stops everything in order. Every problem the operator can fix is one line
@@ -23,6 +27,7 @@ import socket
 import sys
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -210,6 +215,56 @@ def run_agent(settings: Settings, args: argparse.Namespace) -> None:
     print(_agent_line(agent))
 
 
+def _task_line(task: dict[str, Any]) -> str:
+    winner = task["winner"] or "-"
+    price = task["price"] if task["price"] is not None else "-"
+    return (f"{task['task_id']:<22} {task['state']:<10} {task['requester_id']:<16} {task['budget']:>8} "
+            f"{task['bid_count']:>5}  {winner:<16} {price!s:>8}  {task['description'][:40]}")
+
+
+def run_account(settings: Settings, args: argparse.Namespace) -> None:
+    path = f"/api/v1/accounts/{args.account_id}"
+    if args.account_command == "deposit":
+        account = _hub_request(settings, args.url, "POST", f"{path}/deposit",
+                               {"amount": args.amount, "idempotency_key": str(uuid.uuid4())})
+        print(f"{account['account_id']}: {account['balance']} credits")
+    elif args.account_command == "show":
+        print(json.dumps(_hub_request(settings, args.url, "GET", path), indent=2))
+    else:
+        page = _hub_request(settings, args.url, "GET", f"{path}/ledger")
+        print(f"{'TRANSFER':>8}  {'AT':<19}  {'KIND':<8} {'AMOUNT':>10}  MEMO")
+        for e in page["entries"]:
+            print(f"{e['transfer_id']:>8}  {e['at'][:19]:<19}  {e['kind']:<8} {e['amount']:>10}  {e['memo']}")
+
+
+def run_task(settings: Settings, args: argparse.Namespace) -> None:
+    command = args.task_command
+    if command == "list":
+        print(f"{'TASK':<22} {'STATE':<10} {'REQUESTER':<16} {'BUDGET':>8} {'BIDS':>5}  {'WINNER':<16} {'PRICE':>8}"
+              "  DESCRIPTION")
+        for task in _hub_request(settings, args.url, "GET", "/api/v1/tasks")["tasks"]:
+            print(_task_line(task))
+        return
+    if command == "show":
+        print(json.dumps(_hub_request(settings, args.url, "GET", f"/api/v1/tasks/{args.task_id}"), indent=2))
+        return
+    key = {"idempotency_key": str(uuid.uuid4())}  # one per command: a retry inside it cannot act twice
+    if command == "submit":
+        body: dict[str, Any] = {"requester_id": args.requester, "description": args.description,
+                                "required_capabilities": args.capability or [], "budget": args.budget,
+                                "priority": args.priority, "bidding_seconds": args.bidding_seconds, **key}
+        task = _hub_request(settings, args.url, "POST", "/api/v1/tasks", body)
+    elif command == "dispute":
+        task = _hub_request(settings, args.url, "POST", f"/api/v1/tasks/{args.task_id}/dispute",
+                            {"by": args.by, "evidence": args.evidence, **key})
+    elif command == "resolve":
+        task = _hub_request(settings, args.url, "POST", f"/api/v1/tasks/{args.task_id}/resolve",
+                            {"outcome": args.outcome, "agent_share_percent": args.share, **key})
+    else:  # accept, cancel
+        task = _hub_request(settings, args.url, "POST", f"/api/v1/tasks/{args.task_id}/{command}", key)
+    print(_task_line(task))
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="agenthub", description="MCP server and agent-collaboration hub")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -245,9 +300,38 @@ def _parser() -> argparse.ArgumentParser:
     for name, text in (("show", "one agent with its events, as JSON"), ("stop", "stop an agent gracefully"),
                        ("restart", "restart an agent's process")):
         agent_sub.add_parser(name, help=text).add_argument("agent_id")
-    for p in agent_sub.choices.values():
-        p.add_argument("--url", help="hub URL (default http://127.0.0.1:8765)")
-        p.add_argument("--data-dir", type=Path, help="where the operator token is (default ./.agenthub)")
+    account_p = sub.add_parser("account", help="fund accounts and read balances and ledgers")
+    account_sub = account_p.add_subparsers(dest="account_command", required=True)
+    deposit_p = account_sub.add_parser("deposit", help="deposit credits into an account (operator)")
+    deposit_p.add_argument("account_id")
+    deposit_p.add_argument("amount", type=int)
+    account_sub.add_parser("show", help="balance and reputation, as JSON").add_argument("account_id")
+    account_sub.add_parser("ledger", help="the account's postings, newest first").add_argument("account_id")
+    task_p = sub.add_parser("task", help="submit tasks, watch their auctions, settle them")
+    task_sub = task_p.add_subparsers(dest="task_command", required=True)
+    submit_p = task_sub.add_parser("submit", help="hold the budget in escrow and open an auction")
+    submit_p.add_argument("--requester", required=True, help="the account that pays")
+    submit_p.add_argument("--description", required=True)
+    submit_p.add_argument("--budget", type=int, required=True)
+    submit_p.add_argument("--capability", action="append", help="a required capability (repeatable)")
+    submit_p.add_argument("--priority", type=int, default=5)
+    submit_p.add_argument("--bidding-seconds", type=float, default=30.0)
+    task_sub.add_parser("list", help="tasks with state, bids, winner and price")
+    for name, text in (("show", "one task with its auction and events, as JSON"),
+                       ("accept", "accept the result: pay the agent"), ("cancel", "cancel and refund")):
+        task_sub.add_parser(name, help=text).add_argument("task_id")
+    dispute_p = task_sub.add_parser("dispute", help="dispute a task (requester or winner)")
+    dispute_p.add_argument("task_id")
+    dispute_p.add_argument("--by", required=True)
+    dispute_p.add_argument("--evidence", required=True)
+    resolve_p = task_sub.add_parser("resolve", help="resolve a dispute as arbiter (operator)")
+    resolve_p.add_argument("task_id")
+    resolve_p.add_argument("--outcome", required=True, choices=["release", "refund", "split"])
+    resolve_p.add_argument("--share", type=int, default=50, help="split: the agent's percent")
+    for group in (agent_sub, account_sub, task_sub):
+        for p in group.choices.values():
+            p.add_argument("--url", help="hub URL (default http://127.0.0.1:8765)")
+            p.add_argument("--data-dir", type=Path, help="where the operator token is (default ./.agenthub)")
     return parser
 
 
@@ -266,6 +350,10 @@ def main(argv: list[str] | None = None) -> None:
             run_serve(settings)
         elif args.command == "agent":
             run_agent(settings, args)
+        elif args.command == "account":
+            run_account(settings, args)
+        elif args.command == "task":
+            run_task(settings, args)
         else:
             run_token_create(settings, args.role, args.agent_id, args.url)
     except HubError as exc:

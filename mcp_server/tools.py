@@ -35,6 +35,15 @@ from collaboration.models import (
     UnsubscribeInput,
     validation_errors,
 )
+from market.models import (
+    BidPlaced,
+    PlaceBidInput,
+    ReportTaskInput,
+    SubmitTaskInput,
+    TaskInfo,
+    TaskRef,
+)
+from web_ui.agents import listed
 from web_ui.state import HubState
 
 logger = logging.getLogger(__name__)
@@ -107,6 +116,34 @@ TOOLS: list[ToolSpec] = [
         run=lambda h, who, req: h.collab.get_context(who, req),
     ),
     ToolSpec(
+        name="submit_task",
+        description="Submit a task for agents to bid on: the budget is held in escrow from the requester's account and "
+        "a sealed-bid auction runs for bidding_seconds. The winner is paid at most the budget when you accept its "
+        "result. Pass a fresh idempotency_key; retrying with the same key returns the same task.",
+        input=SubmitTaskInput, output=TaskInfo, roles=AGENT_PROFILE,
+        run=lambda h, who, req: h.market.submit_task(who, req),
+    ),
+    ToolSpec(
+        name="place_bid",
+        description="Bid on an open task auction you have the required capabilities for: the price you ask and how "
+        "long you expect to take. A new bid replaces your previous one. Bids are sealed until the auction closes; "
+        "the winner is paid its critical price (at least what it asked).",
+        input=PlaceBidInput, output=BidPlaced, roles=AGENT_PROFILE,
+        run=lambda h, who, req: h.market.place_bid(who, req),
+    ),
+    ToolSpec(
+        name="get_task",
+        description="A task: its state, auction (bids once closed, winner, price, welfare), result and escrow.",
+        input=TaskRef, output=TaskInfo, roles=AGENT_PROFILE, read_only=True,
+        run=lambda h, who, req: h.market.get_task(who, req),
+    ),
+    ToolSpec(
+        name="report_task",
+        description="Report on a task you won: progress (it is running), completed with a result, or failed.",
+        input=ReportTaskInput, output=TaskInfo, roles=AGENT_PROFILE,
+        run=lambda h, who, req: h.market.report_task(who, req),
+    ),
+    ToolSpec(
         name="get_collaboration_status",
         description="Counts of discoveries by type, subscriptions and connected SSE clients.",
         input=EmptyInput, output=CollaborationStatus, roles=OPERATOR_PROFILE, read_only=True,
@@ -130,7 +167,7 @@ TOOLS: list[ToolSpec] = [
         description="Agents with their state, pid, restarts, last heartbeat and circuit breaker; filter by state, "
         "role or capability.",
         input=ListAgentsInput, output=AgentList, roles=OPERATOR_PROFILE, read_only=True,
-        run=lambda h, who, req: h.agents.list_agents(req),
+        run=lambda h, who, req: listed(h, req),
     ),
 ]
 _BY_NAME = {t.name: t for t in TOOLS}

@@ -5,7 +5,7 @@ from starlette.requests import Request
 
 from agent_pool.models import AgentInfo, AgentList, AgentRef, ListAgentsInput, SpawnAgentInput, StateName
 from web_ui.endpoints import Endpoint
-from web_ui.state import hub_of, principal_of
+from web_ui.state import HubState, hub_of, principal_of
 
 
 class AgentsQuery(BaseModel):
@@ -23,14 +23,27 @@ async def spawn(request: Request, body: SpawnAgentInput) -> AgentInfo:
     return await hub_of(request).agents.spawn(principal_of(request), body)
 
 
+async def with_reputation(hub: HubState, agents: list[AgentInfo]) -> list[AgentInfo]:
+    """The agents with the market's reputation filled in (the pool itself knows nothing of the market)."""
+    scores = await hub.market.reputations([a.agent_id for a in agents]) if agents else {}
+    for agent in agents:
+        agent.reputation = scores[agent.agent_id]
+    return agents
+
+
+async def listed(hub: HubState, query: ListAgentsInput) -> AgentList:
+    return AgentList(agents=await with_reputation(hub, (await hub.agents.list_agents(query)).agents))
+
+
 async def list_agents(request: Request, query: AgentsQuery) -> AgentList:
     principal_of(request)
-    return await hub_of(request).agents.list_agents(ListAgentsInput.model_validate(query.model_dump()))
+    return await listed(hub_of(request), ListAgentsInput.model_validate(query.model_dump()))
 
 
 async def get_agent(request: Request, _: None) -> AgentInfo:
     principal_of(request)
-    return await hub_of(request).agents.get(_ref(request).agent_id)
+    hub = hub_of(request)
+    return (await with_reputation(hub, [await hub.agents.get(_ref(request).agent_id)]))[0]
 
 
 async def stop(request: Request, _: None) -> AgentInfo:

@@ -15,6 +15,7 @@ from agenthub.metrics import HubMetrics
 from agenthub.settings import Settings
 from collaboration.orchestrator import Orchestrator
 from collaboration.service import Collaboration
+from market.service import Market
 from supervisor import Supervisor
 
 
@@ -32,6 +33,7 @@ class HubState:
     metrics: HubMetrics
     collab: Collaboration
     agents: AgentPool
+    market: Market
     supervisor: Supervisor
     orchestrator: Orchestrator
     nats_monitor_url: str | None = None

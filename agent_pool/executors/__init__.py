@@ -1,7 +1,8 @@
 """Executors: what an agent process does with its work. One per `executor` name in a spawn request.
 
 An executor gets the work given in its configuration once (`begin`; the runtime skips it when the agent already
-shared that work before a restart) and each question the live orchestrator routes to the agent (`answer`). It
+shared that work before a restart), each question the live orchestrator routes to the agent (`answer`), and may
+look for work itself (`serve`). It
 talks to the hub only through the `Runtime` (MCP tools over HTTP). It raises `TransientAgentError` for failures
 worth retrying and `LogicalAgentError` for those that are not (bad configuration, a rejected key); anything else
 is a crash and the supervisor restarts the process.
@@ -21,6 +22,11 @@ class Executor(Protocol):
         ...
 
     async def begin(self, rt: Runtime) -> None: ...
+
+    async def serve(self, rt: Runtime) -> None:
+        """Work the executor finds for itself, for as long as the agent runs (the scripted worker bids on task
+        auctions); returns at once when there is none. Each item goes through `rt.work`."""
+        ...
 
     async def answer(self, rt: Runtime, question: RoutedQuestion) -> None: ...
 

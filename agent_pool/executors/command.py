@@ -153,6 +153,9 @@ class CommandExecutor:
     def has_initial_work(self) -> bool:
         return self.config.prompt is not None
 
+    async def serve(self, rt: Runtime) -> None:
+        """Nothing to look for: this executor works on its prompt and routed questions."""
+
     async def begin(self, rt: Runtime) -> None:
         if self.config.prompt is None:
             return

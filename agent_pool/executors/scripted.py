@@ -3,13 +3,20 @@
 `analyzer` reads its configured text once and shares one discovery per sentence, typed by simple cues: a
 question mark makes a question; words of failure an anomaly; words of repetition a pattern; words of cause a
 connection; anything else an insight. `responder` answers each question routed to it with a `solution` linked
-to the question by `related_to`. The same input always gives the same discoveries.
+to the question by `related_to`. `worker` listens on `tasks.*.auction`, bids on every auction whose required
+capabilities it has (its price: `price_percent` of the budget, rounded up), and when `tasks.{id}.assignment`
+names it, reports the task running, works `work_seconds`, and reports it completed with a result that counts
+the description's words (or failed, when so configured). The same input always gives the same output.
 """
 
+import math
 import re
+from typing import Any
+
+import anyio
 
 from agent_pool.models import ScriptedConfig
-from agent_pool.runtime import INITIAL_TAG, Runtime
+from agent_pool.runtime import INITIAL_TAG, Runtime, ToolFailed
 from collaboration.models import RoutedQuestion
 
 _SENTENCE = re.compile(r"[^.!?]+[.!?]?")
@@ -57,3 +64,36 @@ class ScriptedExecutor:
             f"handled with {', '.join(rt.config.capabilities)}" if rt.config.capabilities else "noted")
         await rt.share("solution", reply, confidence=self.config.confidence, related_to=question.discovery_id,
                        tags=["answer"])
+
+    async def serve(self, rt: Runtime) -> None:
+        if self.config.behaviour != "worker":
+            return
+        async with rt.messages("tasks.*.auction") as offers, rt.messages("tasks.*.assignment") as assignments, \
+                anyio.create_task_group() as tg:
+            tg.start_soon(self._bid_on, rt, offers)
+            async for update in assignments:
+                if update.get("agent_id") == rt.agent_id and update.get("state") == "assigned":
+                    await rt.work(lambda task_id=update["task_id"]: self._do(rt, task_id))  # type: ignore[misc]
+
+    async def _bid_on(self, rt: Runtime, offers: Any) -> None:
+        mine = {c.lower() for c in rt.config.capabilities}
+        async for offer in offers:
+            if not {c.lower() for c in offer.get("required_capabilities", [])} <= mine:
+                continue
+            price = max(1, math.ceil(int(offer["budget"]) * self.config.price_percent / 100))
+            try:
+                await rt.tool("place_bid", {"task_id": offer["task_id"], "agent_id": rt.agent_id, "price": price,
+                                            "estimated_seconds": self.config.estimated_seconds})
+            except ToolFailed as exc:  # the auction closed meanwhile, or the hub refused: the next one may do
+                await rt.report_error("transient", str(exc))
+
+    async def _do(self, rt: Runtime, task_id: str) -> None:
+        task = await rt.tool("get_task", {"task_id": task_id})
+        await rt.report_task(task_id, "progress", message="started")
+        await anyio.sleep(self.config.work_seconds)
+        if self.config.outcome == "failed":
+            await rt.report_task(task_id, "failed", message="the scripted worker is configured to fail")
+            return
+        words = len(str(task.get("description", "")).split())
+        await rt.report_task(task_id, "completed", result={"worker": rt.agent_id, "words": words,
+                                                            "summary": f"{rt.config.role} did {task_id}"})

@@ -1,0 +1,374 @@
+"""The market as callers see it: accounts, tasks, sealed-bid auctions, escrow, reputation, with who-may-do-what
+checked in one place. The MCP tools, REST and the CLI only translate.
+
+Money and task state move together: each operation is ONE transaction that changes the task and its escrow (the
+escrow functions of `market.escrow` run on the same connection), under an idempotency key. Callers give their
+own keys; the hub's own actions (clearing, failure refunds, timeouts, auto-accept) use keys derived from the
+task, so a repeat after a crash finds the first answer instead of acting twice.
+
+The auction closer (`children`, run by the hub's root supervisor) wakes every `close_interval_seconds`: it locks
+the auctions past their closing time (`FOR UPDATE SKIP LOCKED`: another replica's batch is skipped, so each
+auction is cleared once), clears them jointly (`market.clearing`, bids scaled by reputation), reduces each
+winner's escrow to its price (refunding the rest) and expires the auctions without an eligible bid (refunding
+all). It also auto-accepts completed tasks after `accept_after_seconds` and fails tasks still unfinished
+`work_timeout_seconds` after their award. NATS: `tasks.{id}.auction` when an auction opens, `.assignment` at
+award, `.progress` while running, `.result` when a task ends.
+"""
+
+import logging
+import secrets
+import time
+from collections import defaultdict
+from collections.abc import Awaitable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import anyio
+import asyncpg
+from anyio.abc import TaskStatus
+
+from agenthub.auth import Principal, Role
+from agenthub.bus import Bus
+from agenthub.errors import Forbidden, MissingCapabilities, TaskNotFound
+from agenthub.metrics import HubMetrics
+from agenthub.settings import MarketSettings
+from market import escrow as escrows
+from market.clearing import Bid, TaskAuction, clear
+from market.idempotency import run_once
+from market.ledger import (
+    AccountKind,
+    Ledger,
+    account_kind,
+    agent_account,
+    parse_account_id,
+    requester_account,
+)
+from market.models import (
+    AccountInfo,
+    BidInfo,
+    BidPlaced,
+    DepositInput,
+    DisputeInput,
+    LedgerEntry,
+    LedgerPage,
+    ListTasksInput,
+    PlaceBidInput,
+    ReportTaskInput,
+    ResolveInput,
+    SettleInput,
+    SubmitTaskInput,
+    TaskAnnouncement,
+    TaskInfo,
+    TaskList,
+    TaskRef,
+    TaskUpdate,
+)
+from market.reputation import Observation, reputation
+from market.tasks import Connection, TaskStore
+from supervisor import ChildSpec, task_child
+
+logger = logging.getLogger(__name__)
+
+HUB_SCOPE = "hub"  # the idempotency scope of the hub's own actions
+_BATCH = 100
+
+
+def _scope(who: Principal) -> str:
+    return who.token_id or "local-operator"
+
+
+def _new_task_id() -> str:
+    return f"task_{secrets.token_hex(8)}"
+
+
+class Market:
+    def __init__(self, pool: asyncpg.Pool, bus: Bus, metrics: HubMetrics, settings: MarketSettings) -> None:
+        self._pool = pool
+        self._bus = bus
+        self._metrics = metrics
+        self.settings = settings
+        self.tasks = TaskStore(pool)
+        self.ledger = Ledger(pool)
+
+    def children(self) -> list[ChildSpec]:
+        return [ChildSpec(id="auction-closer", start=task_child(self._close_forever))]
+
+    # -- accounts --------------------------------------------------------------------------------------------------
+
+    async def deposit(self, who: Principal, req: DepositInput) -> AccountInfo:
+        who.require_operator()
+        account = parse_account_id(req.account_id)
+        await self.ledger.deposit(account, req.amount, key=req.idempotency_key, scope=_scope(who))
+        return await self.account(who, req.account_id)
+
+    async def account(self, who: Principal, account_id: str) -> AccountInfo:
+        account = self._readable(who, account_id)
+        balance = await self.ledger.balance(account)
+        score = None
+        if account_kind(account) is AccountKind.AGENT:
+            score = (await self.reputations([account.split(":", 1)[1]]))[account.split(":", 1)[1]]
+        return AccountInfo(account_id=account, balance=balance, reputation=score)
+
+    async def ledger_page(self, who: Principal, account_id: str, *, before: int | None, limit: int) -> LedgerPage:
+        account = self._readable(who, account_id)
+        page = await self.ledger.history(account, limit=limit, before=before)
+        return LedgerPage(account_id=account, next_before=page.next_before, entries=[
+            LedgerEntry(transfer_id=e.transfer_id, at=e.created_at, kind=e.kind.value, amount=e.amount, memo=e.memo,
+                        escrow_id=e.escrow_id) for e in page.entries])
+
+    @staticmethod
+    def _readable(who: Principal, account_id: str) -> Any:
+        account = parse_account_id(account_id)
+        if who.role is Role.AGENT and account.split(":", 1)[-1] != who.agent_id:
+            raise Forbidden(f"this token belongs to agent {who.agent_id!r} and cannot read account {account_id!r}")
+        return account
+
+    # -- tasks -----------------------------------------------------------------------------------------------------
+
+    async def submit_task(self, who: Principal, req: SubmitTaskInput) -> TaskInfo:
+        who.require_acting_as(req.requester_id)
+        payer = requester_account(req.requester_id)
+
+        async def effect(conn: Connection) -> str:
+            task_id = _new_task_id()
+            held = await escrows.hold(conn, payer, req.budget, task_id, scope=_scope(who), key=req.idempotency_key)
+            closes = datetime.now(UTC) + timedelta(seconds=req.bidding_seconds)
+            await self.tasks.create(conn, req, task_id=task_id, escrow_id=held.id, closes_at=closes)
+            return task_id
+
+        task_id = await run_once(self._pool, scope=_scope(who), key=req.idempotency_key,
+                                 request={"op": "submit_task", **req.model_dump(mode="json")}, result_type=str,
+                                 effect=effect)
+        task = await self.tasks.get(task_id, with_events=True)
+        await self._publish(task_id, "auction", TaskAnnouncement(
+            task_id=task_id, description=task.description, required_capabilities=task.required_capabilities,
+            priority=task.priority, budget=task.budget, bidding_closes_at=task.bidding_closes_at))
+        return await self._with_escrow(task)
+
+    async def place_bid(self, who: Principal, req: PlaceBidInput) -> BidPlaced:
+        who.require_acting_as(req.agent_id)
+        task = await self.tasks.get(req.task_id)
+        if task.required_capabilities:
+            caps = await self._pool.fetchval("SELECT capabilities FROM agents WHERE id = $1", req.agent_id) or []
+            missing = sorted({c.lower() for c in task.required_capabilities} - {c.lower() for c in caps})
+            if missing:
+                raise MissingCapabilities(req.agent_id, missing)
+        return await self.tasks.place_bid(req)
+
+    async def get_task(self, who: Principal, ref: TaskRef) -> TaskInfo:
+        task = await self.tasks.get(ref.task_id, with_events=True)
+        if task.bids:
+            scores = await self.reputations([b.agent_id for b in task.bids])
+            task.bids = [BidInfo(**{**b.model_dump(), "reputation": scores[b.agent_id]}) for b in task.bids]
+        return await self._with_escrow(task)
+
+    async def list_tasks(self, who: Principal, query: ListTasksInput) -> TaskList:
+        return TaskList(tasks=await self.tasks.find(query))
+
+    async def report_task(self, who: Principal, req: ReportTaskInput) -> TaskInfo:
+        who.require_acting_as(req.agent_id)
+        task = await self.tasks.get(req.task_id)
+        if task.winner != req.agent_id:
+            raise Forbidden(f"task {req.task_id} was not awarded to {req.agent_id!r}")
+        if req.status == "progress":
+            if task.state == "assigned":
+                await self.tasks.transition(req.task_id, "running", req.message or "work started")
+            else:
+                await self.tasks.record(req.task_id, "progress", req.message or "progress")
+        elif req.status == "completed":
+            await self.tasks.transition(req.task_id, "completed", req.message or "completed by the agent",
+                                        allowed_from={"assigned", "running"}, result=req.result or {},
+                                        completed_at=datetime.now(UTC))
+        else:
+            await self._end(req.task_id, "failed", req.message or "failed, as the agent reported",
+                            key=f"failed:{req.task_id}", scope=HUB_SCOPE)
+        updated = await self.tasks.get(req.task_id)
+        kind = "progress" if req.status == "progress" else "result"
+        await self._publish(req.task_id, kind, TaskUpdate(task_id=req.task_id, state=updated.state,
+                                                           agent_id=req.agent_id, detail=req.message or "",
+                                                           result=updated.result))
+        return await self.get_task(who, TaskRef(task_id=req.task_id))
+
+    async def cancel_task(self, who: Principal, req: SettleInput) -> TaskInfo:
+        task = await self.tasks.get(req.task_id)
+        who.require_acting_as(task.requester_id)
+        await self._end(req.task_id, "cancelled", "cancelled by the requester", key=req.idempotency_key,
+                        scope=_scope(who))
+        return await self._result_of(who, req.task_id)
+
+    async def accept(self, who: Principal, req: SettleInput) -> TaskInfo:
+        task = await self.tasks.get(req.task_id)
+        who.require_acting_as(task.requester_id)
+        await self._release(req.task_id, task.escrow_id, "accepted by the requester", key=req.idempotency_key,
+                            scope=_scope(who))
+        return await self.get_task(who, TaskRef(task_id=req.task_id))
+
+    async def dispute(self, who: Principal, req: DisputeInput) -> TaskInfo:
+        who.require_acting_as(req.by)
+        task = await self.tasks.get(req.task_id)
+        party = (requester_account(req.by) if req.by == task.requester_id
+                 else agent_account(req.by) if req.by == task.winner else None)
+        if party is None:
+            raise Forbidden(f"only the requester or the winner of task {req.task_id} can dispute it")
+
+        async def effect(conn: Connection) -> str:
+            await escrows.dispute(conn, task.escrow_id, party, req.evidence)
+            await self.tasks.record(req.task_id, "dispute", f"disputed by {req.by}: {req.evidence[:500]}", conn=conn)
+            return task.escrow_id
+
+        await run_once(self._pool, scope=_scope(who), key=req.idempotency_key,
+                       request={"op": "dispute", **req.model_dump(mode="json")}, result_type=str, effect=effect)
+        return await self.get_task(who, TaskRef(task_id=req.task_id))
+
+    async def resolve(self, who: Principal, req: ResolveInput) -> TaskInfo:
+        who.require_operator()
+        task = await self.tasks.get(req.task_id)
+
+        async def effect(conn: Connection) -> str:
+            await escrows.resolve(conn, task.escrow_id, req.outcome, arbiter=_scope(who),
+                                  fee_percent=self.settings.fee_percent, payee_share_percent=req.agent_share_percent)
+            await self.tasks.record(req.task_id, "resolution", f"resolved by an arbiter: {req.outcome}"
+                                    + (f", {req.agent_share_percent} % to the agent" if req.outcome == "split" else ""),
+                                    conn=conn)
+            return task.escrow_id
+
+        await run_once(self._pool, scope=_scope(who), key=req.idempotency_key,
+                       request={"op": "resolve", **req.model_dump(mode="json")}, result_type=str, effect=effect)
+        return await self.get_task(who, TaskRef(task_id=req.task_id))
+
+    # -- money and state together ----------------------------------------------------------------------------------
+
+    async def _end(self, task_id: str, state: str, detail: str, *, key: str, scope: str) -> None:
+        """Fail or cancel a task and refund its escrow, in one transaction."""
+        task = await self.tasks.get(task_id)
+
+        async def effect(conn: Connection) -> str:
+            await self.tasks.transition(task_id, state, detail, conn=conn)
+            await escrows.refund(conn, task.escrow_id, scope=scope, key=key)
+            return state
+
+        await run_once(self._pool, scope=scope, key=key, request={"op": state, "task_id": task_id}, result_type=str,
+                       effect=effect)
+
+    async def _release(self, task_id: str, escrow_id: str, detail: str, *, key: str, scope: str) -> None:
+        async def effect(conn: Connection) -> str:
+            state = await conn.fetchval("SELECT state FROM tasks WHERE id = $1 FOR UPDATE", task_id)
+            if state != "completed":
+                raise Forbidden(f"task {task_id} is {state}: only a completed task can be accepted")
+            await escrows.release(conn, escrow_id, self.settings.fee_percent, scope=scope, key=key)
+            await self.tasks.record(task_id, "accepted", detail, conn=conn)
+            return escrow_id
+
+        await run_once(self._pool, scope=scope, key=key, request={"op": "accept", "task_id": task_id},
+                       result_type=str, effect=effect)
+
+    async def _with_escrow(self, task: TaskInfo) -> TaskInfo:
+        task.escrow_state = await self._pool.fetchval("SELECT state FROM escrows WHERE id = $1", task.escrow_id)
+        return task
+
+    async def _result_of(self, who: Principal, task_id: str) -> TaskInfo:
+        task = await self.get_task(who, TaskRef(task_id=task_id))
+        await self._publish(task_id, "result", TaskUpdate(task_id=task_id, state=task.state, agent_id=task.winner))
+        return task
+
+    async def _publish(self, task_id: str, kind: str, payload: Any) -> None:
+        await self._bus.publish(self._bus.subject(f"tasks.{task_id}.{kind}"), payload)
+
+    # -- reputation ------------------------------------------------------------------------------------------------
+
+    async def reputations(self, agent_ids: list[str]) -> dict[str, float]:
+        """Each agent's reputation now, from the tasks it finished."""
+        rows = await self._pool.fetch(
+            "SELECT t.winner, t.state, t.estimated_seconds, extract(epoch FROM t.assigned_at) AS assigned,"
+            " extract(epoch FROM coalesce(t.completed_at, t.updated_at)) AS ended,"
+            " e.resolution = 'refund' AND e.disputed_by IS NOT NULL AS dispute_lost"
+            " FROM tasks t JOIN escrows e ON e.id = t.escrow_id"
+            " WHERE t.winner = ANY($1) AND t.state IN ('completed', 'failed')", list(set(agent_ids)))
+        observations: dict[str, list[Observation]] = defaultdict(list)
+        for r in rows:
+            took = (r["ended"] - r["assigned"]) if r["assigned"] is not None else None
+            on_time = (float(took) / r["estimated_seconds"]) if took is not None and r["estimated_seconds"] else None
+            observations[r["winner"]].append(Observation(
+                at=float(r["ended"]), succeeded=r["state"] == "completed" and not r["dispute_lost"],
+                on_time=on_time if r["state"] == "completed" else None, dispute_lost=bool(r["dispute_lost"])))
+        now = time.time()
+        return {agent: reputation(observations.get(agent, []), now, self.settings.reputation_half_life_seconds)
+                for agent in agent_ids}
+
+    # -- the auction closer ----------------------------------------------------------------------------------------
+
+    async def _close_forever(self, task_status: TaskStatus[None]) -> None:
+        task_status.started()
+        while True:
+            await anyio.sleep(self.settings.close_interval_seconds)
+            try:
+                await self.close_due()
+                await self._sweep()
+            except (OSError, asyncpg.PostgresError):  # PostgreSQL away for a moment: the next round retries
+                logger.exception("the auction closer failed; retrying")
+
+    async def close_due(self) -> int:
+        """Clear every auction past its closing time (those no other replica holds); returns how many."""
+        published: list[TaskUpdate] = []
+        async with self._pool.acquire() as conn, conn.transaction():
+            due = await TaskStore.due(conn, _BATCH)
+            if not due:
+                return 0
+            ids = [r["id"] for r in due]
+            bid_rows = await TaskStore.bids_for(conn, ids)
+            scores = await self.reputations([b["agent_id"] for b in bid_rows]) if bid_rows else {}
+            by_task: dict[str, list[Bid]] = defaultdict(list)
+            for b in bid_rows:
+                by_task[b["task_id"]].append(Bid(task_id=b["task_id"], agent_id=b["agent_id"], price=b["price"],
+                                                 estimated_seconds=b["estimated_seconds"],
+                                                 reputation=scores[b["agent_id"]], placed_seq=b["seq"]))
+            rows = {r["id"]: r for r in due}
+            clearing = clear([TaskAuction(task_id=r["id"], budget=r["budget"], bids=tuple(by_task[r["id"]]))
+                              for r in due])
+            now = datetime.now(UTC)
+            for award in clearing.awards:
+                row = rows[award.task_id]
+                await escrows.reduce(conn, row["escrow_id"], award.price, agent_account(award.agent_id),
+                                     scope=HUB_SCOPE, key=f"award:{award.task_id}")
+                estimated = next(b.estimated_seconds for b in by_task[award.task_id] if b.agent_id == award.agent_id)
+                await self.tasks.transition(
+                    award.task_id, "assigned", f"won by {award.agent_id} at {award.price} (asked {award.bid_price}; "
+                    f"{len(by_task[award.task_id])} bids; batch of {len(due)})", conn=conn, winner=award.agent_id,
+                    price=award.price, welfare=award.welfare, estimated_seconds=estimated, assigned_at=now)
+                published.append(TaskUpdate(task_id=award.task_id, state="assigned", agent_id=award.agent_id,
+                                            price=award.price))
+            for task_id in clearing.unassigned:
+                await escrows.refund(conn, rows[task_id]["escrow_id"], scope=HUB_SCOPE, key=f"expired:{task_id}")
+                await self.tasks.transition(task_id, "expired", f"no eligible bid among {len(by_task[task_id])}",
+                                            conn=conn)
+                published.append(TaskUpdate(task_id=task_id, state="expired", agent_id=None))
+        for update in published:
+            await self._publish(update.task_id, "assignment" if update.state == "assigned" else "result", update)
+        self._metrics.auctions_cleared.inc(len(due))
+        return len(due)
+
+    async def _sweep(self) -> None:
+        """Auto-accept completed tasks whose window passed; fail tasks unfinished past their work timeout."""
+        accept = await self._pool.fetch(
+            "SELECT t.id, t.escrow_id FROM tasks t JOIN escrows e ON e.id = t.escrow_id WHERE t.state = 'completed'"
+            " AND e.state = 'held' AND t.completed_at < now() - make_interval(secs => $1) LIMIT $2",
+            self.settings.accept_after_seconds, _BATCH)
+        for row in accept:
+            await self._guarded(self._release(row["id"], row["escrow_id"], "accepted automatically",
+                                              key=f"auto-accept:{row['id']}", scope=HUB_SCOPE))
+        late = await self._pool.fetch(
+            "SELECT id FROM tasks WHERE state IN ('assigned', 'running')"
+            " AND assigned_at < now() - make_interval(secs => $1) LIMIT $2", self.settings.work_timeout_seconds, _BATCH)
+        for row in late:
+            await self._guarded(self._end(row["id"], "failed", "timed out", key=f"timeout:{row['id']}",
+                                          scope=HUB_SCOPE))
+
+    @staticmethod
+    async def _guarded(action: Awaitable[None]) -> None:
+        try:
+            await action
+        except TaskNotFound:
+            pass
+        except Exception:  # one task that cannot be settled must not stop the sweep of the others
+            logger.exception("settling a task failed")
+
