@@ -289,7 +289,8 @@ def _parser() -> argparse.ArgumentParser:
     spawn_p.add_argument("--executor", choices=["scripted", "claude", "command"])
     spawn_p.add_argument("--config", help="executor configuration as JSON")
     spawn_p.add_argument("--command", dest="command_line", help="command agent: the command line to run")
-    spawn_p.add_argument("--behaviour", choices=["analyzer", "responder"], help="scripted agent: its behaviour")
+    spawn_p.add_argument("--behaviour", choices=["analyzer", "responder", "worker"],
+                         help="scripted agent: its behaviour")
     spawn_p.add_argument("--text", help="scripted analyzer: the text to analyse")
     spawn_p.add_argument("--prompt", help="claude or command agent: work to do at start")
     spawn_p.add_argument("--restart", choices=["permanent", "transient", "temporary"])

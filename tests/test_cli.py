@@ -335,3 +335,41 @@ def test_agents_of_a_hub_killed_with_sigkill_exit_and_come_back_when_it_starts_a
         assert ("idle", "error", "the hub restarted; the process is gone") in history
         assert hub.stop() == 0
     assert wait_until_gone([after["pid"]])
+
+
+def cli(data_dir: Path, url: str, *args: str) -> str:
+    result = subprocess.run([AGENTHUB, *args, "--url", url, "--data-dir", str(data_dir)], capture_output=True,
+                            text=True, timeout=60, env=clean_env())
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_a_whole_market_round_from_the_cli_survives_a_restart(workdir: Path) -> None:
+    data_dir = workdir / "data"
+    env = clean_env(AGENTHUB_AGENTS__HEARTBEAT_SECONDS="0.5", AGENTHUB_MARKET__CLOSE_INTERVAL_SECONDS="0.1")
+    with serving(data_dir, workdir / "logs", env=env) as hub:
+        assert cli(data_dir, hub.url, "account", "deposit", "requester:carol", "1000").strip() == (
+            "requester:carol: 1000 credits")
+        for agent_id in ("w1", "w2"):
+            cli(data_dir, hub.url, "agent", "spawn", "--id", agent_id, "--role", "worker", "--behaviour", "worker",
+                "--capability", "summarize", "--config", json.dumps({"price_percent": 50 if agent_id == "w1" else 55}))
+            agent_state(data_dir, hub.url, agent_id, "idle")
+        line = cli(data_dir, hub.url, "task", "submit", "--requester", "carol", "--description", "sum it up",
+                   "--budget", "400", "--capability", "summarize", "--bidding-seconds", "1")
+        task_id = line.split()[0]
+        deadline = time.monotonic() + 30
+        while (task := json.loads(cli(data_dir, hub.url, "task", "show", task_id)))["state"] != "completed":
+            assert time.monotonic() < deadline, task
+            time.sleep(0.2)
+        assert (task["winner"], task["price"]) == ("w1", 220)  # the runner-up's ask: 55 % of the budget
+        assert cli(data_dir, hub.url, "task", "accept", task_id).split()[1] == "completed"
+        listing = cli(data_dir, hub.url, "task", "list").splitlines()
+        assert listing[1].split()[:2] == [task_id, "completed"]
+        assert hub.stop() == 0
+    with serving(data_dir, workdir / "logs", env=env) as hub:
+        balances = {account: json.loads(cli(data_dir, hub.url, "account", "show", account))["balance"]
+                    for account in ("requester:carol", "agent:w1", "platform")}
+        assert balances == {"requester:carol": 780, "agent:w1": 198, "platform": 22}
+        ledger = cli(data_dir, hub.url, "account", "ledger", "requester:carol").splitlines()
+        assert [line.split()[2] for line in ledger[1:]] == ["award", "hold", "deposit"]
+        assert hub.stop() == 0

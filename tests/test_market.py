@@ -219,3 +219,25 @@ async def test_balances_and_tasks_survive_a_hub_restart(hub_factory: HubFactory)
         assert await balance(http, "requester:alice") == 300
         task = (await http.get(f"/api/v1/tasks/{task_id}")).json()
         assert task["state"] == "bidding" and task["escrow_state"] == "held"
+
+
+async def test_a_cheap_bidder_that_keeps_failing_stops_winning(market_hub: RunningHub) -> None:
+    flaky = {**worker("flaky", 40, ["summarize"])}
+    flaky["executor_config"] = {**flaky["executor_config"], "outcome": "failed"}
+    async with market_hub.http() as http:
+        await deposit(http, "requester:alice", 10_000)
+        await http.post("/api/v1/agents", json=flaky)
+        await http.post("/api/v1/agents", json=worker("reliable", 60, ["summarize"]))
+        for agent in ("flaky", "reliable"):
+            await wait_for(http, agent, "idle")
+        winners = []
+        for _ in range(4):
+            task_id = (await submit(http, 1000, capabilities=["summarize"], seconds=0.7)).json()["task_id"]
+            task = await task_state(http, task_id, "completed", "failed")
+            winners.append((task["winner"], task["state"]))
+        # Each failure lowers flaky's reputation (0.6 → 0.5 → 0.43 → 0.375); at 0.375 its 400 scales above the
+        # budget, and the dearer but reliable bidder wins.
+        assert winners == [("flaky", "failed")] * 3 + [("reliable", "completed")]
+        agents = {a["agent_id"]: a for a in (await http.get("/api/v1/agents")).json()["agents"]}
+        assert agents["flaky"]["reputation"] < agents["reliable"]["reputation"]
+        assert await balance(http, "requester:alice") == 10_000 - 1000 + 400  # failures refunded; one held at 600
