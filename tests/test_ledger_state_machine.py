@@ -44,7 +44,7 @@ from agenthub.errors import (
 from market.escrow import Escrows
 from market.ledger import MINT, PLATFORM, AccountId, Ledger, agent_account, escrow_account, requester_account
 
-SETTINGS = settings(max_examples=int(os.environ.get("LEDGER_EXAMPLES", 1000)), stateful_step_count=20, deadline=None,
+SETTINGS = settings(max_examples=int(os.environ.get("LEDGER_EXAMPLES", 1000)), stateful_step_count=15, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])
 Outcome = Literal["release", "refund", "split"]
 FEES = (0, 10, 33, 100)
