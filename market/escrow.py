@@ -16,7 +16,12 @@ under an idempotency key (`market.idempotency.run_once`), for callers that move 
 Each operation locks the escrow row, decides in Python whether the change is allowed (refusals raise and move
 nothing), then changes the state with an `UPDATE … WHERE state = ANY(allowed) RETURNING` and writes the transfer
 through `market.ledger.post_transfer`. A partial unique index allows one settlement transfer per escrow, so even a
-bug here cannot pay twice. Lock order: the escrow row, then accounts in id order (never two escrow rows).
+bug here cannot pay twice.
+
+Lock order: the escrow row, then its accounts in id order (`market.ledger.lock_accounts`). One operation locks
+one escrow, so operations cannot deadlock one another. A transaction that works on several escrows (the auction
+closer) must take their rows in one global order (say, by locking their tasks first) and lock every account it
+will touch up front with `lock_accounts`, or two such transactions can each hold a payer the other needs.
 
 Rounding (integers, floor): the fee is `gross * fee_percent // 100` of what goes to the payee, so the platform
 never takes more than its percentage and the payee keeps the remainder; in a split the payee's gross share is

@@ -182,6 +182,21 @@ class Audit:
                 and not self.negative_accounts and not self.escrow_mismatches)
 
 
+async def lock_accounts(conn: Connection, accounts: Iterable[AccountId]) -> dict[AccountId, int]:
+    """Create the accounts that do not exist yet, lock them all for the caller's transaction, return balances.
+
+    Both happen in id order, so transactions that lock accounts only through here queue on the same rows in the
+    same order and cannot deadlock. `post_transfer` calls it; a transaction that makes several transfers should
+    call it first with every account they touch, so that its later locks are ones it already holds.
+    """
+    ids = sorted(set(accounts))
+    await conn.execute(
+        "INSERT INTO accounts (id, kind) SELECT id, split_part(id, ':', 1) FROM unnest($1::text[]) AS n(id)"
+        " ORDER BY id ON CONFLICT (id) DO NOTHING", ids)
+    rows = await conn.fetch("SELECT id, balance FROM accounts WHERE id = ANY($1) ORDER BY id FOR UPDATE", ids)
+    return {AccountId(r["id"]): r["balance"] for r in rows}
+
+
 async def post_transfer(conn: Connection, kind: TransferKind, legs: Iterable[tuple[AccountId, int]], *,
                         memo: str = "", escrow_id: str | None = None, scope: str | None = None,
                         key: str | None = None) -> Transfer:
@@ -208,13 +223,7 @@ async def post_transfer(conn: Connection, kind: TransferKind, legs: Iterable[tup
     if len(ids) < 2 or sum(amounts) != 0:
         raise ValueError(f"a transfer needs two or more legs summing to zero, got {dict(net)}")
 
-    # New accounts first, in id order, then lock all of them in id order: concurrent transfers queue on the
-    # same rows in the same order and cannot deadlock.
-    await conn.execute(
-        "INSERT INTO accounts (id, kind) SELECT id, split_part(id, ':', 1) FROM unnest($1::text[]) AS n(id)"
-        " ORDER BY id ON CONFLICT (id) DO NOTHING", ids)
-    rows = await conn.fetch("SELECT id, kind, balance FROM accounts WHERE id = ANY($1) ORDER BY id FOR UPDATE", ids)
-    balances = {AccountId(r["id"]): r["balance"] for r in rows}
+    balances = await lock_accounts(conn, ids)
     after = []
     for account, amount in zip(ids, amounts, strict=True):
         balance = balances[account]

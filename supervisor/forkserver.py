@@ -176,12 +176,19 @@ def _send(message: dict[str, Any]) -> None:
 
 
 def _fork(request: dict[str, Any], entry: Callable[[], object], wakeup: tuple[int, int]) -> int:
+    ready_r, ready_w = os.pipe()
     pid = os.fork()
     if pid:
+        # Report the child only once it leads its own process group, so that signalling the group reaches it.
+        os.close(ready_w)
+        os.read(ready_r, 1)
+        os.close(ready_r)
         return pid
     code = 1
     try:  # the child: never return into the server's loop
         os.setsid()
+        os.close(ready_r)
+        os.close(ready_w)  # the parent's read returns
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         for fd in wakeup:

@@ -27,6 +27,7 @@ from agenthub.errors import (
     ValueOutOfRange,
     WrongAccountKind,
 )
+from market import escrow as escrow_ops
 from market.escrow import Escrow, Escrows, EscrowState, Settlement, settle_amounts
 from market.ledger import (
     MINT,
@@ -36,6 +37,7 @@ from market.ledger import (
     TransferKind,
     agent_account,
     escrow_account,
+    lock_accounts,
     parse_account_id,
     requester_account,
 )
@@ -452,3 +454,27 @@ async def test_twenty_concurrent_identical_requests_have_one_effect_and_one_answ
     assert await market.ledger.balance(REQUESTER) == 700
     async with market.pool.acquire() as conn:
         assert await conn.fetchval("SELECT count(*) FROM escrows") == 1
+
+
+async def test_batches_that_lock_their_accounts_first_do_not_deadlock(market: Market) -> None:
+    payers = [requester_account("p"), requester_account("q")]
+    for payer in payers:
+        await market.fund(payer, 100)
+    held = {}
+    for n, payer in enumerate(payers * 2):
+        held[n] = await market.escrows.hold(payer, 10, f"task-b{n}", key=key(), scope="hub")
+
+    async def batch(first: Escrow, second: Escrow) -> None:
+        # Payer order p, q in one batch and q, p in the other: without the up-front lock, each would hold one payer
+        # (taken by its first refund) while waiting for the other's.
+        async with market.pool.acquire() as conn, conn.transaction():
+            await lock_accounts(conn, payers)
+            await escrow_ops.refund(conn, first.id)
+            await conn.execute("SELECT pg_sleep(0.2)")
+            await escrow_ops.refund(conn, second.id)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(batch, held[0], held[1])
+        tg.start_soon(batch, held[3], held[2])
+
+    assert await market.balances(*payers) == [100, 100]
