@@ -20,7 +20,7 @@ _AGENT_ID_RE = re.compile(AGENT_ID_PATTERN)
 
 def is_valid_agent_id(value: str) -> bool:
     """True when `value` can be used as an agent id (and so as one NATS subject token)."""
-    return bool(_AGENT_ID_RE.match(value))
+    return bool(_AGENT_ID_RE.fullmatch(value))  # `match` with `$` would accept a trailing newline
 
 
 def _new(prefix: str) -> str:

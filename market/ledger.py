@@ -48,7 +48,7 @@ MAX_AMOUNT = 10**12
 MAX_MEMO_LENGTH = 1_000
 MAX_HISTORY_PAGE = 500
 
-_ACCOUNT_RE = re.compile(r"^(?:mint|platform|(?:agent|requester|escrow):[A-Za-z0-9_-]{1,64})$")
+_ACCOUNT_RE = re.compile(r"mint|platform|(?:agent|requester|escrow):[A-Za-z0-9_-]{1,64}")
 
 
 class AccountKind(StrEnum):
@@ -74,7 +74,7 @@ class TransferKind(StrEnum):
 
 def parse_account_id(value: str) -> AccountId:
     """Check that `value` follows the naming scheme. Raises `MalformedAccountId`."""
-    if not _ACCOUNT_RE.match(value):
+    if not _ACCOUNT_RE.fullmatch(value):
         raise MalformedAccountId(value)
     return AccountId(value)
 

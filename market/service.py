@@ -40,6 +40,7 @@ from market.ledger import (
     Ledger,
     account_kind,
     agent_account,
+    lock_accounts,
     parse_account_id,
     requester_account,
 )
@@ -314,6 +315,9 @@ class Market:
             due = await TaskStore.due(conn, _BATCH)
             if not due:
                 return 0
+            # Lock every payer's account now, in id order: the escrow changes below lock them one by one, and two
+            # replicas clearing different batches of one payer would otherwise deadlock.
+            await lock_accounts(conn, [requester_account(r["requester_id"]) for r in due])
             ids = [r["id"] for r in due]
             bid_rows = await TaskStore.bids_for(conn, ids)
             scores = await self.reputations([b["agent_id"] for b in bid_rows]) if bid_rows else {}

@@ -4,6 +4,7 @@ moves nothing, idempotent retries, the database's own guards, and concurrency. E
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from functools import partial
 from typing import Any
 
@@ -28,6 +29,7 @@ from agenthub.errors import (
     WrongAccountKind,
 )
 from market import escrow as escrow_ops
+from market import idempotency
 from market.escrow import Escrow, Escrows, EscrowState, Settlement, settle_amounts
 from market.ledger import (
     MINT,
@@ -148,7 +150,7 @@ async def test_history_lists_postings_newest_first_page_by_page(market: Market) 
 
 async def test_account_ids_follow_the_naming_scheme(market: Market) -> None:
     assert parse_account_id("escrow:esc_1") == escrow_account("esc_1")
-    for bad in ("", "agent:", "agent:a b", "bank:x", "mint:x", "agent:" + "x" * 65):
+    for bad in ("", "agent:", "agent:a b", "agent:a\n", "bank:x", "mint:x", "agent:" + "x" * 65):
         with pytest.raises(MalformedAccountId):
             parse_account_id(bad)
     with pytest.raises(WrongAccountKind):
@@ -367,6 +369,19 @@ async def test_a_failed_request_stores_nothing_so_its_retry_runs_again(market: M
 
     assert held.state is EscrowState.HELD
     assert await market.ledger.balance(REQUESTER) == 0
+
+
+async def test_keys_older_than_a_day_can_be_pruned_and_then_run_again(market: Market) -> None:
+    k = key()
+    await market.ledger.deposit(REQUESTER, 10, key=k, scope=OPERATOR)
+    assert await idempotency.prune(market.pool) == 0
+    with pytest.raises(ValueOutOfRange):
+        await idempotency.prune(market.pool, timedelta(hours=1))
+    await market.pool.execute("UPDATE idempotency_keys SET created_at = now() - interval '25 hours'")
+
+    assert await idempotency.prune(market.pool) == 1
+    await market.ledger.deposit(REQUESTER, 10, key=k, scope=OPERATOR)
+    assert await market.ledger.balance(REQUESTER) == 20
 
 
 # -- what the database refuses on its own ------------------------------------------------------------------------------

@@ -241,3 +241,31 @@ async def test_a_cheap_bidder_that_keeps_failing_stops_winning(market_hub: Runni
         agents = {a["agent_id"]: a for a in (await http.get("/api/v1/agents")).json()["agents"]}
         assert agents["flaky"]["reputation"] < agents["reliable"]["reputation"]
         assert await balance(http, "requester:alice") == 10_000 - 1000 + 400  # failures refunded; one held at 600
+
+
+async def test_two_replicas_clear_each_auction_exactly_once(hub_factory: HubFactory) -> None:
+    def settings(name: str) -> Any:
+        return hub_factory.settings(replica_id=name, data_dir=hub_factory.tmp_path / name,
+                                    market={"close_interval_seconds": 0.05})
+
+    async with hub_factory.run(settings("a")) as first, hub_factory.run(settings("b")) as second, \
+            first.http() as http_a, second.http(first.operator_token) as http_b:
+        await deposit(http_a, "requester:alice", 100_000)
+        await deposit(http_a, "requester:bob", 100_000)
+        task_ids = []
+        for i in range(30):
+            http = http_a if i % 2 else http_b
+            r = await submit(http, 100 + i, capabilities=[], seconds=1.5, requester="alice" if i % 3 else "bob")
+            task_ids.append(r.json()["task_id"])
+            for agent in (f"x{i}", f"y{i}"):  # bidders of their own: one batch gives an agent at most one task
+                bid = {"agent_id": agent, "price": 10 + i + agent.startswith("y"), "estimated_seconds": 1}
+                assert (await http.post(f"/api/v1/tasks/{task_ids[-1]}/bids", json=bid)).status_code == 201
+        for task_id in task_ids:
+            await task_state(http_a, task_id, "assigned")
+        cleared = sum(hub.state.metrics.auctions_cleared._value.get() for hub in (first, second))
+        assert cleared == 30
+        for task_id in task_ids:
+            events = (await http_b.get(f"/api/v1/tasks/{task_id}")).json()["events"]
+            assert [e["to_state"] for e in events if e["kind"] == "transition"] == ["bidding", "assigned"]
+        audit = await first.state.market.ledger.verify()
+        assert audit.ok, audit
