@@ -227,7 +227,8 @@ class Market:
 
         async def effect(conn: Connection) -> str:
             await escrows.resolve(conn, task.escrow_id, req.outcome, arbiter=_scope(who),
-                                  fee_percent=self.settings.fee_percent, payee_share_percent=req.agent_share_percent)
+                                  fee_percent=self.settings.fee_percent,
+                                  payee_share_percent=req.agent_share_percent if req.outcome == "split" else None)
             await self.tasks.record(req.task_id, "resolution", f"resolved by an arbiter: {req.outcome}"
                                     + (f", {req.agent_share_percent} % to the agent" if req.outcome == "split" else ""),
                                     conn=conn)

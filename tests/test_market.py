@@ -88,6 +88,8 @@ async def test_scripted_agents_bid_win_work_and_get_paid_and_the_books_balance(m
         r = await http.post(f"/api/v1/tasks/{created['task_id']}/accept", json={"idempotency_key": key()})
         assert r.status_code == 200, r.text
         assert r.json()["escrow_state"] == "released"
+        twice = await http.post(f"/api/v1/tasks/{created['task_id']}/accept", json={"idempotency_key": key()})
+        assert twice.status_code == 409, twice.text
         assert await balance(http, "agent:cheap") == 270
         assert await balance(http, "platform") == 30
         assert await balance(http, "requester:alice") == 700
@@ -141,8 +143,9 @@ async def test_bad_bids_and_strangers_are_refused_and_move_nothing(market_hub: R
     async with market_hub.http(mallory) as http:
         r = await http.post(f"/api/v1/tasks/{task_id}/bids", json={**bid, "agent_id": "painter"})
         assert r.status_code == 403
-        r = await http.post(f"/api/v1/tasks/{task_id}/cancel", json={"idempotency_key": key()})
-        assert r.status_code == 403
+        for action in ("cancel", "accept"):
+            r = await http.post(f"/api/v1/tasks/{task_id}/{action}", json={"idempotency_key": key()})
+            assert r.status_code == 403, r.text
         r = await http.post(f"/api/v1/tasks/{task_id}/dispute", json={"by": "mallory", "evidence": "x",
                                                                        "idempotency_key": key()})
         assert r.status_code == 403
@@ -269,3 +272,24 @@ async def test_two_replicas_clear_each_auction_exactly_once(hub_factory: HubFact
             assert [e["to_state"] for e in events if e["kind"] == "transition"] == ["bidding", "assigned"]
         audit = await first.state.market.ledger.verify()
         assert audit.ok, audit
+
+
+async def test_an_arbiter_can_refund_a_disputed_task_and_the_agent_loses_reputation(market_hub: RunningHub) -> None:
+    async with market_hub.http() as http:
+        await deposit(http, "requester:alice", 500)
+        task_id = (await submit(http, 300, capabilities=[], seconds=0.3)).json()["task_id"]
+        bid = {"agent_id": "shady", "price": 100, "estimated_seconds": 1}
+        assert (await http.post(f"/api/v1/tasks/{task_id}/bids", json=bid)).status_code == 201
+        await task_state(http, task_id, "assigned")
+        done = {"agent_id": "shady", "status": "completed", "result": {"text": "lorem"}}
+        assert (await http.post(f"/api/v1/tasks/{task_id}/report", json=done)).status_code == 200
+        before = (await http.get("/api/v1/accounts/agent:shady")).json()["reputation"]
+        r = await http.post(f"/api/v1/tasks/{task_id}/dispute", json={"by": "alice", "evidence": "placeholder text",
+                                                                       "idempotency_key": key()})
+        assert r.status_code == 200, r.text
+        r = await http.post(f"/api/v1/tasks/{task_id}/resolve", json={"outcome": "refund", "idempotency_key": key()})
+        assert r.status_code == 200, r.text
+        assert r.json()["escrow_state"] == "refunded"
+        assert await balance(http, "requester:alice") == 500
+        after = (await http.get("/api/v1/accounts/agent:shady")).json()["reputation"]
+        assert after < before
