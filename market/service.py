@@ -159,7 +159,8 @@ class Market:
     async def get_task(self, who: Principal, ref: TaskRef) -> TaskInfo:
         task = await self.tasks.get(ref.task_id, with_events=True)
         if task.bids:
-            scores = await self.reputations([b.agent_id for b in task.bids])
+            first = min((c.lower() for c in task.required_capabilities), default=None)
+            scores = await self.reputations([b.agent_id for b in task.bids], first)
             task.bids = [BidInfo(**{**b.model_dump(), "reputation": scores[b.agent_id]}) for b in task.bids]
         return await self._with_escrow(task)
 
@@ -278,10 +279,12 @@ class Market:
 
     # -- reputation ------------------------------------------------------------------------------------------------
 
-    async def reputations(self, agent_ids: list[str]) -> dict[str, float]:
-        """Each agent's reputation now, from the tasks it finished."""
+    async def reputations(self, agent_ids: list[str], capability: str | None = None) -> dict[str, float]:
+        """Each agent's reputation now, from the tasks it finished; with `capability`, its record on tasks of that
+        capability (a task counts for the first of its required capabilities, in alphabetical order)."""
         rows = await self._pool.fetch(
             "SELECT t.winner, t.state, t.estimated_seconds, extract(epoch FROM t.assigned_at) AS assigned,"
+            " (SELECT min(lower(c)) FROM unnest(t.required_capabilities) c) AS capability,"
             " extract(epoch FROM coalesce(t.completed_at, t.updated_at)) AS ended,"
             " e.resolution = 'refund' AND e.disputed_by IS NOT NULL AS dispute_lost"
             " FROM tasks t JOIN escrows e ON e.id = t.escrow_id"
@@ -292,10 +295,11 @@ class Market:
             on_time = (float(took) / r["estimated_seconds"]) if took is not None and r["estimated_seconds"] else None
             observations[r["winner"]].append(Observation(
                 at=float(r["ended"]), succeeded=r["state"] == "completed" and not r["dispute_lost"],
-                on_time=on_time if r["state"] == "completed" else None, dispute_lost=bool(r["dispute_lost"])))
+                on_time=on_time if r["state"] == "completed" else None, dispute_lost=bool(r["dispute_lost"]),
+                capability=r["capability"]))
         now = time.time()
-        return {agent: reputation(observations.get(agent, []), now, self.settings.reputation_half_life_seconds)
-                for agent in agent_ids}
+        return {agent: reputation(observations.get(agent, []), now, self.settings.reputation_half_life_seconds,
+                                  capability=capability) for agent in agent_ids}
 
     # -- the auction closer ----------------------------------------------------------------------------------------
 
@@ -321,13 +325,18 @@ class Market:
             await lock_accounts(conn, [requester_account(r["requester_id"]) for r in due])
             ids = [r["id"] for r in due]
             bid_rows = await TaskStore.bids_for(conn, ids)
-            scores = await self.reputations([b["agent_id"] for b in bid_rows]) if bid_rows else {}
+            rows = {r["id"]: r for r in due}
+            capability = {r["id"]: min((c.lower() for c in r["required_capabilities"]), default=None) for r in due}
+            bidders: dict[str | None, set[str]] = defaultdict(set)
+            for b in bid_rows:
+                bidders[capability[b["task_id"]]].add(b["agent_id"])
+            scores = {cap: await self.reputations(sorted(agents), cap) for cap, agents in bidders.items()}
             by_task: dict[str, list[Bid]] = defaultdict(list)
             for b in bid_rows:
+                score = scores[capability[b["task_id"]]][b["agent_id"]]
                 by_task[b["task_id"]].append(Bid(task_id=b["task_id"], agent_id=b["agent_id"], price=b["price"],
-                                                 estimated_seconds=b["estimated_seconds"],
-                                                 reputation=scores[b["agent_id"]], placed_seq=b["seq"]))
-            rows = {r["id"]: r for r in due}
+                                                 estimated_seconds=b["estimated_seconds"], reputation=score,
+                                                 placed_seq=b["seq"]))
             clearing = clear([TaskAuction(task_id=r["id"], budget=r["budget"], bids=tuple(by_task[r["id"]]))
                               for r in due])
             now = datetime.now(UTC)
