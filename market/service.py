@@ -11,7 +11,7 @@ the auctions past their closing time (`FOR UPDATE SKIP LOCKED`: another replica'
 auction is cleared once), clears them jointly (`market.clearing`, bids scaled by reputation), reduces each
 winner's escrow to its price (refunding the rest) and expires the auctions without an eligible bid (refunding
 all). It also auto-accepts completed tasks after `accept_after_seconds` and fails tasks still unfinished
-`work_timeout_seconds` after their award. NATS: `tasks.{id}.auction` when an auction opens, `.assignment` at
+`work_timeout_seconds` after their award, and forgets idempotency keys older than a day. NATS: `tasks.{id}.auction` when an auction opens, `.assignment` at
 award, `.progress` while running, `.result` when a task ends.
 """
 
@@ -34,7 +34,7 @@ from agenthub.metrics import HubMetrics
 from agenthub.settings import MarketSettings
 from market import escrow as escrows
 from market.clearing import Bid, TaskAuction, clear
-from market.idempotency import run_once
+from market.idempotency import prune, run_once
 from market.ledger import (
     AccountKind,
     Ledger,
@@ -72,6 +72,7 @@ logger = logging.getLogger(__name__)
 
 HUB_SCOPE = "hub"  # the idempotency scope of the hub's own actions
 _BATCH = 100
+_PRUNE_EVERY = 3600.0
 
 
 def _scope(who: Principal) -> str:
@@ -305,11 +306,15 @@ class Market:
 
     async def _close_forever(self, task_status: TaskStatus[None]) -> None:
         task_status.started()
+        pruned = 0.0
         while True:
             await anyio.sleep(self.settings.close_interval_seconds)
             try:
                 await self.close_due()
                 await self._sweep()
+                if time.monotonic() - pruned > _PRUNE_EVERY:  # idempotency keys are kept a day, then forgotten
+                    pruned = time.monotonic()
+                    await prune(self._pool)
             except (OSError, asyncpg.PostgresError):  # PostgreSQL away for a moment: the next round retries
                 logger.exception("the auction closer failed; retrying")
 
