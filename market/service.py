@@ -10,9 +10,10 @@ The auction closer (`children`, run by the hub's root supervisor) wakes every `c
 the auctions past their closing time (`FOR UPDATE SKIP LOCKED`: another replica's batch is skipped, so each
 auction is cleared once), clears them jointly (`market.clearing`, bids scaled by reputation), reduces each
 winner's escrow to its price (refunding the rest) and expires the auctions without an eligible bid (refunding
-all). It also auto-accepts completed tasks after `accept_after_seconds` and fails tasks still unfinished
-`work_timeout_seconds` after their award, and forgets idempotency keys older than a day. NATS: `tasks.{id}.auction` when an auction opens, `.assignment` at
-award, `.progress` while running, `.result` when a task ends.
+all). It also auto-accepts completed tasks after `accept_after_seconds`, fails tasks still unfinished
+`work_timeout_seconds` after their award, and forgets idempotency keys older than a day. NATS:
+`tasks.{id}.auction` when an auction opens, `.assignment` at award, `.progress` while running, `.result` when a
+task ends.
 """
 
 import logging
