@@ -37,6 +37,7 @@ from market import escrow as escrows
 from market.clearing import Bid, TaskAuction, clear
 from market.idempotency import prune, run_once
 from market.ledger import (
+    AccountId,
     AccountKind,
     Ledger,
     account_kind,
@@ -120,7 +121,7 @@ class Market:
                         escrow_id=e.escrow_id) for e in page.entries])
 
     @staticmethod
-    def _readable(who: Principal, account_id: str) -> Any:
+    def _readable(who: Principal, account_id: str) -> AccountId:
         account = parse_account_id(account_id)
         if who.role is Role.AGENT and account.split(":", 1)[-1] != who.agent_id:
             raise Forbidden(f"this token belongs to agent {who.agent_id!r} and cannot read account {account_id!r}")
