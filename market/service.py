@@ -151,10 +151,10 @@ class Market:
 
     async def place_bid(self, who: Principal, req: PlaceBidInput) -> BidPlaced:
         who.require_acting_as(req.agent_id)
-        task = await self.tasks.get(req.task_id)
-        if task.required_capabilities:
+        required = await self.tasks.required_capabilities(req.task_id)  # a bid must not read every other bid
+        if required:
             caps = await self._pool.fetchval("SELECT capabilities FROM agents WHERE id = $1", req.agent_id) or []
-            missing = sorted({c.lower() for c in task.required_capabilities} - {c.lower() for c in caps})
+            missing = sorted({c.lower() for c in required} - {c.lower() for c in caps})
             if missing:
                 raise MissingCapabilities(req.agent_id, missing)
         return await self.tasks.place_bid(req)

@@ -62,6 +62,12 @@ class TaskStore:
             json.dumps(req.parameters), req.budget, closes_at, escrow_id)
         await self._event(conn, task_id, "transition", None, "bidding", f"auction open until {closes_at.isoformat()}")
 
+    async def required_capabilities(self, task_id: str) -> list[str]:
+        caps = await self._pool.fetchval("SELECT required_capabilities FROM tasks WHERE id = $1", task_id)
+        if caps is None:
+            raise TaskNotFound(task_id)
+        return list(caps)
+
     async def place_bid(self, req: PlaceBidInput) -> BidPlaced:
         """Store (or replace) the agent's bid while the auction is open."""
         async with self._pool.acquire() as conn, conn.transaction():

@@ -31,6 +31,21 @@ class Executor(Protocol):
     async def answer(self, rt: Runtime, question: RoutedQuestion) -> None: ...
 
 
+class PromptExecutor:
+    """The shape of executors driven by a configured prompt and by routed questions (claude, command): their
+    initial work is the prompt, if any, and they look for no work of their own."""
+
+    def __init__(self, prompt: str | None) -> None:
+        self.prompt = prompt
+
+    @property
+    def has_initial_work(self) -> bool:
+        return self.prompt is not None
+
+    async def serve(self, rt: Runtime) -> None:
+        """Nothing to look for: the work is the prompt and the questions routed to the agent."""
+
+
 def build_executor(config: WorkerConfig) -> Executor:
     """The executor for a worker's configuration (imported lazily: each pulls in its own dependencies)."""
     if config.executor == "scripted":

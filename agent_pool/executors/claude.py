@@ -29,6 +29,7 @@ import anthropic
 from anthropic.types import Message, MessageParam, TextBlockParam, ToolParam, ToolResultBlockParam, ToolUseBlock
 from mcp.types import CallToolResult, TextContent
 
+from agent_pool.executors import PromptExecutor
 from agent_pool.models import ClaudeConfig
 from agent_pool.retry import retry
 from agent_pool.runtime import INITIAL_TAG, Runtime, ToolFailed
@@ -109,29 +110,23 @@ def final_text(message: Message) -> str:
     return "\n\n".join(block.text for block in message.content if block.type == "text").strip()
 
 
-class ClaudeExecutor:
+class ClaudeExecutor(PromptExecutor):
     """Runs work items through Claude; `breaker`, `backoff` and `attempts` are tuning for tests."""
 
     def __init__(self, config: ClaudeConfig, *, breaker: Breaker | None = None, backoff: Backoff = BACKOFF,
                  attempts: int = ATTEMPTS) -> None:
+        super().__init__(config.prompt)
         self.config = config
         self.breaker = breaker or breaker_for(config)
         self._backoff = backoff
         self._attempts = attempts
         self._tools: list[ToolParam] | None = None
 
-    @property
-    def has_initial_work(self) -> bool:
-        return self.config.prompt is not None
-
-    async def serve(self, rt: Runtime) -> None:
-        """Nothing to look for: this executor works on its prompt and routed questions."""
-
     async def begin(self, rt: Runtime) -> None:
-        if self.config.prompt is None:
+        if self.prompt is None:
             return
         logger.info("agent %s: initial work started", rt.agent_id)
-        answer = await self.run(rt, self.config.prompt)
+        answer = await self.run(rt, self.prompt)
         if answer:
             discovery_id = await rt.share("insight", answer, confidence=CONFIDENCE, tags=[INITIAL_TAG])
             logger.info("agent %s: initial work shared as %s", rt.agent_id, discovery_id)

@@ -38,6 +38,7 @@ import anyio
 from anyio.abc import ByteReceiveStream, ByteSendStream
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from agent_pool.executors import PromptExecutor
 from agent_pool.models import CommandConfig
 from agent_pool.runtime import INITIAL_TAG, Runtime
 from agenthub.errors import LogicalAgentError, TransientAgentError
@@ -145,22 +146,16 @@ async def _read_bounded(stream: ByteReceiveStream, out: bytearray, limit: int) -
     return True
 
 
-class CommandExecutor:
+class CommandExecutor(PromptExecutor):
     def __init__(self, config: CommandConfig) -> None:
+        super().__init__(config.prompt)
         self.config = config
 
-    @property
-    def has_initial_work(self) -> bool:
-        return self.config.prompt is not None
-
-    async def serve(self, rt: Runtime) -> None:
-        """Nothing to look for: this executor works on its prompt and routed questions."""
-
     async def begin(self, rt: Runtime) -> None:
-        if self.config.prompt is None:
+        if self.prompt is None:
             return
         logger.info("agent %s: initial command started", rt.agent_id)
-        finding = parse_output(await self.run(self.config.prompt))
+        finding = parse_output(await self.run(self.prompt))
         if finding is None:
             logger.info("agent %s: the initial command printed nothing to share", rt.agent_id)
             return
