@@ -17,11 +17,12 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_vali
 
 from agent_pool.states import AgentState
 from agenthub.ids import AGENT_ID_PATTERN
+from sandbox.models import CompileLimits, RunLimits
 
 AgentIdField = Annotated[str, StringConstraints(pattern=AGENT_ID_PATTERN)]
 Name = Annotated[str, StringConstraints(min_length=1, max_length=64, strip_whitespace=True)]
 Text = Annotated[str, StringConstraints(min_length=1, max_length=16_000)]
-Executor = Literal["scripted", "claude", "command"]
+Executor = Literal["scripted", "claude", "command", "wasm"]
 RestartType = Literal["permanent", "transient", "temporary"]
 ErrorCategory = Literal["transient", "fatal", "logical"]
 
@@ -83,8 +84,17 @@ class CommandConfig(Strict):
     max_output_bytes: Annotated[int, Field(ge=1, le=16 << 20)] = 1 << 20
 
 
+class WasmConfig(Strict):
+    """The agent's current WASM binary (uploaded to `/api/v1/agents/{id}/binary`), run in a fresh sandbox with
+    `limits` for each task it wins. It bids like the scripted worker, and only while it has a binary."""
+
+    price_percent: Annotated[int, Field(ge=1, le=100)] = 60
+    estimated_seconds: Annotated[float, Field(gt=0, le=86_400)] = 5.0
+    limits: RunLimits = Field(default_factory=RunLimits)
+
+
 EXECUTOR_CONFIGS: dict[str, type[Strict]] = {"scripted": ScriptedConfig, "claude": ClaudeConfig,
-                                             "command": CommandConfig}
+                                             "command": CommandConfig, "wasm": WasmConfig}
 
 
 class RestartPolicy(Strict):
@@ -186,6 +196,7 @@ class WorkerConfig(Message):
     nats_url: str
     subject_prefix: str
     heartbeat_seconds: float
+    compile_limits: CompileLimits | None = None  # for wasm agents: the hub's limits on compiling a module
 
 
 class Announce(Message):

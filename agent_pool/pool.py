@@ -69,6 +69,7 @@ from agenthub.errors import (
 from agenthub.metrics import HubMetrics
 from agenthub.settings import AgentSettings
 from collaboration.models import Discovery
+from sandbox.models import CompileLimits
 from supervisor import (
     INTENSITY_REACHED,
     Backoff,
@@ -95,7 +96,7 @@ WORKER_ENTRY = "agent_pool.worker:main"
 # What the fork server imports once for every agent process it forks: the runtime (MCP SDK, NATS, HTTP) and the
 # executors.
 WORKER_PRELOAD = ("agent_pool.runtime", "agent_pool.executors.scripted", "agent_pool.executors.command",
-                  "agent_pool.executors.claude")
+                  "agent_pool.executors.claude", "agent_pool.executors.wasm")
 _QUERY_QUEUE_GROUP = "agenthub-agents"
 
 
@@ -150,7 +151,8 @@ class _Worker:
 
 class AgentPool:
     def __init__(self, *, pool: asyncpg.Pool, bus: Bus, metrics: HubMetrics, settings: AgentSettings, replica: str,
-                 hub_url: str, nats_url: str, data_dir: Path, anthropic_api_key: str | None) -> None:
+                 hub_url: str, nats_url: str, data_dir: Path, anthropic_api_key: str | None,
+                 compile_limits: CompileLimits) -> None:
         self.registry = AgentRegistry(pool, bus)
         self.replica = replica
         self._pool = pool
@@ -161,6 +163,7 @@ class AgentPool:
         self._nats_url = nats_url
         self._log_dir = data_dir / "agents"
         self._anthropic_api_key = anthropic_api_key
+        self._compile_limits = compile_limits
         self._live: dict[str, _Live] = {}
         self._breakers: dict[str, Breaker] = {}
         self._breaker_views: dict[str, str] = {}
@@ -340,7 +343,8 @@ class AgentPool:
         config = WorkerConfig(
             agent_id=agent_id, instance=instance, role=info.role, capabilities=info.capabilities,
             executor=info.executor, executor_config=info.executor_config, hub_url=self._hub_url,
-            nats_url=self._nats_url, subject_prefix=self._bus.prefix, heartbeat_seconds=info.heartbeat_seconds)
+            nats_url=self._nats_url, subject_prefix=self._bus.prefix, heartbeat_seconds=info.heartbeat_seconds,
+            compile_limits=self._compile_limits if info.executor == "wasm" else None)
         env = {**os.environ, "AGENTHUB_WORKER": config.model_dump_json(), "AGENTHUB_AGENT_TOKEN": token}
         if info.executor == "claude" and self._anthropic_api_key:
             env["ANTHROPIC_API_KEY"] = self._anthropic_api_key

@@ -15,6 +15,7 @@ import asyncpg
 from agent_pool.models import AgentEvent, AgentInfo, ListAgentsInput, RestartPolicy, SpawnAgentInput, StateChanged
 from agent_pool.states import AgentState, check_transition
 from agenthub.bus import Bus
+from agenthub.database import Connection
 from agenthub.errors import AgentExists, AgentNotFound, IllegalTransition
 
 _EVENTS_SHOWN = 50
@@ -123,7 +124,7 @@ class AgentRegistry:
         return {r["state"]: r["n"] for r in rows}
 
     @staticmethod
-    async def _event(conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy, agent_id: str, kind: str,
+    async def _event(conn: Connection, agent_id: str, kind: str,
                      from_state: AgentState | None, to_state: AgentState | None, detail: str) -> None:
         await conn.execute(
             "INSERT INTO agent_events (agent_id, kind, from_state, to_state, detail) VALUES ($1, $2, $3, $4, $5)",

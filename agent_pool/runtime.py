@@ -60,6 +60,7 @@ class Runtime:
         self._token = token
         self._nc: NatsClient | None = None
         self._client: Client | None = None
+        self._http: httpx2.AsyncClient | None = None
         self._busy = False
         self._seq = 0
         self.work_done = 0  # work items that produced something (a shared discovery, a completed task)
@@ -96,6 +97,21 @@ class Runtime:
             text = " ".join(c.text for c in result.content if isinstance(c, TextContent))
             raise ToolFailed(f"{name}: {text}")
         return result.structured_content or {}
+
+    async def rest(self, path: str) -> httpx2.Response | None:
+        """GET a hub REST path as this agent: the response, or None for 404; other failures raise."""
+        assert self._http is not None, "the runtime is not connected"
+        try:
+            response = await self._http.get(self.config.hub_url.rstrip("/") + path)
+        except (httpx2.TransportError, OSError) as exc:
+            raise TransientAgentError(f"the hub is unreachable: {exc}") from exc
+        if response.status_code == 404:
+            return None
+        if response.status_code >= 500:
+            raise TransientAgentError(f"GET {path}: {response.status_code} {response.text[:500]}")
+        if response.status_code >= 400:
+            raise ToolFailed(f"GET {path}: {response.status_code} {response.text[:500]}")
+        return response
 
     async def share(self, discovery_type: str, content: str, *, confidence: float, related_to: str | None = None,
                     tags: list[str] | None = None) -> str:
@@ -228,6 +244,7 @@ class Runtime:
             http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {self._token}"},
                                       timeout=httpx2.Timeout(30, read=120))
             async with http:
+                self._http = http
                 client = Client(streamable_http_client(self.config.hub_url.rstrip("/") + "/mcp", http_client=http))
 
                 async def enter() -> Client:

@@ -17,6 +17,7 @@ logger = logging.getLogger(__name__)
 
 _MIGRATION_LOCK_KEY = 0x61676E68  # "agnh"
 Pool = asyncpg.Pool
+Connection = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy  # a connection, or one borrowed from the pool
 
 
 def migration_files() -> list[tuple[str, str]]:
@@ -26,7 +27,7 @@ def migration_files() -> list[tuple[str, str]]:
     return [(f.name.removesuffix(".sql"), f.read_text(encoding="utf-8")) for f in files]
 
 
-async def apply_migrations(conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy) -> list[str]:
+async def apply_migrations(conn: Connection) -> list[str]:
     """Apply every migration not yet recorded; returns the versions applied now."""
     applied_now: list[str] = []
     await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK_KEY)

@@ -5,7 +5,8 @@
     │   ├── CursorInFuture           a cursor beyond the newest discovery
     │   ├── ValueOutOfRange          a number or length outside its bounds (amount, percent, key, limit)
     │   ├── MalformedAccountId       not `mint`, `platform` or `{agent,requester,escrow}:{id}`
-    │   └── WrongAccountKind         an account of a kind the operation cannot use (a deposit to the mint)
+    │   ├── WrongAccountKind         an account of a kind the operation cannot use (a deposit to the mint)
+    │   └── InvalidModule            a WASM module refused at upload (size, format, compile budget, ABI)
     ├── NotFound
     │   ├── DiscoveryNotFound
     │   ├── RelatedDiscoveryNotFound `related_to` names no stored discovery
@@ -272,3 +273,7 @@ class MissingCapabilities(Forbidden):
         super().__init__(f"agent {agent_id!r} lacks the required capabilities: {', '.join(missing)}")
         self.agent_id = agent_id
         self.missing = missing
+
+
+class InvalidModule(InvalidInput):
+    """A WASM module refused at upload: not WebAssembly, too large, too costly to compile, or not the ABI."""

@@ -53,5 +53,9 @@ class HubMetrics:
         self.auctions_cleared = Counter("agenthub_auctions_cleared", "Task auctions cleared by this replica",
                                         registry=r)
 
+        self.wasm_uploads = Counter("agenthub_wasm_uploads", "WASM module uploads", ["result"], registry=r)
+        self.wasm_runs = Counter("agenthub_wasm_runs", "Trial runs of WASM modules in the hub", ["outcome"],
+                                 registry=r)
+
     def watch_pool(self, read: Callable[[], tuple[int, int, int]]) -> None:
         self.registry.register(_PoolCollector(read))

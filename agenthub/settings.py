@@ -9,6 +9,8 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from sandbox.models import MIB, CompileLimits, RunLimits
+
 
 class LimitSettings(BaseModel):
     """Request size limits; the limits on each field (content length, list sizes) are part of the tool schemas."""
@@ -57,6 +59,23 @@ class MarketSettings(BaseModel):
     reputation_half_life_seconds: float = Field(default=30 * 24 * 3600.0, gt=0)
 
 
+class SandboxSettings(BaseModel):
+    """WASM modules: what an upload may cost to compile, and the limits of operators' trial runs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_module_bytes: int = Field(default=50 * MIB, ge=1024)
+    compile_cpu_seconds: int = Field(default=10, ge=1, le=600)
+    compile_memory_bytes: int = Field(default=1024 * MIB, ge=256 * MIB)  # the compiler process's address space
+    concurrency: int = Field(default=2, ge=1, le=64)  # modules running at once in the hub (trial runs)
+    limits: RunLimits = Field(default_factory=RunLimits)
+
+    def compile_limits(self) -> CompileLimits:
+        """Uploads are checked against the trial-run memory cap: a module that starts bigger could never run."""
+        return CompileLimits(max_module_bytes=self.max_module_bytes, cpu_seconds=self.compile_cpu_seconds,
+                             memory_bytes=self.compile_memory_bytes, memory_cap_bytes=self.limits.memory_bytes)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="AGENTHUB_", env_nested_delimiter="__", extra="ignore",
                                       populate_by_name=True)
@@ -80,5 +99,6 @@ class Settings(BaseSettings):
     sse: SSESettings = Field(default_factory=SSESettings)
     agents: AgentSettings = Field(default_factory=AgentSettings)
     market: MarketSettings = Field(default_factory=MarketSettings)
+    sandbox: SandboxSettings = Field(default_factory=SandboxSettings)
     # For `claude` agents; read from ANTHROPIC_API_KEY (the Anthropic SDK's own name) and passed to their processes.
     anthropic_api_key: str | None = Field(default=None, validation_alias="ANTHROPIC_API_KEY", repr=False)

@@ -41,6 +41,7 @@ from typing import Any, Literal, NewType
 
 import asyncpg
 
+from agenthub.database import Connection
 from agenthub.errors import (
     EscrowAlreadyAwarded,
     EscrowAlreadySettled,
@@ -53,7 +54,7 @@ from agenthub.errors import (
     TaskAlreadyEscrowed,
     ValueOutOfRange,
 )
-from market.idempotency import Connection, run_once
+from market.idempotency import run_once
 from market.ledger import (
     PARTY_KINDS,
     PLATFORM,

@@ -24,9 +24,9 @@ from typing import Any, TypeVar
 import asyncpg
 from pydantic import TypeAdapter
 
+from agenthub.database import Connection
 from agenthub.errors import IdempotencyKeyReused, ValueOutOfRange
 
-Connection = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
 T = TypeVar("T")
 
 MAX_KEY_LENGTH = 255

@@ -31,6 +31,7 @@ from typing import NewType
 
 import asyncpg
 
+from agenthub.database import Connection
 from agenthub.errors import (
     AccountNotFound,
     InsufficientFunds,
@@ -38,7 +39,7 @@ from agenthub.errors import (
     ValueOutOfRange,
     WrongAccountKind,
 )
-from market.idempotency import Connection, run_once
+from market.idempotency import run_once
 
 AccountId = NewType("AccountId", str)
 

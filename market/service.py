@@ -30,6 +30,7 @@ from anyio.abc import TaskStatus
 
 from agenthub.auth import Principal, Role
 from agenthub.bus import Bus
+from agenthub.database import Connection
 from agenthub.errors import Forbidden, MissingCapabilities, TaskNotFound
 from agenthub.metrics import HubMetrics
 from agenthub.settings import MarketSettings
@@ -67,7 +68,7 @@ from market.models import (
     TaskUpdate,
 )
 from market.reputation import Observation, reputation
-from market.tasks import Connection, TaskStore
+from market.tasks import TaskStore
 from supervisor import ChildSpec, task_child
 
 logger = logging.getLogger(__name__)

@@ -15,10 +15,9 @@ from typing import Any
 
 import asyncpg
 
+from agenthub.database import Connection
 from agenthub.errors import AuctionClosed, IllegalTaskTransition, TaskNotFound
 from market.models import BidInfo, BidPlaced, ListTasksInput, PlaceBidInput, SubmitTaskInput, TaskEvent, TaskInfo
-
-Connection = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
 
 _ALLOWED: dict[str, frozenset[str]] = {
     "bidding": frozenset({"assigned", "expired", "cancelled"}),

@@ -14,6 +14,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import anyio
+import asyncpg
 import uvicorn
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.applications import Starlette
@@ -31,9 +32,14 @@ from collaboration.orchestrator import Orchestrator
 from collaboration.service import Collaboration
 from market.service import Market
 from mcp_server.server import ResourceNotifier, build_server
+from sandbox.modules import ModuleCache
+from sandbox.runner import Runner
+from sandbox.service import SandboxService
+from sandbox.store import LocalBinaryStore
 from supervisor import INTENSITY_REACHED, ChildSpec, Supervisor, SupervisorEvent, task_child
 from web_ui import agents, api, ops, streams
 from web_ui import market as market_api
+from web_ui import sandbox as sandbox_api
 from web_ui.endpoints import openapi
 from web_ui.guard import Guard
 from web_ui.state import HubState
@@ -43,7 +49,7 @@ logger = logging.getLogger(__name__)
 OPERATOR_TOKEN_FILE = "operator-token"
 REPLICA_ID_FILE = "replica-id"
 _GC_THRESHOLDS = (50_000, 20, 20)
-_ENDPOINTS = [*api.ENDPOINTS, *agents.ENDPOINTS, *market_api.ENDPOINTS]
+_ENDPOINTS = [*api.ENDPOINTS, *agents.ENDPOINTS, *market_api.ENDPOINTS, *sandbox_api.ENDPOINTS]
 
 _STREAM_DOC = {"/discoveries/stream": {"get": {
     "summary": "Discoveries as Server-Sent Events (subscription_id= or type/role/agent_id/min_confidence; "
@@ -104,12 +110,15 @@ async def open_hub(settings: Settings, *, nats_monitor_url: str | None = None) -
                 logger.info("created the first operator token in %s", token_file)
         agents = AgentPool(pool=pool, bus=bus, metrics=metrics, settings=settings.agents, replica=replica_id(settings),
                            hub_url=local_url(settings), nats_url=settings.nats_url, data_dir=settings.data_dir,
-                           anthropic_api_key=settings.anthropic_api_key)
+                           anthropic_api_key=settings.anthropic_api_key,
+                           compile_limits=settings.sandbox.compile_limits())
         orchestrator = Orchestrator(collab.log, collab.contexts, metrics, targets=agents.route_targets,
                                     max_depth=settings.agents.max_question_depth,
                                     per_agent_per_minute=settings.agents.questions_per_agent_per_minute)
         collab.feed.add_hook(orchestrator.discovery_shared)
         market = Market(pool, bus, metrics, settings.market)
+        runner = stack.enter_context(Runner(concurrency=settings.sandbox.concurrency))
+        sandbox = _sandbox(settings, pool, metrics, runner)
         # The hub's own long-lived components run under one root supervisor (the feed keeps its own context).
         root = Supervisor("hub", [*agents.children(), ChildSpec(id="orchestrator", start=task_child(orchestrator.run)),
                                   *market.children()], max_restarts=3, period=60, listener=_log_root_event)
@@ -117,7 +126,17 @@ async def open_hub(settings: Settings, *, nats_monitor_url: str | None = None) -
         stack.push_async_callback(agents.stop_all)  # runs before the root supervisor stops: agents end as stopped
         await agents.reconcile()
         yield HubState(settings=settings, pool=pool, bus=bus, metrics=metrics, collab=collab, agents=agents,
-                       market=market, supervisor=root, orchestrator=orchestrator, nats_monitor_url=nats_monitor_url)
+                       market=market, sandbox=sandbox, supervisor=root, orchestrator=orchestrator,
+                       nats_monitor_url=nats_monitor_url)
+
+
+def _sandbox(settings: Settings, pool: asyncpg.Pool, metrics: HubMetrics, runner: Runner) -> SandboxService:
+    """Modules under `<data dir>/wasm/modules` by SHA-256; their compiled forms cached under `wasm/compiled`."""
+    store = LocalBinaryStore(settings.data_dir / "wasm" / "modules")
+    cache = ModuleCache(runner, settings.sandbox.compile_limits(), store.get,
+                        artifacts=settings.data_dir / "wasm" / "compiled")
+    return SandboxService(pool=pool, store=store, runner=runner, cache=cache, settings=settings.sandbox,
+                          metrics=metrics)
 
 
 def create_app(hub: HubState) -> Starlette:
@@ -157,8 +176,9 @@ def create_app(hub: HubState) -> Starlette:
     app.state.hub = hub
     app.state.mcp_server = server
     app.add_middleware(
-        Guard, max_body=settings.limits.max_body_bytes, auth=settings.auth, allowed_hosts=settings.allowed_hosts,
-        allowed_origins=settings.allowed_origins, pool=hub.pool,
+        Guard, max_body=settings.limits.max_body_bytes, max_upload=settings.sandbox.max_module_bytes,
+        auth=settings.auth, allowed_hosts=settings.allowed_hosts, allowed_origins=settings.allowed_origins,
+        pool=hub.pool,
     )
     return app
 

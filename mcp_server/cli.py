@@ -5,8 +5,11 @@
     agenthub agent spawn --role R [--id X] [--capability C]... (--behaviour B | --command CMD | --executor E)
                          [--config JSON] [--text T] [--prompt P] [--restart TYPE] [--max-restarts N] [--period S]
     agenthub agent list | show ID | stop ID | restart ID      [--url U] [--data-dir D]
+    agenthub agent binary upload ID FILE(.wasm|.wat) | versions ID | rollback ID VERSION
+    agenthub sandbox run ID --input JSON [--version N] [--limits JSON]
     agenthub account deposit ID AMOUNT | show ID | ledger ID
     agenthub task submit --requester R --description D --budget B [--capability C]... [--bidding-seconds S]
+                         [--parameters JSON]
     agenthub task list | show ID | accept ID | cancel ID | dispute ID --by X --evidence E
     agenthub task resolve ID --outcome release|refund|split [--share N]
 
@@ -37,7 +40,7 @@ from typing import Any
 import anyio
 
 from agenthub.embedded import EmbeddedNats, EmbeddedPostgres
-from agenthub.errors import HubError, ServiceUnavailable, StartupError
+from agenthub.errors import HubError, InvalidInput, ServiceUnavailable, StartupError
 from agenthub.settings import Settings
 from mcp_server.app import OPERATOR_TOKEN_FILE, create_app, open_hub, serve
 
@@ -124,18 +127,20 @@ async def _serve_async(settings: Settings, sock: socket.socket, monitor_url: str
         await serve(create_app(hub), sock, log_level=settings.log_level, before_shutdown=hub.collab.feed.end_streams)
 
 
-def _hub_request(settings: Settings, url: str | None, method: str, path: str, body: dict[str, Any] | None = None
-                 ) -> Any:
-    """Call the running hub's REST API with the operator token from the data directory."""
+def _hub_request(settings: Settings, url: str | None, method: str, path: str, body: dict[str, Any] | None = None,
+                 *, raw: bytes | None = None) -> Any:
+    """Call the running hub's REST API with the operator token from the data directory (a JSON body, or `raw`
+    bytes as `application/wasm`)."""
     token_file = settings.data_dir / OPERATOR_TOKEN_FILE
     try:
         operator = token_file.read_text().strip()
     except OSError as exc:
         raise StartupError(f"cannot read the operator token at {token_file}: start the hub once first") from exc
     target = (url or f"http://{settings.host}:{settings.port}").rstrip("/") + path
-    data = json.dumps(body).encode() if body is not None else None
+    data = raw if raw is not None else json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(target, data=data, method=method, headers={
-        "Authorization": f"Bearer {operator}", "Content-Type": "application/json"})
+        "Authorization": f"Bearer {operator}",
+        "Content-Type": "application/wasm" if raw is not None else "application/json"})
     try:
         with urllib.request.urlopen(req, timeout=30) as resp:  # noqa: S310 - the operator's own hub URL
             return json.load(resp)
@@ -156,11 +161,15 @@ def run_token_create(settings: Settings, role: str, agent_id: str | None, url: s
           file=sys.stderr)
 
 
-def _spawn_body(args: argparse.Namespace) -> dict[str, Any]:
+def _json_arg(name: str, value: str | None, default: Any = None) -> Any:
     try:
-        config: dict[str, Any] = json.loads(args.config) if args.config else {}
+        return json.loads(value) if value is not None else default
     except json.JSONDecodeError as exc:
-        raise StartupError(f"--config is not valid JSON: {exc}") from exc
+        raise InvalidInput(f"{name} is not valid JSON: {exc}") from exc
+
+
+def _spawn_body(args: argparse.Namespace) -> dict[str, Any]:
+    config: dict[str, Any] = _json_arg("--config", args.config, {})
     executor = args.executor
     if args.command_line:
         executor = executor or "command"
@@ -208,11 +217,63 @@ def run_agent(settings: Settings, args: argparse.Namespace) -> None:
     elif command == "show":
         print(json.dumps(_hub_request(settings, args.url, "GET", f"/api/v1/agents/{args.agent_id}"), indent=2))
         return
+    elif command == "binary":
+        run_binary(settings, args)
+        return
     elif command == "stop":
         agent = _hub_request(settings, args.url, "DELETE", f"/api/v1/agents/{args.agent_id}")
     else:
         agent = _hub_request(settings, args.url, "POST", f"/api/v1/agents/{args.agent_id}/restart")
     print(_agent_line(agent))
+
+
+def _module_bytes(path: Path) -> bytes:
+    """A module file's bytes; WAT sources (`.wat`) are compiled to the binary format here."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InvalidInput(f"cannot read {path}: {exc.strerror or exc}") from exc
+    if path.suffix != ".wat":
+        return data
+    from wasmtime import WasmtimeError, wat2wasm
+
+    try:
+        return bytes(wat2wasm(data.decode()))
+    except (WasmtimeError, UnicodeDecodeError) as exc:
+        raise InvalidInput(f"{path} is not valid WAT: {str(exc).splitlines()[0]}") from exc
+
+
+def _binary_line(binary: dict[str, Any]) -> str:
+    mark = "*" if binary["current"] else " "
+    return (f"{mark} {binary['version']:>4}  {binary['sha256'][:16]}  {binary['size_bytes']:>10}  "
+            f"{binary['uploaded_at'][:19]}")
+
+
+def run_binary(settings: Settings, args: argparse.Namespace) -> None:
+    path = f"/api/v1/agents/{args.agent_id}/binary"
+    if args.binary_command == "upload":
+        binary = _hub_request(settings, args.url, "POST", path, raw=_module_bytes(args.file))
+    elif args.binary_command == "rollback":
+        binary = _hub_request(settings, args.url, "POST", f"{path}/rollback", {"version": args.version})
+    else:
+        listed = _hub_request(settings, args.url, "GET", f"{path}/versions")
+        print(f"  {'VER':>4}  {'SHA-256':<16}  {'BYTES':>10}  UPLOADED")
+        for binary in listed["versions"]:
+            print(_binary_line(binary))
+        return
+    print(_binary_line(binary))
+
+
+def run_sandbox(settings: Settings, args: argparse.Namespace) -> None:
+    body: dict[str, Any] = {"agent_id": args.agent_id, "input": _json_arg("--input", args.input)}
+    if args.version is not None:
+        body["version"] = args.version
+    if args.limits is not None:
+        body["limits"] = _json_arg("--limits", args.limits)
+    result = _hub_request(settings, args.url, "POST", "/api/v1/sandbox/run", body)
+    print(json.dumps(result, indent=2))
+    if result["outcome"] != "ok":
+        raise SystemExit(2)
 
 
 def _task_line(task: dict[str, Any]) -> str:
@@ -252,7 +313,8 @@ def run_task(settings: Settings, args: argparse.Namespace) -> None:
     if command == "submit":
         body: dict[str, Any] = {"requester_id": args.requester, "description": args.description,
                                 "required_capabilities": args.capability or [], "budget": args.budget,
-                                "priority": args.priority, "bidding_seconds": args.bidding_seconds, **key}
+                                "priority": args.priority, "bidding_seconds": args.bidding_seconds,
+                                "parameters": _json_arg("--parameters", args.parameters, {}), **key}
         task = _hub_request(settings, args.url, "POST", "/api/v1/tasks", body)
     elif command == "dispute":
         task = _hub_request(settings, args.url, "POST", f"/api/v1/tasks/{args.task_id}/dispute",
@@ -286,7 +348,7 @@ def _parser() -> argparse.ArgumentParser:
     spawn_p.add_argument("--role", required=True)
     spawn_p.add_argument("--id", help="agent id (default: generated)")
     spawn_p.add_argument("--capability", action="append", help="a capability (repeatable)")
-    spawn_p.add_argument("--executor", choices=["scripted", "claude", "command"])
+    spawn_p.add_argument("--executor", choices=["scripted", "claude", "command", "wasm"])
     spawn_p.add_argument("--config", help="executor configuration as JSON")
     spawn_p.add_argument("--command", dest="command_line", help="command agent: the command line to run")
     spawn_p.add_argument("--behaviour", choices=["analyzer", "responder", "worker"],
@@ -301,6 +363,16 @@ def _parser() -> argparse.ArgumentParser:
     for name, text in (("show", "one agent with its events, as JSON"), ("stop", "stop an agent gracefully"),
                        ("restart", "restart an agent's process")):
         agent_sub.add_parser(name, help=text).add_argument("agent_id")
+    binary_p = agent_sub.add_parser("binary", help="a wasm agent's module: upload, versions, rollback")
+    binary_sub = binary_p.add_subparsers(dest="binary_command", required=True)
+    upload_p = binary_sub.add_parser("upload", help="upload a module (.wasm, or .wat compiled here) as the next "
+                                     "version")
+    upload_p.add_argument("agent_id")
+    upload_p.add_argument("file", type=Path)
+    binary_sub.add_parser("versions", help="every version, the current one starred").add_argument("agent_id")
+    rollback_p = binary_sub.add_parser("rollback", help="make an earlier version current")
+    rollback_p.add_argument("agent_id")
+    rollback_p.add_argument("version", type=int)
     account_p = sub.add_parser("account", help="fund accounts and read balances and ledgers")
     account_sub = account_p.add_subparsers(dest="account_command", required=True)
     deposit_p = account_sub.add_parser("deposit", help="deposit credits into an account (operator)")
@@ -317,6 +389,7 @@ def _parser() -> argparse.ArgumentParser:
     submit_p.add_argument("--capability", action="append", help="a required capability (repeatable)")
     submit_p.add_argument("--priority", type=int, default=5)
     submit_p.add_argument("--bidding-seconds", type=float, default=30.0)
+    submit_p.add_argument("--parameters", help="the task's input as a JSON object (a wasm agent reads it on stdin)")
     task_sub.add_parser("list", help="tasks with state, bids, winner and price")
     for name, text in (("show", "one task with its auction and events, as JSON"),
                        ("accept", "accept the result: pay the agent"), ("cancel", "cancel and refund")):
@@ -329,8 +402,18 @@ def _parser() -> argparse.ArgumentParser:
     resolve_p.add_argument("task_id")
     resolve_p.add_argument("--outcome", required=True, choices=["release", "refund", "split"])
     resolve_p.add_argument("--share", type=int, default=50, help="split: the agent's percent")
-    for group in (agent_sub, account_sub, task_sub):
+    sandbox_p = sub.add_parser("sandbox", help="try a wasm agent's module on an input (operator)")
+    sandbox_sub = sandbox_p.add_subparsers(dest="sandbox_command", required=True)
+    run_p = sandbox_sub.add_parser("run", help="run it under the hub's trial-run limits and print the outcome "
+                                   "(exit code 2 unless ok)")
+    run_p.add_argument("agent_id")
+    run_p.add_argument("--input", required=True, help="JSON given to the module on stdin")
+    run_p.add_argument("--version", type=int, help="default: the current version")
+    run_p.add_argument("--limits", help='JSON overrides, e.g. {"deadline_seconds": 1, "fuel": 1000000}')
+    for group in (agent_sub, binary_sub, account_sub, task_sub, sandbox_sub):
         for p in group.choices.values():
+            if p is binary_p:
+                continue
             p.add_argument("--url", help="hub URL (default http://127.0.0.1:8765)")
             p.add_argument("--data-dir", type=Path, help="where the operator token is (default ./.agenthub)")
     return parser
@@ -355,6 +438,8 @@ def main(argv: list[str] | None = None) -> None:
             run_account(settings, args)
         elif args.command == "task":
             run_task(settings, args)
+        elif args.command == "sandbox":
+            run_sandbox(settings, args)
         else:
             run_token_create(settings, args.role, args.agent_id, args.url)
     except HubError as exc:

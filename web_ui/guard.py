@@ -5,6 +5,7 @@ It runs before any route, so a bad Origin or an oversize body is refused before 
 """
 
 import logging
+import re
 import time
 from urllib.parse import parse_qs
 
@@ -22,6 +23,8 @@ LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 PUBLIC_PATHS = frozenset({"/health", "/ready", "/metrics", "/openapi.json"})
 # Browsers' EventSource cannot send headers, so the UI streams also take `?access_token=`.
 QUERY_TOKEN_PATHS = frozenset({"/discoveries/stream"})
+# Module uploads are the one kind of body allowed past the general limit (up to the sandbox's module limit).
+UPLOAD_PATH = re.compile(r"/api/v1/agents/[^/]+/binary")
 _CACHE_SECONDS = 10.0
 _CACHE_MAX = 4096
 
@@ -44,10 +47,11 @@ def _origin_allowed(origin: str, extra: list[str]) -> bool:
 
 
 class Guard:
-    def __init__(self, app: ASGIApp, *, max_body: int, auth: bool, allowed_hosts: list[str],
+    def __init__(self, app: ASGIApp, *, max_body: int, max_upload: int, auth: bool, allowed_hosts: list[str],
                  allowed_origins: list[str], pool: asyncpg.Pool) -> None:
         self.app = app
         self.max_body = max_body
+        self.max_upload = max_upload
         self.auth = auth
         self.allowed_hosts = allowed_hosts
         self.allowed_origins = allowed_origins
@@ -67,9 +71,11 @@ class Guard:
         if origin is not None and not _origin_allowed(origin, self.allowed_origins):
             await problem(403, "Forbidden origin", f"Origin {origin!r} is not allowed")(scope, receive, send)
             return
+        limit = self.max_upload if scope["method"] == "POST" and UPLOAD_PATH.fullmatch(scope["path"]) else \
+            self.max_body
         length = headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.max_body):
-            await problem(413, "Body too large", f"request bodies are limited to {self.max_body} bytes")(
+        if length is not None and (not length.isdigit() or int(length) > limit):
+            await problem(413, "Body too large", f"request bodies here are limited to {limit} bytes")(
                 scope, receive, send)
             return
         try:
@@ -78,13 +84,13 @@ class Guard:
             await problem(401, "Unauthenticated", exc.message)(scope, receive, send)
             return
         # Only an authenticated request gets its body buffered.
-        bounded = await self._bounded_body(scope, receive, send)
+        bounded = await self._bounded_body(scope, receive, send, limit)
         if bounded is None:
             return
         scope.setdefault("state", {})["principal"] = principal
         await self.app(scope, bounded, send)
 
-    async def _bounded_body(self, scope: Scope, receive: Receive, send: Send) -> Receive | None:
+    async def _bounded_body(self, scope: Scope, receive: Receive, send: Send, limit: int) -> Receive | None:
         """Read a body of unknown length up to the limit; None (after answering 413) when it is larger."""
         if scope["method"] in ("GET", "HEAD", "DELETE", "OPTIONS"):
             return receive
@@ -97,8 +103,8 @@ class Guard:
                 return None
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > self.max_body:
-                await problem(413, "Body too large", f"request bodies are limited to {self.max_body} bytes")(
+            if size > limit:
+                await problem(413, "Body too large", f"request bodies here are limited to {limit} bytes")(
                     scope, receive, send)
                 return None
             chunks.append(chunk)

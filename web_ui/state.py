@@ -16,6 +16,7 @@ from agenthub.settings import Settings
 from collaboration.orchestrator import Orchestrator
 from collaboration.service import Collaboration
 from market.service import Market
+from sandbox.service import SandboxService
 from supervisor import Supervisor
 
 
@@ -34,6 +35,7 @@ class HubState:
     collab: Collaboration
     agents: AgentPool
     market: Market
+    sandbox: SandboxService
     supervisor: Supervisor
     orchestrator: Orchestrator
     nats_monitor_url: str | None = None

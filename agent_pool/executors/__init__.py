@@ -10,7 +10,7 @@ is a crash and the supervisor restarts the process.
 
 from typing import Protocol
 
-from agent_pool.models import ClaudeConfig, CommandConfig, ScriptedConfig, WorkerConfig
+from agent_pool.models import ClaudeConfig, CommandConfig, ScriptedConfig, WasmConfig, WorkerConfig
 from agent_pool.runtime import Runtime
 from collaboration.models import RoutedQuestion
 
@@ -56,6 +56,10 @@ def build_executor(config: WorkerConfig) -> Executor:
         from agent_pool.executors.claude import ClaudeExecutor
 
         return ClaudeExecutor(ClaudeConfig.model_validate(config.executor_config))
+    if config.executor == "wasm":
+        from agent_pool.executors.wasm import WasmExecutor
+
+        return WasmExecutor(WasmConfig.model_validate(config.executor_config), config.compile_limits)
     from agent_pool.executors.command import CommandExecutor
 
     return CommandExecutor(CommandConfig.model_validate(config.executor_config))

@@ -9,14 +9,13 @@ names it, reports the task running, works `work_seconds`, and reports it complet
 the description's words (or failed, when so configured). The same input always gives the same output.
 """
 
-import math
 import re
-from typing import Any
 
 import anyio
 
+from agent_pool.executors.bidding import serve_tasks
 from agent_pool.models import ScriptedConfig
-from agent_pool.runtime import INITIAL_TAG, Runtime, ToolFailed
+from agent_pool.runtime import INITIAL_TAG, Runtime
 from collaboration.models import RoutedQuestion
 
 _SENTENCE = re.compile(r"[^.!?]+[.!?]?")
@@ -66,26 +65,9 @@ class ScriptedExecutor:
                        tags=["answer"])
 
     async def serve(self, rt: Runtime) -> None:
-        if self.config.behaviour != "worker":
-            return
-        async with rt.messages("tasks.*.auction") as offers, rt.messages("tasks.*.assignment") as assignments, \
-                anyio.create_task_group() as tg:
-            tg.start_soon(self._bid_on, rt, offers)
-            async for update in assignments:
-                if update.get("agent_id") == rt.agent_id and update.get("state") == "assigned":
-                    await rt.work(lambda task_id=update["task_id"]: self._do(rt, task_id))  # type: ignore[misc]
-
-    async def _bid_on(self, rt: Runtime, offers: Any) -> None:
-        mine = {c.lower() for c in rt.config.capabilities}
-        async for offer in offers:
-            if not {c.lower() for c in offer.get("required_capabilities", [])} <= mine:
-                continue
-            price = max(1, math.ceil(int(offer["budget"]) * self.config.price_percent / 100))
-            try:
-                await rt.tool("place_bid", {"task_id": offer["task_id"], "agent_id": rt.agent_id, "price": price,
-                                            "estimated_seconds": self.config.estimated_seconds})
-            except ToolFailed as exc:  # the auction closed meanwhile, or the hub refused: the next one may do
-                await rt.report_error("transient", str(exc))
+        if self.config.behaviour == "worker":
+            await serve_tasks(rt, price_percent=self.config.price_percent,
+                              estimated_seconds=self.config.estimated_seconds, do=lambda t: self._do(rt, t))
 
     async def _do(self, rt: Runtime, task_id: str) -> None:
         task = await rt.tool("get_task", {"task_id": task_id})

@@ -1,0 +1,306 @@
+"""Running a compiled module: a fresh store per run, hard limits, stdio in memory, distinct outcomes.
+
+Every run gets a new `Store` with its fuel, its memory cap and an epoch deadline, and a WASI context that grants
+nothing: no arguments, no environment, no preopened directories (so no files), no sockets. WASI's `fd_read` and
+`fd_write` are replaced by host functions over in-memory buffers: stdin is the input, stdout is bounded (the
+guest is stopped the moment it writes past `output_bytes`) and stderr keeps its first `log_bytes`. A ticker
+thread advances the engine's epoch while runs are active, which turns the wall-clock deadline into a trap.
+
+Runs are synchronous native calls that release the GIL; `Runner.execute` runs them in worker threads under a
+capacity limiter, so the event loop stays responsive and at most `concurrency` modules run at once.
+"""
+
+import ctypes
+import json
+import math
+import struct
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import TracebackType
+from typing import Any, Self
+
+import anyio
+from wasmtime import (
+    Caller,
+    Config,
+    Engine,
+    ExitTrap,
+    FuncType,
+    Instance,
+    Linker,
+    Memory,
+    Module,
+    Store,
+    Trap,
+    TrapCode,
+    ValType,
+    WasiConfig,
+    WasmtimeError,
+)
+
+from sandbox.models import Outcome, RunLimits, RunResult
+
+WASI = "wasi_snapshot_preview1"
+PAGE = 65536
+_TICK_SECONDS = 0.01
+_EBADF, _EFAULT = 8, 21  # WASI errno values
+_IOVEC = struct.Struct("<II")
+_U32 = struct.Struct("<I")
+
+
+def engine_config() -> Config:
+    """The one engine configuration: modules compiled for it (also in the compiler process) run only on it."""
+    config = Config()
+    config.consume_fuel = True
+    config.epoch_interruption = True
+    config.wasm_threads = False  # no shared memory, no atomics waits: one thread per run
+    return config
+
+
+class _OutputTooLarge(Exception):
+    """Raised by `fd_write` to stop a guest that writes past its stdout limit."""
+
+
+class _Stdio:
+    """One run's stdin, stdout and stderr."""
+
+    __slots__ = ("stdin", "read", "out", "out_limit", "err", "err_limit", "overflow")
+
+    def __init__(self, stdin: bytes, limits: RunLimits) -> None:
+        self.stdin = stdin
+        self.read = 0
+        self.out = bytearray()
+        self.out_limit = limits.output_bytes
+        self.err = bytearray()
+        self.err_limit = limits.log_bytes
+        self.overflow = False
+
+
+_current = threading.local()  # the running store's stdio: a run executes wholly on one thread
+
+
+def _memory(caller: Caller) -> tuple[int, int] | None:
+    """The guest memory's address and size, valid until the guest runs again."""
+    memory = caller["memory"]
+    if not isinstance(memory, Memory):
+        return None
+    return ctypes.addressof(memory.data_ptr(caller).contents), memory.data_len(caller)
+
+
+def _iovecs(base: int, size: int, iovs: int, count: int) -> list[tuple[int, int]] | None:
+    if count < 0 or iovs < 0 or iovs + 8 * count > size:
+        return None
+    vecs = list(_IOVEC.iter_unpack(ctypes.string_at(base + iovs, 8 * count)))
+    return None if any(ptr + length > size for ptr, length in vecs) else vecs
+
+
+def _fd_read(caller: Caller, fd: int, iovs: int, count: int, nread: int) -> int:
+    io: _Stdio = _current.stdio
+    if fd != 0:
+        return _EBADF
+    memory = _memory(caller)
+    if memory is None:
+        return _EBADF
+    base, size = memory
+    vecs = _iovecs(base, size, iovs, count)
+    if vecs is None or nread + 4 > size:
+        return _EFAULT
+    total = 0
+    for ptr, length in vecs:
+        chunk = io.stdin[io.read:io.read + length]
+        ctypes.memmove(base + ptr, chunk, len(chunk))
+        io.read += len(chunk)
+        total += len(chunk)
+        if len(chunk) < length:
+            break
+    ctypes.memmove(base + nread, _U32.pack(total), 4)
+    return 0
+
+
+def _fd_write(caller: Caller, fd: int, iovs: int, count: int, nwritten: int) -> int:
+    io: _Stdio = _current.stdio
+    if fd not in (1, 2):
+        return _EBADF
+    memory = _memory(caller)
+    if memory is None:
+        return _EBADF
+    base, size = memory
+    vecs = _iovecs(base, size, iovs, count)
+    if vecs is None or nwritten + 4 > size:
+        return _EFAULT
+    total = sum(length for _, length in vecs)
+    if fd == 1:
+        if len(io.out) + total > io.out_limit:
+            io.overflow = True
+            raise _OutputTooLarge
+        for ptr, length in vecs:
+            io.out += ctypes.string_at(base + ptr, length)
+    else:
+        for ptr, length in vecs:
+            room = io.err_limit - len(io.err)
+            if room > 0:
+                io.err += ctypes.string_at(base + ptr, min(length, room))
+    ctypes.memmove(base + nwritten, _U32.pack(total), 4)
+    return 0
+
+
+def wasi_linker(engine: Engine) -> Linker:
+    """WASI preview 1 with stdin and stdout/stderr replaced by the in-memory host functions."""
+    linker = Linker(engine)
+    linker.define_wasi()
+    linker.allow_shadowing = True
+    io_type = FuncType([ValType.i32()] * 4, [ValType.i32()])
+    linker.define_func(WASI, "fd_read", io_type, _fd_read, access_caller=True)
+    linker.define_func(WASI, "fd_write", io_type, _fd_write, access_caller=True)
+    linker.allow_shadowing = False
+    return linker
+
+
+class Runner:
+    """Runs modules compiled for its engine. Use as a context manager: it owns the epoch ticker thread."""
+
+    def __init__(self, *, concurrency: int = 2) -> None:
+        self.engine = Engine(engine_config())
+        self._linker = wasi_linker(self.engine)
+        self._limiter = anyio.CapacityLimiter(concurrency)
+        self._wake = threading.Condition()
+        self._active = 0
+        self._closed = False
+        self._ticker = threading.Thread(target=self._tick, name="wasm-epoch", daemon=True)
+
+    def __enter__(self) -> Self:
+        self._ticker.start()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+        self._ticker.join()
+
+    def _tick(self) -> None:
+        """Advance the epoch every tick while any run is active; sleep otherwise."""
+        with self._wake:
+            while not self._closed:
+                if self._active == 0:
+                    self._wake.wait()
+                    continue
+                self._wake.wait(_TICK_SECONDS)
+                self.engine.increment_epoch()
+
+    @contextmanager
+    def _running(self) -> Iterator[None]:
+        with self._wake:
+            self._active += 1
+            if self._active == 1:
+                self._wake.notify()
+        try:
+            yield
+        finally:
+            with self._wake:
+                self._active -= 1
+
+    def load(self, artifact: bytes) -> Module:
+        """A module from the compiler's serialized output (trusted: we produced it with this engine's config)."""
+        return Module.deserialize(self.engine, artifact)
+
+    async def execute(self, module: Module, stdin: bytes, limits: RunLimits) -> RunResult:
+        """Run in a worker thread, at most `concurrency` at once; waits for the run (bounded by its deadline)."""
+        return await anyio.to_thread.run_sync(self.run, module, stdin, limits, limiter=self._limiter)
+
+    def run(self, module: Module, stdin: bytes, limits: RunLimits) -> RunResult:
+        io = _Stdio(stdin, limits)
+        store = Store(self.engine)
+        store.set_fuel(limits.fuel)
+        store.set_limits(memory_size=limits.memory_bytes, table_elements=100_000, instances=1, tables=10,
+                         memories=1)
+        store.set_wasi(WasiConfig())
+        # The deadline traps after more than `deadline_seconds`: the first tick may come at once, hence the +1.
+        store.set_epoch_deadline(math.ceil(limits.deadline_seconds / _TICK_SECONDS) + 1)
+        instance: Instance | None = None
+        exit_code: int | None = None
+        failure: tuple[Outcome, str] | None = None
+        started = time.perf_counter()
+        with self._running():
+            _current.stdio = io
+            try:
+                instance = self._linker.instantiate(store, module)
+                start = instance.exports(store)["_start"]
+                start(store)  # type: ignore[operator]
+                exit_code = 0
+            except ExitTrap as exc:
+                exit_code = exc.code
+            except _OutputTooLarge:
+                failure = (Outcome.OUTPUT_TOO_LARGE, f"the module wrote more than {limits.output_bytes} bytes "
+                                                     "to stdout")
+            except Trap as exc:
+                failure = _trap_outcome(exc, limits)
+            except WasmtimeError as exc:  # instantiation refused (a memory above the cap), or a WASI call failed
+                failure = _instantiation_outcome(exc, limits) if instance is None else \
+                    (Outcome.TRAPPED, f"a WASI call failed: {_cause(str(exc))}")
+            finally:
+                _current.stdio = None
+        duration_ms = (time.perf_counter() - started) * 1000
+        memory_bytes = _memory_size(store, instance)
+        # A failed `memory.grow` is not a trap: the guest sees -1 and gives up its own way (a trap, an exit code).
+        gave_up = exit_code not in (0, None) or (failure is not None and failure[0] is Outcome.TRAPPED)
+        if gave_up and instance is not None and memory_bytes + PAGE > limits.memory_bytes:
+            failure = (Outcome.MEMORY_LIMIT, f"the module's memory reached its cap of {limits.memory_bytes} bytes; "
+                                             + (failure[1] if failure else f"it exited with code {exit_code}"))
+        result = _result(io, exit_code, failure)
+        return RunResult(**result, exit_code=exit_code, log=io.err.decode(errors="replace"),
+                         fuel_used=None if result["outcome"] is Outcome.DEADLINE_EXCEEDED else
+                         limits.fuel - store.get_fuel(), memory_bytes=memory_bytes,
+                         duration_ms=round(duration_ms, 3))
+
+
+def _memory_size(store: Store, instance: Instance | None) -> int:
+    if instance is None:
+        return 0
+    memory = instance.exports(store).get("memory")
+    return memory.data_len(store) if isinstance(memory, Memory) else 0
+
+
+def _trap_outcome(exc: Trap, limits: RunLimits) -> tuple[Outcome, str]:
+    if exc.trap_code == TrapCode.OUT_OF_FUEL:
+        return Outcome.OUT_OF_FUEL, f"the module used all its fuel ({limits.fuel})"
+    if exc.trap_code == TrapCode.INTERRUPT:
+        return Outcome.DEADLINE_EXCEEDED, f"the module ran past its deadline of {limits.deadline_seconds} s"
+    return Outcome.TRAPPED, f"trap: {_cause(exc.message)}"
+
+
+def _cause(message: str) -> str:
+    """The reason at the end of wasmtime's report ("Caused by: ... wasm trap: call stack exhausted")."""
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    last = lines[-1] if lines else "unknown"
+    if last[:1].isdigit() and ": " in last:  # a numbered cause: "1: wasm trap: out of bounds memory access"
+        last = last.split(": ", 1)[1]
+    return last.removeprefix("wasm trap: ")
+
+
+def _instantiation_outcome(exc: WasmtimeError, limits: RunLimits) -> tuple[Outcome, str]:
+    message = str(exc).splitlines()[0]
+    if "memory" in message and "limit" in message:
+        return Outcome.MEMORY_LIMIT, f"the module needs more memory than its cap of {limits.memory_bytes} bytes " \
+                                     f"({message})"
+    return Outcome.TRAPPED, f"the module could not be instantiated: {message}"
+
+
+def _result(io: _Stdio, exit_code: int | None, failure: tuple[Outcome, str] | None) -> dict[str, Any]:
+    if failure is not None:
+        outcome, error = failure
+        if io.overflow:  # a trap raised while stopping a flood is still the flood
+            outcome, error = Outcome.OUTPUT_TOO_LARGE, f"the module wrote more than {io.out_limit} bytes to stdout"
+        return {"outcome": outcome, "output": None, "error": error}
+    if exit_code != 0:
+        return {"outcome": Outcome.EXITED, "output": None, "error": f"the module exited with code {exit_code}"}
+    try:
+        output = json.loads(io.out)
+    except ValueError as exc:
+        return {"outcome": Outcome.INVALID_OUTPUT, "output": None, "error": f"stdout is not JSON: {exc}"}
+    if not isinstance(output, dict):
+        return {"outcome": Outcome.INVALID_OUTPUT, "output": None,
+                "error": f"stdout is JSON but not an object (a {type(output).__name__})"}
+    return {"outcome": Outcome.OK, "output": output, "error": None}
