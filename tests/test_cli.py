@@ -24,6 +24,7 @@ import pytest
 
 from agenthub.embedded import free_port
 
+ROOT = Path(__file__).resolve().parent.parent
 AGENTHUB = shutil.which("agenthub") or str(Path(sys.executable).parent / "agenthub")
 START_SECONDS = 60
 STOP_SECONDS = 30
@@ -372,4 +373,42 @@ def test_a_whole_market_round_from_the_cli_survives_a_restart(workdir: Path) -> 
         assert balances == {"requester:carol": 780, "agent:w1": 198, "platform": 22}
         ledger = cli(data_dir, hub.url, "account", "ledger", "requester:carol").splitlines()
         assert [line.split()[2] for line in ledger[1:]] == ["award", "hold", "deposit"]
+        assert hub.stop() == 0
+
+
+def test_a_wasm_agent_from_the_cli_uploads_tries_and_works(workdir: Path) -> None:
+    data_dir = workdir / "data"
+    env = clean_env(AGENTHUB_AGENTS__HEARTBEAT_SECONDS="0.5", AGENTHUB_MARKET__CLOSE_INTERVAL_SECONDS="0.1")
+    examples, hostile = ROOT / "examples" / "wasm", ROOT / "tests" / "wasm"
+    with serving(data_dir, workdir / "logs", env=env) as hub:
+        cli(data_dir, hub.url, "agent", "spawn", "--id", "wc", "--role", "counter", "--executor", "wasm",
+            "--capability", "count")
+        agent_state(data_dir, hub.url, "wc", "idle")
+        assert cli(data_dir, hub.url, "agent", "binary", "upload", "wc", str(examples / "word_count.wat")).split()[
+            :2] == ["*", "1"]
+        refused = fail("agent", "binary", "upload", "wc", str(hostile / "no_start.wat"), "--url", hub.url,
+                       "--data-dir", str(data_dir), env=env)
+        assert refused == ["agenthub: error: the hub refused: the module does not export a function `_start`: the "
+                           "ABI is a WASI command module (see docs/wasm.md)"]
+        tried = json.loads(cli(data_dir, hub.url, "sandbox", "run", "wc", "--input", '{"text": "a b c"}'))
+        assert (tried["outcome"], tried["output"]) == ("ok", {"words": 3})
+        cli(data_dir, hub.url, "agent", "binary", "upload", "wc", str(hostile / "loop.wat"))
+        spun = subprocess.run([AGENTHUB, "sandbox", "run", "wc", "--input", "{}", "--limits",
+                               '{"deadline_seconds": 0.3}', "--url", hub.url, "--data-dir", str(data_dir)],
+                              capture_output=True, text=True, timeout=60, env=env)
+        assert spun.returncode == 2 and json.loads(spun.stdout)["outcome"] == "deadline_exceeded"
+        cli(data_dir, hub.url, "agent", "binary", "rollback", "wc", "1")
+        versions = cli(data_dir, hub.url, "agent", "binary", "versions", "wc").splitlines()
+        assert [line.split()[:2] for line in versions[1:]][1] == ["*", "1"] and versions[1].split()[0] == "2"
+
+        cli(data_dir, hub.url, "account", "deposit", "requester:carol", "500")
+        line = cli(data_dir, hub.url, "task", "submit", "--requester", "carol", "--description", "count",
+                   "--budget", "100", "--capability", "count", "--bidding-seconds", "1",
+                   "--parameters", '{"text": "four words right here"}')
+        task_id = line.split()[0]
+        deadline = time.monotonic() + 30
+        while (task := json.loads(cli(data_dir, hub.url, "task", "show", task_id)))["state"] != "completed":
+            assert time.monotonic() < deadline, task
+            time.sleep(0.2)
+        assert (task["winner"], task["result"]) == ("wc", {"words": 4})
         assert hub.stop() == 0
