@@ -48,7 +48,9 @@ WASI = "wasi_snapshot_preview1"
 PAGE = 65536
 _TICK_SECONDS = 0.01
 _IDLE_SECONDS = 1.0  # the ticker sleeps after this long without runs
-_EBADF, _EFAULT = 8, 21  # WASI errno values
+_EBADF, _EFAULT, _EINVAL = 8, 21, 28  # WASI errno values
+_IOV_MAX = 1024  # iovecs per call, as POSIX's IOV_MAX: a guest cannot make the host build a huge list
+_U32_MASK = 0xFFFF_FFFF
 _IOVEC = struct.Struct("<II")
 _U32 = struct.Struct("<I")
 
@@ -100,22 +102,37 @@ def _memory(caller: Caller) -> tuple[int, int] | None:
 
 
 def _iovecs(base: int, size: int, iovs: int, count: int) -> list[tuple[int, int]] | None:
-    if count < 0 or iovs < 0 or iovs + 8 * count > size:
+    """The guest's iovec array, if it and every buffer it names lie inside its memory. Guest pointers arrive
+    as signed i32 values and are unsigned addresses: masked, never trusted."""
+    iovs, count = iovs & _U32_MASK, count & _U32_MASK
+    if iovs + 8 * count > size:
         return None
     vecs = list(_IOVEC.iter_unpack(ctypes.string_at(base + iovs, 8 * count)))
     return None if any(ptr + length > size for ptr, length in vecs) else vecs
+
+
+def _io_args(caller: Caller, count: int, result: int) -> tuple[int, int, int] | int:
+    """(memory address, memory size, result address) for an fd_read or fd_write, or the errno to return."""
+    if count & _U32_MASK > _IOV_MAX:
+        return _EINVAL
+    memory = _memory(caller)
+    if memory is None:
+        return _EBADF
+    base, size = memory
+    result &= _U32_MASK
+    return _EFAULT if result + 4 > size else (base, size, result)
 
 
 def _fd_read(caller: Caller, fd: int, iovs: int, count: int, nread: int) -> int:
     io: _Stdio = _current.stdio
     if fd != 0:
         return _EBADF
-    memory = _memory(caller)
-    if memory is None:
-        return _EBADF
-    base, size = memory
+    args = _io_args(caller, count, nread)
+    if isinstance(args, int):
+        return args
+    base, size, nread = args
     vecs = _iovecs(base, size, iovs, count)
-    if vecs is None or nread + 4 > size:
+    if vecs is None:
         return _EFAULT
     total = 0
     for ptr, length in vecs:
@@ -133,12 +150,12 @@ def _fd_write(caller: Caller, fd: int, iovs: int, count: int, nwritten: int) -> 
     io: _Stdio = _current.stdio
     if fd not in (1, 2):
         return _EBADF
-    memory = _memory(caller)
-    if memory is None:
-        return _EBADF
-    base, size = memory
+    args = _io_args(caller, count, nwritten)
+    if isinstance(args, int):
+        return args
+    base, size, nwritten = args
     vecs = _iovecs(base, size, iovs, count)
-    if vecs is None or nwritten + 4 > size:
+    if vecs is None:
         return _EFAULT
     total = sum(length for _, length in vecs)
     if fd == 1:

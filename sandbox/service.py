@@ -11,6 +11,7 @@ import json
 from datetime import datetime
 from typing import Annotated, Any
 
+import anyio
 import asyncpg
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
@@ -91,6 +92,7 @@ class SandboxService:
         self._cache = cache
         self._settings = settings
         self._metrics = metrics
+        self._compiling = anyio.CapacityLimiter(settings.concurrency)  # compiler processes at once
 
     async def upload(self, who: Principal, agent_id: str, wasm: bytes) -> BinaryVersion:
         who.require_acting_as(agent_id)
@@ -100,7 +102,8 @@ class SandboxService:
         if executor != "wasm":
             raise Conflict(f"agent {agent_id!r} runs the {executor} executor; only wasm agents take binaries")
         try:
-            compiled = await compile_module(wasm, self._settings.compile_limits())
+            async with self._compiling:
+                compiled = await compile_module(wasm, self._settings.compile_limits())
         except InvalidInput:
             self._metrics.wasm_uploads.labels("rejected").inc()
             raise

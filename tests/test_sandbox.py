@@ -218,3 +218,8 @@ async def test_compiling_is_bounded_by_the_cpu_budget() -> None:
     with pytest.raises(InvalidModule, match="more than 1 s of CPU"):
         await compile_module(module, LIMITS.model_copy(update={"cpu_seconds": 1}))
     assert time.monotonic() - started < 20
+
+
+async def test_pointers_outside_the_guest_memory_get_errors_not_host_memory(runner: Runner) -> None:
+    result = await run(runner, "bad_pointers")
+    assert (result.outcome, result.output) == (Outcome.OK, {"ok": True}), result
