@@ -169,6 +169,7 @@ class AgentInfo(BaseModel):
     last_heartbeat: datetime | None
     breaker_state: str
     last_error: str | None
+    binary_version: int | None = Field(default=None, description="wasm agents: the current binary version.")
     created_at: datetime
     updated_at: datetime
     metrics: dict[str, Any] | None = None

@@ -29,7 +29,8 @@ def _info(row: asyncpg.Record) -> AgentInfo:
         restart_policy=RestartPolicy.model_validate_json(row["restart_policy"]),
         heartbeat_seconds=row["heartbeat_seconds"], state=AgentState(row["state"]), desired=row["desired"],
         owner=row["owner"], pid=row["pid"], restarts=row["restarts"], last_heartbeat=row["last_heartbeat"],
-        breaker_state=row["breaker_state"], last_error=row["last_error"], created_at=row["created_at"],
+        breaker_state=row["breaker_state"], last_error=row["last_error"], binary_version=row["binary_version"],
+        created_at=row["created_at"],
         updated_at=row["updated_at"],
     )
 

@@ -65,6 +65,7 @@ async def test_an_upload_is_versioned_readable_runnable_and_rolled_back(wasm_hub
         run = await http.post("/api/v1/sandbox/run", json={"agent_id": "wc", "input": {"text": "one two three"}})
         assert run.json()["output"] == {"words": 3} and run.json()["version"] == 1
 
+        assert (await http.get("/api/v1/agents/wc")).json()["binary_version"] == 1
         missing = await http.post("/api/v1/agents/wc/binary/rollback", json={"version": 9})
         assert missing.status_code == 404 and "no binary version 9" in missing.json()["detail"]
         events = (await http.get("/api/v1/agents/wc")).json()["recent_events"]
@@ -180,3 +181,19 @@ async def test_a_wasm_agent_wins_a_task_runs_its_binary_and_is_paid(wasm_hub: Ru
         await http.post("/api/v1/agents/wc/binary/rollback", json={"version": 1})
         again = await task_state(http, await submit("one two"), "completed")
         assert again["result"] == {"words": 2}
+
+
+async def test_a_module_missing_from_the_store_fails_the_task_with_the_reason(wasm_hub: RunningHub) -> None:
+    """What a replica without the shared module store sees: the task fails and says why."""
+    async with wasm_hub.http() as http:
+        await http.post("/api/v1/agents", json=wasm_agent("wc"))
+        await wait_for(http, "wc", "running", "idle")
+        assert (await upload(http, "wc", wasm("word_count"))).status_code == 201
+        for path in stored_modules(wasm_hub):
+            path.unlink()
+        await deposit(http, "requester:carol", 100)
+        r = await http.post("/api/v1/tasks", json={
+            "requester_id": "carol", "description": "count", "budget": 50, "required_capabilities": ["count"],
+            "bidding_seconds": 0.5, "idempotency_key": str(uuid.uuid4())})
+        failed = await task_state(http, r.json()["task_id"], "failed")
+        assert any("the hub's binary store has no module" in e["detail"] for e in failed["events"]), failed

@@ -16,10 +16,12 @@ import hashlib
 import json
 from typing import Any
 
+from wasmtime import Module
+
 from agent_pool.executors.bidding import serve_tasks
 from agent_pool.models import WasmConfig
 from agent_pool.runtime import Runtime, ToolFailed
-from agenthub.errors import InvalidInput, LogicalAgentError, TransientAgentError
+from agenthub.errors import InvalidInput, InvalidModule, LogicalAgentError
 from collaboration.models import RoutedQuestion
 from sandbox.models import CompileLimits, RunResult
 from sandbox.modules import ModuleCache
@@ -47,35 +49,41 @@ class WasmExecutor:
     async def serve(self, rt: Runtime) -> None:
         if self.compile_limits is None:
             raise LogicalAgentError("the hub gave this wasm agent no compile limits")
-        limits = self.compile_limits
+        versions: dict[str, int] = {}  # SHA-256 -> the version it was seen as, to fetch exactly those bytes
+
+        async def module_bytes(sha256: str) -> bytes:
+            response = await rt.rest(f"/api/v1/agents/{rt.agent_id}/binary/module?version={versions[sha256]}")
+            if response is None:
+                raise InvalidModule(f"the hub's binary store has no module {sha256} (replicas need one shared "
+                                    "store: see docs/deployment.md)")
+            if hashlib.sha256(response.content).hexdigest() != sha256:
+                raise InvalidModule(f"the module fetched as {sha256} has another SHA-256")
+            return response.content
+
+        async def can_bid() -> bool:
+            return await rt.rest(f"/api/v1/agents/{rt.agent_id}/binary") is not None
+
         with Runner(concurrency=1) as runner:
+            cache = ModuleCache(runner, self.compile_limits, module_bytes)
 
-            async def module_bytes(sha256: str) -> bytes:
-                response = await rt.rest(f"/api/v1/agents/{rt.agent_id}/binary/module")
-                if response is None or hashlib.sha256(response.content).hexdigest() != sha256:
-                    raise TransientAgentError("the binary changed while it was being fetched")
-                return response.content
-
-            cache = ModuleCache(runner, limits, module_bytes)
-
-            async def can_bid() -> bool:
-                return await rt.rest(f"/api/v1/agents/{rt.agent_id}/binary") is not None
+            async def do(task_id: str) -> None:
+                current = await rt.rest(f"/api/v1/agents/{rt.agent_id}/binary")
+                if current is None:
+                    await rt.report_task(task_id, "failed", message="this agent has no WASM binary")
+                    return
+                binary = current.json()
+                versions[binary["sha256"]] = binary["version"]
+                try:
+                    module = await cache.get(binary["sha256"])
+                except InvalidInput as exc:  # accepted by the hub, yet not usable here: the task cannot run
+                    await rt.report_task(task_id, "failed", message=f"the binary cannot be used: {exc.message}")
+                    return
+                await self._run(rt, runner, module, task_id, binary)
 
             await serve_tasks(rt, price_percent=self.config.price_percent,
-                              estimated_seconds=self.config.estimated_seconds, can_bid=can_bid,
-                              do=lambda task_id: self._do(rt, runner, cache, task_id))
+                              estimated_seconds=self.config.estimated_seconds, can_bid=can_bid, do=do)
 
-    async def _do(self, rt: Runtime, runner: Runner, cache: ModuleCache, task_id: str) -> None:
-        current = await rt.rest(f"/api/v1/agents/{rt.agent_id}/binary")
-        if current is None:
-            await rt.report_task(task_id, "failed", message="this agent has no WASM binary")
-            return
-        binary = current.json()
-        try:
-            module = await cache.get(binary["sha256"])
-        except InvalidInput as exc:  # the hub accepted it, so this machine's limits differ: the task cannot run
-            await rt.report_task(task_id, "failed", message=f"the binary does not compile here: {exc.message}")
-            return
+    async def _run(self, rt: Runtime, runner: Runner, module: Module, task_id: str, binary: dict[str, Any]) -> None:
         task = await rt.tool("get_task", {"task_id": task_id})
         await rt.report_task(task_id, "progress", message=f"running binary version {binary['version']}")
         stdin = json.dumps({key: task.get(key) for key in
