@@ -171,7 +171,7 @@ class AgentPool:
         self.supervisor = Supervisor("agents", strategy=Strategy.SIMPLE_ONE_FOR_ONE, max_restarts=10, period=60)
         self.fork_server = (ForkServer(WORKER_PRELOAD, WORKER_ENTRY, log=self._log_dir / "fork-server.log")
                             if settings.fork_server else None)
-        metrics.open_breakers.set_function(lambda: sum(v == "open" for v in self._breaker_views.values()))
+        metrics.open_breakers.set_function(self.open_breakers)
 
     def children(self) -> list[ChildSpec]:
         """The pool's parts for the hub's root supervisor, in start order."""
@@ -218,6 +218,10 @@ class AgentPool:
         self._breaker(ref.agent_id).record_success()  # an operator's restart is a fresh start
         await self._launch(ref.agent_id)
         return await self.registry.get(ref.agent_id, with_events=True)
+
+    def open_breakers(self) -> int:
+        """How many of this replica's agents have an open circuit breaker."""
+        return sum(view == "open" for view in self._breaker_views.values())
 
     async def get(self, agent_id: str) -> AgentInfo:
         info = await self.registry.get(agent_id, with_events=True)

@@ -14,6 +14,7 @@ import asyncpg
 
 from agent_pool.models import AgentEvent, AgentInfo, ListAgentsInput, RestartPolicy, SpawnAgentInput, StateChanged
 from agent_pool.states import AgentState, check_transition
+from agenthub import activity
 from agenthub.bus import Bus
 from agenthub.database import Connection
 from agenthub.errors import AgentExists, AgentNotFound, IllegalTransition
@@ -33,6 +34,16 @@ def _info(row: asyncpg.Record) -> AgentInfo:
         created_at=row["created_at"],
         updated_at=row["updated_at"],
     )
+
+
+async def write_event(conn: Connection, agent_id: str, kind: str, from_state: str | None, to_state: str | None,
+                      detail: str) -> None:
+    """An `agent_events` row, and the same event in the hub's activity log (one transaction: the caller's)."""
+    await conn.execute(
+        "INSERT INTO agent_events (agent_id, kind, from_state, to_state, detail) VALUES ($1, $2, $3, $4, $5)",
+        agent_id, kind, from_state, to_state, detail)
+    await activity.record(conn, "agent", {"agent_id": agent_id, "kind": kind, "from_state": from_state,
+                                          "to_state": to_state, "detail": detail})
 
 
 class AgentRegistry:
@@ -94,7 +105,7 @@ class AgentRegistry:
 
     async def record(self, agent_id: str, kind: str, detail: str) -> None:
         """An event that is not a state change: an error report, a lost heartbeat, an alert."""
-        async with self._pool.acquire() as conn:
+        async with self._pool.acquire() as conn, conn.transaction():
             await self._event(conn, agent_id, kind, None, None, detail)
 
     async def get(self, agent_id: str, *, with_events: bool = False) -> AgentInfo:
@@ -127,9 +138,8 @@ class AgentRegistry:
     @staticmethod
     async def _event(conn: Connection, agent_id: str, kind: str,
                      from_state: AgentState | None, to_state: AgentState | None, detail: str) -> None:
-        await conn.execute(
-            "INSERT INTO agent_events (agent_id, kind, from_state, to_state, detail) VALUES ($1, $2, $3, $4, $5)",
-            agent_id, kind, from_state.value if from_state else None, to_state.value if to_state else None, detail)
+        await write_event(conn, agent_id, kind, from_state.value if from_state else None,
+                          to_state.value if to_state else None, detail)
 
     async def _announce(self, agent_id: str, from_state: AgentState | None, to_state: AgentState, detail: str) -> None:
         event = StateChanged(agent_id=agent_id, from_state=from_state.value if from_state else None,

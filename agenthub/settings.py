@@ -27,6 +27,8 @@ class SSESettings(BaseModel):
     ring_size: int = Field(default=1024, ge=1)  # latest events kept in memory for streams; older ones come from the log
     heartbeat_seconds: float = Field(default=15.0, gt=0)
     send_timeout_seconds: float = Field(default=5.0, gt=0)
+    activity_poll_seconds: float = Field(default=0.25, gt=0)  # how often the hub-wide stream reads the activity log
+    metrics_seconds: float = Field(default=5.0, gt=0)  # the interval of `metrics_update` on the hub-wide stream
 
 
 class AgentSettings(BaseModel):

@@ -148,6 +148,17 @@ class DiscoveryLog:
         value: int = await self._pool.fetchval("SELECT last FROM discovery_counter")
         return value
 
+    async def per_minute(self, minutes: int) -> list[dict[str, object]]:
+        """Discoveries per minute and type over the last `minutes` minutes, oldest first."""
+        rows = await self._pool.fetch(
+            "SELECT date_trunc('minute', created_at) AS minute, discovery_type, count(*) AS n FROM discoveries"
+            " WHERE created_at > date_trunc('minute', now()) - make_interval(mins => $1)"
+            " GROUP BY 1, 2 ORDER BY 1", minutes - 1)
+        buckets: dict[str, dict[str, int]] = {}
+        for r in rows:
+            buckets.setdefault(r["minute"].isoformat(), {})[r["discovery_type"]] = r["n"]
+        return [{"minute": minute, "by_type": by_type} for minute, by_type in buckets.items()]
+
     async def read(self, flt: DiscoveryFilter, after: int, limit: int) -> tuple[list[Discovery], int]:
         """Matching discoveries after `after`, oldest first, and the cursor to pass next time.
 

@@ -5,15 +5,14 @@ concurrently) or not at all (a publish failed). The feed keeps a frontier (the h
 and delivers only the next one; when a later one arrives first, or a periodic check of the log's counter finds
 the frontier behind, the missing range is read from PostgreSQL. So listeners see a gap-free, ordered stream.
 
-Delivered events go into a bounded ring shared by every stream: publishing an event costs the same for one
-client as for a thousand, and a stream that wakes up late takes everything it missed in one go. The feed never
-waits for a stream; one that falls further behind than the ring reaches reads the log instead (`events_after`
-returns None). Pollers wait on `wait_beyond`. Hooks (MCP resource notifications) run for each event in order.
+Delivered events go into a `Ring` shared by every stream (`agenthub/ring.py`): a stream that wakes up late
+takes everything it missed in one go, and one that falls further behind than the ring reaches reads the log
+instead (`events_after` returns None). Pollers wait on `wait_beyond`. Hooks (MCP resource notifications) run
+for each event in order.
 """
 
 import json
 import logging
-from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
@@ -26,6 +25,7 @@ from pydantic import ValidationError
 from sse_starlette import ServerSentEvent
 
 from agenthub.bus import Bus
+from agenthub.ring import Ring
 from collaboration.discoveries import DiscoveryLog
 from collaboration.models import Discovery
 
@@ -36,9 +36,10 @@ Hook = Callable[[Discovery], Awaitable[None]]
 
 @dataclass(slots=True, kw_only=True)
 class FeedEvent:
-    """One discovery, with its Server-Sent Events frame encoded once for every listener."""
+    """One discovery, with its Server-Sent Events data and frame encoded once for every listener."""
 
     discovery: Discovery
+    data: str
     frame: bytes
 
 
@@ -47,7 +48,8 @@ def encode_event(d: Discovery) -> FeedEvent:
     uri = json.dumps(d.uri)
     notification = f'{{"jsonrpc":"2.0","method":"notifications/resources/updated","params":{{"uri":{uri}}}}}'
     data = f'{{"discovery":{d.model_dump_json()},"uri":{uri},"notification":{notification}}}'
-    return FeedEvent(discovery=d, frame=ServerSentEvent(data, event="discovery", id=str(d.sequence)).encode())
+    frame = ServerSentEvent(data, event="discovery", id=str(d.sequence)).encode()
+    return FeedEvent(discovery=d, data=data, frame=frame)
 
 
 class DiscoveryFeed:
@@ -55,13 +57,10 @@ class DiscoveryFeed:
         self._log = log
         self._bus = bus
         self._sync_interval = sync_interval
-        self.frontier = 0
         self._pending: dict[int, Discovery] = {}
-        self._ring: deque[FeedEvent] = deque(maxlen=ring_size)  # the latest events, consecutive sequences
+        self.ring: Ring[FeedEvent] = Ring(ring_size)
         self._streams = 0
-        self._ending = False
         self._hooks: list[Hook] = []
-        self._advanced = anyio.Event()
         self._lock = anyio.Lock()
         self._tg: TaskGroup | None = None
 
@@ -70,7 +69,7 @@ class DiscoveryFeed:
     async def __aenter__(self) -> Self:
         if self._tg is not None:
             raise RuntimeError("DiscoveryFeed is already running")
-        self.frontier = await self._log.newest_sequence()
+        self.ring.skip_to(await self._log.newest_sequence())
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
         self._sub = await self._bus.subscribe("discoveries.>", self._on_message)
@@ -103,10 +102,14 @@ class DiscoveryFeed:
     def stream_count(self) -> int:
         return self._streams
 
+    @property
+    def frontier(self) -> int:
+        """The sequence of the newest discovery delivered."""
+        return self.ring.frontier
+
     def end_streams(self) -> None:
         """The hub is shutting down: every `events_after` returns [] from now on, so streams end."""
-        self._ending = True
-        self._advanced.set()
+        self.ring.end()
 
     async def events_after(self, sequence: int) -> list[FeedEvent] | None:
         """Wait until the feed has delivered past `sequence`, then return every event after it, oldest first.
@@ -114,20 +117,11 @@ class DiscoveryFeed:
         None means the ring no longer reaches back to `sequence`: the caller reads the log from there instead.
         An empty list means the feed is ending.
         """
-        while self.frontier <= sequence and not self._ending:
-            await self._advanced.wait()
-        if self._ending:
-            return []
-        missed = self.frontier - sequence  # the ring ends at the frontier, so they are its last `missed` events
-        if missed > len(self._ring):
-            return None
-        return [self._ring[-i] for i in range(missed, 0, -1)]  # indexing from the right end: O(missed)
+        return await self.ring.events_after(sequence)
 
     async def wait_beyond(self, sequence: int, seconds: float) -> None:
         """Return when the frontier passes `sequence`, or after `seconds`."""
-        with anyio.move_on_after(seconds):
-            while self.frontier <= sequence:
-                await self._advanced.wait()
+        await self.ring.wait_beyond(sequence, seconds)
 
     # -- feeding ---------------------------------------------------------------------------------------------------
 
@@ -162,10 +156,7 @@ class DiscoveryFeed:
 
     async def _deliver_ready(self) -> None:
         while (d := self._pending.pop(self.frontier + 1, None)) is not None:
-            self.frontier = d.sequence
-            self._ring.append(encode_event(d))
-            self._advanced.set()  # wake the streams and pollers first; hooks may take a moment
-            self._advanced = anyio.Event()
+            self.ring.push(encode_event(d))  # wakes the streams and pollers first; hooks may take a moment
             for hook in self._hooks:
                 try:
                     await hook(d)

@@ -31,6 +31,7 @@ from typing import NewType
 
 import asyncpg
 
+from agenthub import activity
 from agenthub.database import Connection
 from agenthub.errors import (
     AccountNotFound,
@@ -243,11 +244,16 @@ async def post_transfer(conn: Connection, kind: TransferKind, legs: Iterable[tup
         " SELECT t.id, t.created_at, p.account_id, p.amount, p.balance_after FROM t JOIN p ON p.transfer_id = t.id"
         " ORDER BY p.account_id",
         kind.value, memo, escrow_id, scope, key, ids, amounts, after)
-    return Transfer(
+    transfer = Transfer(
         id=written[0]["id"], kind=kind, memo=memo, escrow_id=escrow_id, created_at=written[0]["created_at"],
         postings=tuple(Posting(account_id=AccountId(r["account_id"]), amount=r["amount"],
                                balance_after=r["balance_after"]) for r in written),
     )
+    await activity.record(conn, "transfer", {
+        "transfer_id": transfer.id, "kind": kind.value, "memo": memo, "escrow_id": escrow_id,
+        "postings": [{"account_id": p.account_id, "amount": p.amount, "balance_after": p.balance_after}
+                     for p in transfer.postings]})
+    return transfer
 
 
 class Ledger:

@@ -15,6 +15,7 @@ from typing import Any
 
 import asyncpg
 
+from agenthub import activity
 from agenthub.database import Connection
 from agenthub.errors import AuctionClosed, IllegalTaskTransition, TaskNotFound
 from market.models import BidInfo, BidPlaced, ListTasksInput, PlaceBidInput, SubmitTaskInput, TaskEvent, TaskInfo
@@ -61,6 +62,10 @@ class TaskStore:
             json.dumps(req.parameters), req.budget, closes_at, escrow_id)
         await self._event(conn, task_id, "transition", None, "bidding", f"auction open until {closes_at.isoformat()}")
 
+    async def counts_by_state(self) -> dict[str, int]:
+        rows = await self._pool.fetch("SELECT state, count(*) AS n FROM tasks GROUP BY state")
+        return {r["state"]: r["n"] for r in rows}
+
     async def required_capabilities(self, task_id: str) -> list[str]:
         caps = await self._pool.fetchval("SELECT required_capabilities FROM tasks WHERE id = $1", task_id)
         if caps is None:
@@ -81,6 +86,8 @@ class TaskStore:
                 " ON CONFLICT (task_id, agent_id) DO UPDATE SET price = EXCLUDED.price,"
                 " estimated_seconds = EXCLUDED.estimated_seconds, seq = nextval('bids_seq_seq'), placed_at = now()"
                 " RETURNING xmax <> 0", req.task_id, req.agent_id, req.price, req.estimated_seconds)
+            count = await conn.fetchval("SELECT count(*) FROM bids WHERE task_id = $1", req.task_id)
+            await activity.record(conn, "bid", {"task_id": req.task_id, "bid_count": count})  # sealed: no prices
         return BidPlaced(task_id=req.task_id, agent_id=req.agent_id, price=req.price, replaced=bool(replaced),
                          bidding_closes_at=task["bidding_closes_at"])
 
@@ -157,3 +164,5 @@ class TaskStore:
                      detail: str) -> None:
         await conn.execute("INSERT INTO task_events (task_id, kind, from_state, to_state, detail)"
                            " VALUES ($1, $2, $3, $4, $5)", task_id, kind, from_state, to_state, detail)
+        await activity.record(conn, "task", {"task_id": task_id, "kind": kind, "from_state": from_state,
+                                             "to_state": to_state, "detail": detail})

@@ -11,6 +11,7 @@ import signal
 import socket
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from functools import partial
 from typing import Any
 
 import anyio
@@ -23,6 +24,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 
 from agent_pool.pool import AgentPool
+from agenthub.activity import ActivityFeed, ActivityLog
 from agenthub.auth import ensure_operator_token_file
 from agenthub.bus import connect_bus
 from agenthub.database import open_pool
@@ -37,7 +39,7 @@ from sandbox.runner import Runner
 from sandbox.service import SandboxService
 from sandbox.store import LocalBinaryStore
 from supervisor import INTENSITY_REACHED, ChildSpec, Supervisor, SupervisorEvent, task_child
-from web_ui import agents, api, ops, streams
+from web_ui import agents, api, dashboard, ops, streams
 from web_ui import market as market_api
 from web_ui import sandbox as sandbox_api
 from web_ui.endpoints import openapi
@@ -54,6 +56,10 @@ _ENDPOINTS = [*api.ENDPOINTS, *agents.ENDPOINTS, *market_api.ENDPOINTS, *sandbox
 _STREAM_DOC = {"/discoveries/stream": {"get": {
     "summary": "Discoveries as Server-Sent Events (subscription_id= or type/role/agent_id/min_confidence; "
                "start=now|beginning|N; Last-Event-ID resumes)",
+    "responses": {"200": {"description": "text/event-stream", "content": {"text/event-stream": {}}}},
+}}, "/events/stream": {"get": {
+    "summary": "Everything in the hub as Server-Sent Events: discovery, agent, task, bid, transfer and "
+               "metrics_update events (start=now|beginning; Last-Event-ID '<discovery>.<activity>' resumes)",
     "responses": {"200": {"description": "text/event-stream", "content": {"text/event-stream": {}}}},
 }}}
 
@@ -119,15 +125,22 @@ async def open_hub(settings: Settings, *, nats_monitor_url: str | None = None) -
         market = Market(pool, bus, metrics, settings.market)
         runner = stack.enter_context(Runner(concurrency=settings.sandbox.concurrency))
         sandbox = _sandbox(settings, pool, metrics, runner)
+        activity = ActivityFeed(ActivityLog(pool), ring_size=settings.sse.ring_size,
+                                poll_seconds=settings.sse.activity_poll_seconds)
+        await activity.start()
         # The hub's own long-lived components run under one root supervisor (the feed keeps its own context).
         root = Supervisor("hub", [*agents.children(), ChildSpec(id="orchestrator", start=task_child(orchestrator.run)),
-                                  *market.children()], max_restarts=3, period=60, listener=_log_root_event)
+                                  *market.children(), ChildSpec(id="activity-feed", start=task_child(activity.run))],
+                          max_restarts=3, period=60, listener=_log_root_event)
         await stack.enter_async_context(root)
         stack.push_async_callback(agents.stop_all)  # runs before the root supervisor stops: agents end as stopped
         await agents.reconcile()
-        yield HubState(settings=settings, pool=pool, bus=bus, metrics=metrics, collab=collab, agents=agents,
-                       market=market, sandbox=sandbox, supervisor=root, orchestrator=orchestrator,
-                       nats_monitor_url=nats_monitor_url)
+        state = HubState(settings=settings, pool=pool, bus=bus, metrics=metrics, collab=collab, agents=agents,
+                         market=market, sandbox=sandbox, activity=activity,
+                         snapshots=ops.Snapshots(settings.sse.metrics_seconds), supervisor=root,
+                         orchestrator=orchestrator, nats_monitor_url=nats_monitor_url)
+        await root.start_child(ChildSpec(id="snapshots", start=task_child(partial(state.snapshots.run, state))))
+        yield state
 
 
 def _sandbox(settings: Settings, pool: asyncpg.Pool, metrics: HubMetrics, runner: Runner) -> SandboxService:
@@ -169,6 +182,8 @@ def create_app(hub: HubState) -> Starlette:
         Route("/metrics/system", ops.system_metrics),
         Route("/openapi.json", openapi_json),
         Route("/discoveries/stream", streams.discovery_stream),
+        Route("/events/stream", streams.hub_stream),
+        *dashboard.routes(),
         *(ep.route() for ep in _ENDPOINTS),
         Mount("/", app=mcp_app),  # MCP at /mcp; must stay last, it matches every path
     ]

@@ -15,6 +15,7 @@ import anyio
 import asyncpg
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
+from agent_pool.registry import write_event
 from agenthub.auth import Principal
 from agenthub.database import Connection
 from agenthub.errors import AgentNotFound, Conflict, InvalidInput, NotFound
@@ -140,8 +141,7 @@ class SandboxService:
     async def _make_current(conn: Connection, agent_id: str, version: int, detail: str) -> None:
         await conn.execute("UPDATE agents SET binary_version = $2, updated_at = now() WHERE id = $1",
                            agent_id, version)
-        await conn.execute("INSERT INTO agent_events (agent_id, kind, detail) VALUES ($1, 'binary', $2)",
-                           agent_id, detail)
+        await write_event(conn, agent_id, "binary", None, None, detail)
 
     async def get(self, agent_id: str, version: int | None = None) -> BinaryVersion:
         """A version's record (default: the current one)."""

@@ -105,10 +105,10 @@ class EventStream:
 
 
 @asynccontextmanager
-async def open_stream(client: httpx2.AsyncClient, params: Params | None = None,
-                      headers: dict[str, str] | None = None) -> AsyncIterator[tuple[EventStream, dict[str, Any]]]:
+async def open_stream(client: httpx2.AsyncClient, params: Params | None = None, headers: dict[str, str] | None = None,
+                      path: str = STREAM) -> AsyncIterator[tuple[EventStream, dict[str, Any]]]:
     """A connected stream and the data of its `connected` event, which must come first."""
-    async with client.stream("GET", STREAM, params=params, headers=headers) as response:
+    async with client.stream("GET", path, params=params, headers=headers) as response:
         if response.status_code != 200:
             await response.aread()
             raise AssertionError(f"{response.status_code}: {response.text}")

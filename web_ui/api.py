@@ -126,6 +126,17 @@ async def status(request: Request, _: None) -> CollaborationStatus:
     return await hub_of(request).collab.status()
 
 
+class WhoAmI(BaseModel):
+    role: Role
+    agent_id: str | None = Field(description="For agent tokens: the agent the token acts as.")
+    auth: bool = Field(description="False when the hub runs without authentication (everyone is the operator).")
+
+
+async def whoami(request: Request, _: None) -> WhoAmI:
+    who = principal_of(request)
+    return WhoAmI(role=who.role, agent_id=who.agent_id, auth=hub_of(request).settings.auth)
+
+
 async def create_token_endpoint(request: Request, body: TokenRequest) -> TokenCreated:
     principal_of(request).require_operator()
     token_id, token = await create_token(hub_of(request).pool, body.role, body.agent_id)
@@ -133,6 +144,8 @@ async def create_token_endpoint(request: Request, body: TokenRequest) -> TokenCr
 
 
 ENDPOINTS = [
+    Endpoint(method="GET", path="/api/v1/whoami", summary="The caller's role (and agent id), as the dashboard needs "
+             "it", handler=whoami, response=WhoAmI),
     Endpoint(method="POST", path="/api/v1/discoveries", summary="Share a discovery (twin of share_discovery)",
              handler=share_discovery, body=ShareDiscoveryInput, response=SharedDiscovery, status=201),
     Endpoint(method="GET", path="/api/v1/discoveries", summary="List discoveries after a cursor, filtered",

@@ -22,7 +22,8 @@ LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 # Paths anyone may read without a token: liveness, readiness, metrics scraping, the API description, the page.
 PUBLIC_PATHS = frozenset({"/health", "/ready", "/metrics", "/openapi.json"})
 # Browsers' EventSource cannot send headers, so the UI streams also take `?access_token=`.
-QUERY_TOKEN_PATHS = frozenset({"/discoveries/stream"})
+QUERY_TOKEN_PATHS = frozenset({"/discoveries/stream", "/events/stream"})
+STATIC_PREFIX = "/ui/"  # the dashboard's own files: public, like the page at `/`
 # Module uploads are the one kind of body allowed past the general limit (up to the sandbox's module limit).
 UPLOAD_PATH = re.compile(r"/api/v1/agents/[^/]+/binary")
 _CACHE_SECONDS = 10.0
@@ -132,7 +133,7 @@ class Guard:
         elif path in QUERY_TOKEN_PATHS:
             token = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("access_token", [None])[0]
         if token is None:
-            if path in PUBLIC_PATHS or path == "/":
+            if path in PUBLIC_PATHS or path == "/" or path.startswith(STATIC_PREFIX):
                 return None
             raise Unauthenticated("missing bearer token: send 'Authorization: Bearer <token>'")
         return await self._resolve(token)

@@ -1,18 +1,25 @@
 """Operations endpoints: `/health` (alive), `/ready` (NATS and PostgreSQL reachable), `/metrics` (Prometheus)
-and `/metrics/system` (the JSON of the MS-1 monitoring flow, with live values)."""
+and `/metrics/system` (the JSON of the MS-1 monitoring flow, with live values, plus what the dashboard's
+overview shows), and `Snapshots`, which takes that JSON every few seconds for the hub-wide event stream."""
 
 import json
+import logging
 import time
 import urllib.request
 from datetime import UTC, datetime
 from typing import Any
 
 import anyio
+import asyncpg
+from anyio.abc import TaskStatus
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from web_ui.state import HubState, hub_of
+
+logger = logging.getLogger(__name__)
+_CHART_MINUTES = 15
 
 
 async def health(request: Request) -> Response:
@@ -20,8 +27,7 @@ async def health(request: Request) -> Response:
     return JSONResponse({"status": "ok", "uptime_seconds": round(time.monotonic() - hub.started, 1)})
 
 
-async def ready(request: Request) -> Response:
-    hub = hub_of(request)
+async def _health(hub: HubState) -> dict[str, str]:
     checks: dict[str, str] = {"nats": "ok" if hub.bus.connected else "disconnected"}
     try:
         with anyio.fail_after(2):
@@ -29,6 +35,12 @@ async def ready(request: Request) -> Response:
         checks["postgres"] = "ok"
     except Exception as exc:  # any failure to answer means not ready; report it instead of raising
         checks["postgres"] = f"unreachable: {type(exc).__name__}"
+    return checks
+
+
+async def ready(request: Request) -> Response:
+    hub = hub_of(request)
+    checks = await _health(hub)
     ended = hub.supervisor.exit  # the root of the hub's components gave up: agents are no longer supervised
     checks["supervisor"] = "ok" if ended is None else f"stopped: {ended.detail or ended.kind.value}"
     ok = all(v == "ok" for v in checks.values())
@@ -47,10 +59,15 @@ def _nats_connections(monitor_url: str) -> int | None:
 
 
 async def system_metrics(request: Request) -> Response:
-    hub = hub_of(request)
+    return JSONResponse(await snapshot(hub_of(request)))
+
+
+async def snapshot(hub: HubState) -> dict[str, Any]:
+    """The MS-1 system metrics, and the overview's figures: tasks by state, discoveries per minute by type (the
+    last 15 minutes), SSE clients, open breakers (this replica's agents), NATS and PostgreSQL health."""
     by_state = await hub.agents.registry.counts_by_state()
     live = {state: n for state, n in by_state.items() if state not in ("stopped", "failed")}
-    return JSONResponse({
+    return {
         "timestamp": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
         "agents": {"total": sum(live.values()), "idle": live.get("idle", 0) + live.get("running", 0),
                    "busy": live.get("busy", 0), "by_state": by_state},
@@ -59,7 +76,41 @@ async def system_metrics(request: Request) -> Response:
             "cpu_percent": hub.process.cpu_percent(interval=None),
             "memory_mb": round(hub.process.memory_info().rss / 2**20, 1),
         },
-    })
+        "tasks": {"by_state": await hub.market.tasks.counts_by_state()},
+        "discoveries": {"total": await hub.collab.log.newest_sequence(),
+                        "per_minute": await hub.collab.log.per_minute(_CHART_MINUTES)},
+        "sse_clients": hub.collab.feed.stream_count,
+        "open_breakers": hub.agents.open_breakers(),
+        "health": await _health(hub),
+    }
+
+
+class Snapshots:
+    """The latest `snapshot`, taken every `interval` seconds while any hub-wide stream is open (`run` is a child
+    of the hub's root supervisor); streams wait on `changed` and send it as `metrics_update`."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self.latest: str | None = None  # JSON
+        self.version = 0
+        self._changed = anyio.Event()
+
+    async def changed(self) -> None:
+        await self._changed.wait()
+
+    async def run(self, hub: HubState, task_status: TaskStatus[None]) -> None:
+        task_status.started()
+        while True:
+            if hub.collab.feed.stream_count:
+                try:
+                    self.latest = json.dumps(await snapshot(hub))
+                except (OSError, TimeoutError, asyncpg.PostgresError):  # briefly unreachable: the next one
+                    logger.warning("metrics snapshot failed", exc_info=True)
+                else:
+                    self.version += 1
+                    self._changed.set()
+                    self._changed = anyio.Event()
+            await anyio.sleep(self.interval)
 
 
 async def _connections(hub: HubState) -> int | None:

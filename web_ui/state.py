@@ -2,12 +2,14 @@
 
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import asyncpg
 import psutil
 from starlette.requests import Request
 
 from agent_pool.pool import AgentPool
+from agenthub.activity import ActivityFeed
 from agenthub.auth import LOCAL_OPERATOR, Principal
 from agenthub.bus import Bus
 from agenthub.errors import Unauthenticated
@@ -18,6 +20,9 @@ from collaboration.service import Collaboration
 from market.service import Market
 from sandbox.service import SandboxService
 from supervisor import Supervisor
+
+if TYPE_CHECKING:
+    from web_ui.ops import Snapshots
 
 
 def _sampled_process() -> psutil.Process:
@@ -36,6 +41,8 @@ class HubState:
     agents: AgentPool
     market: Market
     sandbox: SandboxService
+    activity: ActivityFeed
+    snapshots: "Snapshots"
     supervisor: Supervisor
     orchestrator: Orchestrator
     nats_monitor_url: str | None = None

@@ -1,4 +1,5 @@
-"""`GET /discoveries/stream`: discoveries as Server-Sent Events, resumable by sequence.
+"""`GET /discoveries/stream`: discoveries as Server-Sent Events, resumable by sequence; and `GET /events/stream`,
+the hub-wide stream (below).
 
 Filters come from a subscription (`subscription_id=`) or from query parameters (type, role, agent_id,
 min_confidence). The stream starts after `Last-Event-ID` (header, or `last_event_id=`), else after `start`
@@ -11,9 +12,10 @@ out, and can resume.
 import json
 import logging
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import anyio
 from pydantic import ValidationError
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from sse_starlette.sse import SendTimeoutError
@@ -26,6 +28,7 @@ from collaboration.feed import encode_event
 from collaboration.filters import DiscoveryFilter
 from web_ui.api import DiscoveryFilterQuery
 from web_ui.endpoints import parse_query
+from web_ui.ops import snapshot
 from web_ui.problems import problem_for, validation_problem
 from web_ui.state import HubState, hub_of, principal_of
 
@@ -129,3 +132,100 @@ async def _events(hub: HubState, flt: DiscoveryFilter, cursor: int, newest: int
                 yield b"".join(frames)  # all that was waiting, in one write
     finally:
         feed.remove_stream()
+
+
+# -- the hub-wide stream -------------------------------------------------------------------------------------------
+
+_HUB_POSITION = re.compile(r"([0-9]{1,20})\.([0-9]{1,20})")
+
+
+def _hub_start(request: Request, discoveries: int, activity: int) -> tuple[int, int]:
+    """Where a hub-wide stream starts: after `Last-Event-ID` ("<discovery sequence>.<activity sequence>"), or at
+    `start` (`now`, the default, or `beginning`)."""
+    raw = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
+    if raw is not None:
+        match = _HUB_POSITION.fullmatch(raw)
+        if match is None:
+            raise InvalidInput(f"invalid Last-Event-ID {raw!r}: the stream's ids are '<discovery>.<activity>'")
+        d, e = int(match[1]), int(match[2])
+        if d > discoveries:
+            raise CursorInFuture(d, discoveries)
+        if e > activity:
+            raise InvalidInput(f"activity position {e} is beyond the newest activity {activity}")
+        return d, e
+    start = request.query_params.get("start", "now")
+    if start == "now":
+        return discoveries, activity
+    if start == "beginning":
+        return 0, 0
+    raise InvalidInput(f"invalid stream start {start!r}: use 'now' or 'beginning' (or Last-Event-ID to resume)")
+
+
+async def hub_stream(request: Request) -> Response:
+    """`GET /events/stream`: everything that happens in the hub, as Server-Sent Events.
+
+    `discovery` events, the activity log's `agent`, `task`, `bid` and `transfer` events, and `metrics_update`
+    (the `/metrics/system` JSON) at connect and every few seconds. Each logged event's id is
+    "<discovery sequence>.<activity sequence>", the stream's position after it, so `Last-Event-ID` resumes both
+    exactly: every event once, none skipped.
+    """
+    hub = hub_of(request)
+    try:
+        principal_of(request)
+        discoveries, activity = await hub.collab.log.newest_sequence(), await hub.activity.log.newest()
+        d, e = _hub_start(request, discoveries, activity)
+        if hub.collab.feed.stream_count >= hub.settings.sse.max_clients:
+            raise TooManyConnections(hub.settings.sse.max_clients)
+    except HubError as exc:
+        return problem_for(exc)
+    if request.method == "HEAD":
+        return EventSourceResponse(iter(()))
+    hub.collab.feed.add_stream()
+    return _Stream(_hub_events(hub, d, e), ping=hub.settings.sse.heartbeat_seconds,
+                   send_timeout=hub.settings.sse.send_timeout_seconds, on_drop=hub.metrics.sse_dropped.inc)
+
+
+async def _hub_events(hub: HubState, d: int, e: int) -> AsyncIterator[ServerSentEvent | bytes]:
+    feed, ring, snapshots = hub.collab.feed, hub.activity.ring, hub.snapshots
+    everything = DiscoveryFilter()
+    try:
+        yield ServerSentEvent(json.dumps({"discovery_cursor": d, "activity_cursor": e}), event="connected",
+                              retry=_RETRY_MS)
+        yield ServerSentEvent(json.dumps(await snapshot(hub)), event="metrics_update")
+        version = snapshots.version
+        while not feed.ring.ending:
+            frames: list[bytes] = []
+            discoveries = feed.ring.after(d)
+            if discoveries is None:  # further behind than the ring reaches: from the log
+                items, _ = await hub.collab.log.read(everything, d, _REPLAY_PAGE)
+                discoveries = [encode_event(item) for item in items]
+            for event in discoveries:
+                d = event.discovery.sequence
+                frames.append(ServerSentEvent(event.data, event="discovery", id=f"{d}.{e}").encode())
+            activity = ring.after(e)
+            if activity is None:
+                activity = await hub.activity.log.read(e, _REPLAY_PAGE)
+            for item in activity:
+                e = item.seq
+                frames.append(item.frame(f"{d}.{e}"))
+            if snapshots.version != version and snapshots.latest is not None:
+                version = snapshots.version
+                frames.append(ServerSentEvent(snapshots.latest, event="metrics_update").encode())
+            if frames:
+                yield b"".join(frames)
+                continue
+            await _first(feed.ring.changed, ring.changed, snapshots.changed)
+    finally:
+        feed.remove_stream()
+
+
+async def _first(*waits: Callable[[], Awaitable[None]]) -> None:
+    """Return as soon as one of `waits` returns."""
+    async with anyio.create_task_group() as tg:
+
+        async def one(wait: Callable[[], Awaitable[None]]) -> None:
+            await wait()
+            tg.cancel_scope.cancel()
+
+        for wait in waits:
+            tg.start_soon(one, wait)
