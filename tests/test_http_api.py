@@ -314,7 +314,8 @@ async def test_system_metrics_report_agents_nats_and_process_values(hub: Running
         r = await http.get("/metrics/system")
     assert r.status_code == 200
     m = r.json()
-    assert set(m) == {"timestamp", "agents", "nats", "system"}
+    assert set(m) == {"timestamp", "agents", "nats", "system", "tasks", "discoveries", "sse_clients", "open_breakers",
+                      "health"}
     assert m["timestamp"].endswith("Z")
     assert abs(datetime.fromisoformat(m["timestamp"]) - datetime.now(UTC)) < timedelta(minutes=1)
     assert m["agents"] == {"total": 0, "idle": 0, "busy": 0, "by_state": {}}  # tests/test_agents.py spawns some
@@ -324,6 +325,12 @@ async def test_system_metrics_report_agents_nats_and_process_values(hub: Running
     assert set(m["system"]) == {"cpu_percent", "memory_mb"}
     assert m["system"]["cpu_percent"] >= 0
     assert 10 < m["system"]["memory_mb"] < 64 * 1024
+    # What the dashboard's overview adds.
+    assert m["tasks"] == {"by_state": {}} and m["sse_clients"] == 0 and m["open_breakers"] == 0
+    assert m["health"] == {"nats": "ok", "postgres": "ok"}
+    assert m["discoveries"]["total"] == len(MIX)
+    per_minute = m["discoveries"]["per_minute"]  # one bucket, or two if the shares straddled a minute
+    assert 1 <= len(per_minute) <= 2 and sum(n for b in per_minute for n in b["by_type"].values()) == len(MIX)
 
 
 async def test_openapi_describes_every_api_path_with_resolvable_schemas(hub: RunningHub) -> None:
