@@ -121,9 +121,12 @@ def run_serve(settings: Settings) -> None:
 async def _serve_async(settings: Settings, sock: socket.socket, monitor_url: str | None) -> None:
     async with open_hub(settings, nats_monitor_url=monitor_url) as hub:
         url = f"http://{settings.host}:{settings.port}"
-        print(f"agenthub serving on {url} (MCP at {url}/mcp)", flush=True)
+        print(f"agenthub serving on {url} (MCP at {url}/mcp, dashboard at {url}/)", flush=True)
         if settings.auth:
-            print(f"operator token: {(settings.data_dir / OPERATOR_TOKEN_FILE).resolve()}", flush=True)
+            token_file = (settings.data_dir / OPERATOR_TOKEN_FILE).resolve()
+            print(f"operator token: {token_file}", flush=True)
+            if sys.stdout.isatty():  # a person at a terminal signs in with it; logs never get the secret
+                print(f"sign in with: {token_file.read_text().strip()}", flush=True)
         await serve(create_app(hub), sock, log_level=settings.log_level, before_shutdown=hub.collab.feed.end_streams)
 
 
