@@ -101,39 +101,39 @@ def _memory(caller: Caller) -> tuple[int, int] | None:
     return ctypes.addressof(memory.data_ptr(caller).contents), memory.data_len(caller)
 
 
-def _iovecs(base: int, size: int, iovs: int, count: int) -> list[tuple[int, int]] | None:
-    """The guest's iovec array, if it and every buffer it names lie inside its memory. Guest pointers arrive
-    as signed i32 values and are unsigned addresses: masked, never trusted."""
-    iovs, count = iovs & _U32_MASK, count & _U32_MASK
-    if iovs + 8 * count > size:
-        return None
-    vecs = list(_IOVEC.iter_unpack(ctypes.string_at(base + iovs, 8 * count)))
-    return None if any(ptr + length > size for ptr, length in vecs) else vecs
+class _Call(NamedTuple):
+    """A checked fd_read or fd_write: the guest memory's address, its buffers and where the count goes."""
+
+    base: int
+    vecs: list[tuple[int, int]]
+    result: int
 
 
-def _io_args(caller: Caller, count: int, result: int) -> tuple[int, int, int] | int:
-    """(memory address, memory size, result address) for an fd_read or fd_write, or the errno to return."""
-    if count & _U32_MASK > _IOV_MAX:
+def _io_call(caller: Caller, iovs: int, count: int, result: int) -> _Call | int:
+    """The call's arguments if the iovec array, every buffer it names and the result slot lie inside the guest's
+    memory (guest pointers arrive as signed i32 values and are unsigned addresses: masked, never trusted);
+    otherwise the errno to return."""
+    iovs, count, result = iovs & _U32_MASK, count & _U32_MASK, result & _U32_MASK
+    if count > _IOV_MAX:
         return _EINVAL
     memory = _memory(caller)
     if memory is None:
         return _EBADF
     base, size = memory
-    result &= _U32_MASK
-    return _EFAULT if result + 4 > size else (base, size, result)
+    if iovs + 8 * count > size or result + 4 > size:
+        return _EFAULT
+    vecs = list(_IOVEC.iter_unpack(ctypes.string_at(base + iovs, 8 * count)))
+    if any(ptr + length > size for ptr, length in vecs):
+        return _EFAULT
+    return _Call(base, vecs, result)
 
 
 def _fd_read(caller: Caller, fd: int, iovs: int, count: int, nread: int) -> int:
     io: _Stdio = _current.stdio
-    if fd != 0:
-        return _EBADF
-    args = _io_args(caller, count, nread)
-    if isinstance(args, int):
-        return args
-    base, size, nread = args
-    vecs = _iovecs(base, size, iovs, count)
-    if vecs is None:
-        return _EFAULT
+    call = _io_call(caller, iovs, count, nread) if fd == 0 else _EBADF
+    if isinstance(call, int):
+        return call
+    base, vecs, nread = call
     total = 0
     for ptr, length in vecs:
         chunk = io.stdin[io.read:io.read + length]
@@ -148,15 +148,10 @@ def _fd_read(caller: Caller, fd: int, iovs: int, count: int, nread: int) -> int:
 
 def _fd_write(caller: Caller, fd: int, iovs: int, count: int, nwritten: int) -> int:
     io: _Stdio = _current.stdio
-    if fd not in (1, 2):
-        return _EBADF
-    args = _io_args(caller, count, nwritten)
-    if isinstance(args, int):
-        return args
-    base, size, nwritten = args
-    vecs = _iovecs(base, size, iovs, count)
-    if vecs is None:
-        return _EFAULT
+    call = _io_call(caller, iovs, count, nwritten) if fd in (1, 2) else _EBADF
+    if isinstance(call, int):
+        return call
+    base, vecs, nwritten = call
     total = sum(length for _, length in vecs)
     if fd == 1:
         if len(io.out) + total > io.out_limit:
