@@ -28,9 +28,6 @@ class ModuleCache:
         self._modules: OrderedDict[str, Module] = OrderedDict()
         self._loading = anyio.Lock()
 
-    def __contains__(self, sha256: str) -> bool:
-        return sha256 in self._modules
-
     async def get(self, sha256: str) -> Module:
         module = self._modules.get(sha256)
         if module is not None:
@@ -53,11 +50,9 @@ class ModuleCache:
             self._modules.popitem(last=False)
 
     async def _load(self, sha256: str) -> Module:
-        if self._artifacts is not None:
-            try:
-                return self._runner.load(await anyio.Path(self._artifacts / (sha256 + _ARTIFACT_SUFFIX)).read_bytes())
-            except FileNotFoundError:
-                pass  # not compiled on this machine (or by this wasmtime) yet: compile below
+        artifact = anyio.Path(self._artifacts / (sha256 + _ARTIFACT_SUFFIX)) if self._artifacts else None
+        if artifact is not None and await artifact.exists():  # else not compiled here (or by this wasmtime) yet
+            return self._runner.load(await artifact.read_bytes())
         compiled = await compile_module(await self._source(sha256), self._limits)
         await self._save(sha256, compiled.artifact)
         return self._runner.load(compiled.artifact)
