@@ -3,6 +3,7 @@
     HubError
     ├── InvalidInput                 the request is well-formed but its values are not acceptable
     │   ├── CursorInFuture           a cursor beyond the newest discovery
+    │   ├── CursorExpired            a cursor before the oldest discovery retention kept (HTTP 410)
     │   ├── ValueOutOfRange          a number or length outside its bounds (amount, percent, key, limit)
     │   ├── MalformedAccountId       not `mint`, `platform` or `{agent,requester,escrow}:{id}`
     │   ├── WrongAccountKind         an account of a kind the operation cannot use (a deposit to the mint)
@@ -59,6 +60,18 @@ class CursorInFuture(InvalidInput):
         super().__init__(f"cursor {cursor} is beyond the newest discovery sequence {newest}")
         self.cursor = cursor
         self.newest = newest
+
+
+class CursorExpired(InvalidInput):
+    """The discoveries right after `cursor` were deleted by the retention policy; `oldest` is the first position
+    still available (a reader can go on from there, knowing what it missed is gone)."""
+
+    def __init__(self, cursor: int, oldest: int) -> None:
+        super().__init__(f"cursor {cursor} is older than the retained log: discoveries up to sequence {oldest} were "
+                         f"deleted by the retention policy; continue from cursor {oldest} (the oldest position "
+                         "still available) or from the newest")
+        self.cursor = cursor
+        self.oldest = oldest
 
 
 class ValueOutOfRange(InvalidInput):

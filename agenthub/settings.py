@@ -4,6 +4,7 @@ Environment variables use the prefix `AGENTHUB_` and `__` for nesting (`AGENTHUB
 the two external service URLs also have flat names, `AGENTHUB_NATS_URL` and `AGENTHUB_DATABASE_URL`.
 """
 
+import os
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -31,6 +32,17 @@ class SSESettings(BaseModel):
     metrics_seconds: float = Field(default=5.0, gt=0)  # the interval of `metrics_update` on the hub-wide stream
 
 
+class RetentionSettings(BaseModel):
+    """How much of the discovery log a long-lived hub keeps (off by default: everything is kept)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_age_seconds: float | None = Field(default=None, gt=0)  # delete discoveries older than this
+    max_discoveries: int | None = Field(default=None, ge=1)  # keep only the newest this many
+    interval_seconds: float = Field(default=60.0, gt=0)  # how often the policy is applied
+    batch: int = Field(default=5000, ge=1, le=100_000)  # deleted per transaction (shares wait for each one)
+
+
 class AgentSettings(BaseModel):
     """The agent pool, its supervision and the live orchestrator."""
 
@@ -43,6 +55,9 @@ class AgentSettings(BaseModel):
     # Fork agent processes from a process that has imported the agent's libraries once (restarts in tens of ms
     # instead of the half second `import mcp` takes); off: every agent process starts from scratch.
     fork_server: bool = True
+    # Agent processes started from scratch (not forked) at once, each until it announces itself: their imports are
+    # seconds of CPU, and a burst of them would starve each other past `startup_seconds`. One per core by default.
+    max_cold_starts: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
     breaker_fail_max: int = Field(default=3, ge=1)  # consecutive failures (crashes, lost heartbeats) that open it
     breaker_reset_seconds: float = Field(default=30.0, gt=0)
     max_question_depth: int = Field(default=4, ge=0)  # orchestrator loop guard: related_to chain depth
@@ -98,6 +113,7 @@ class Settings(BaseSettings):
     feed_sync_seconds: float = Field(default=1.0, gt=0)
     log_level: str = "info"
     limits: LimitSettings = Field(default_factory=LimitSettings)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
     sse: SSESettings = Field(default_factory=SSESettings)
     agents: AgentSettings = Field(default_factory=AgentSettings)
     market: MarketSettings = Field(default_factory=MarketSettings)

@@ -8,50 +8,65 @@ read what they missed from here.
 
 Concurrent shares are written together: while one statement is in flight the next ones queue, and whoever
 writes next takes the whole queue in one multi-row statement (one round trip, one commit, consecutive sequence
-numbers in arrival order). If that statement fails on a bad `related_to`, the batch is written one by one so
-only the bad discovery is refused.
+numbers in arrival order). A share whose `related_to` names no stored discovery is refused before the write, so
+it never fails the others.
+
+At scale: reads by filter are index-driven (`DiscoveryFilter.read_query`); counts by type, per-agent activity
+and per-minute figures are kept by triggers in the same statement that writes (migration 0007), so status and
+resource lists never scan the log; imports keep each discovery's id and time and skip ids already stored, so an
+interrupted import can be run again; retention deletes a prefix of the log and records it in the counter's
+`pruned`, so a reader behind it gets `CursorExpired` naming the oldest position left, never a silent gap.
 """
 
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import anyio
 import asyncpg
 
 from agenthub.bus import Bus
-from agenthub.errors import CursorInFuture, DiscoveryNotFound, HubError, RelatedDiscoveryNotFound, ServiceUnavailable
+from agenthub.database import Connection
+from agenthub.errors import (
+    CursorExpired,
+    CursorInFuture,
+    DiscoveryNotFound,
+    HubError,
+    RelatedDiscoveryNotFound,
+    ServiceUnavailable,
+)
 from agenthub.ids import new_discovery_id
 from agenthub.metrics import HubMetrics
-from collaboration.filters import SQL_CONDITION, DiscoveryFilter
-from collaboration.models import Discovery, SharedDiscovery, ShareDiscoveryInput
+from collaboration.filters import DiscoveryFilter
+from collaboration.models import Discovery, DiscoveryLine, SharedDiscovery, ShareDiscoveryInput
 
 logger = logging.getLogger(__name__)
 
 _COLUMNS = "sequence, id, agent_id, agent_role, discovery_type, content, confidence, related_to, tags, created_at"
 
+# Rows whose id is already stored are skipped (an import run again), so the sequences stay gap-free; a NULL time
+# is the time of the write.
 _INSERT = f"""
-WITH seq AS (UPDATE discovery_counter SET last = last + 1 RETURNING last)
-INSERT INTO discoveries (sequence, id, agent_id, agent_role, discovery_type, content, confidence, related_to, tags)
-SELECT seq.last, $1, $2, $3, $4, $5, $6, $7, $8 FROM seq
-RETURNING {_COLUMNS}
-"""
-
-_INSERT_MANY = f"""
 WITH items AS (
-    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::float8[], $7::text[],
-                         $8::text[]) WITH ORDINALITY AS t(id, agent_id, agent_role, discovery_type, content,
-                                                          confidence, related_to, tags, n)
-), seq AS (UPDATE discovery_counter SET last = last + cardinality($1::text[]) RETURNING last)
-INSERT INTO discoveries (sequence, id, agent_id, agent_role, discovery_type, content, confidence, related_to, tags)
-SELECT seq.last - cardinality($1::text[]) + items.n, items.id, items.agent_id, items.agent_role,
+    SELECT t.*, row_number() OVER (ORDER BY t.n) AS k
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::float8[], $7::text[], $8::text[],
+                $9::timestamptz[]) WITH ORDINALITY AS t(id, agent_id, agent_role, discovery_type, content, confidence,
+                                                        related_to, tags, created_at, n)
+    WHERE NOT EXISTS (SELECT 1 FROM discoveries d WHERE d.id = t.id)
+), seq AS (UPDATE discovery_counter SET last = last + (SELECT count(*) FROM items) RETURNING last)
+INSERT INTO discoveries (sequence, id, agent_id, agent_role, discovery_type, content, confidence, related_to, tags,
+                         created_at)
+SELECT seq.last - (SELECT count(*) FROM items) + items.k, items.id, items.agent_id, items.agent_role,
        items.discovery_type, items.content, items.confidence, items.related_to,
-       ARRAY(SELECT jsonb_array_elements_text(items.tags::jsonb))
-FROM items, seq ORDER BY items.n
+       ARRAY(SELECT jsonb_array_elements_text(items.tags::jsonb)), coalesce(items.created_at, now())
+FROM items, seq ORDER BY items.k
 RETURNING {_COLUMNS}
 """
 _MAX_BATCH = 200
+_RANGE_PAGE = 1000  # rows per read when the live feed catches up
 
 
 @dataclass(eq=False, slots=True)
@@ -74,6 +89,13 @@ def discovery_subject(bus: Bus, agent_id: str, discovery_type: str) -> str:
     return bus.subject(f"discoveries.{agent_id}.{discovery_type}")
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ImportResult:
+    imported: int
+    skipped: int  # already stored (same id)
+    newest: Discovery | None  # the last one imported
+
+
 class DiscoveryLog:
     def __init__(self, pool: asyncpg.Pool, bus: Bus, metrics: HubMetrics) -> None:
         self._pool = pool
@@ -81,6 +103,8 @@ class DiscoveryLog:
         self._metrics = metrics
         self._queue: list[_Pending] = []
         self._write_lock = anyio.Lock()
+
+    # -- writing ---------------------------------------------------------------------------------------------------
 
     async def share(self, item: ShareDiscoveryInput) -> SharedDiscovery:
         """Store, then publish. Raises RelatedDiscoveryNotFound (nothing stored) for an unknown `related_to`."""
@@ -104,39 +128,66 @@ class DiscoveryLog:
 
     async def _write(self, batch: list[_Pending]) -> None:
         try:
-            if len(batch) == 1:
-                await self._write_one(batch[0])
-                return
-            items = [p.item for p in batch]
-            try:
-                rows = await self._pool.fetch(
-                    _INSERT_MANY, [new_discovery_id() for _ in items], [i.agent_id for i in items],
-                    [i.agent_role for i in items], [i.discovery_type for i in items], [i.content for i in items],
-                    [i.confidence for i in items], [i.related_to for i in items],
-                    [json.dumps(i.tags) for i in items],
-                )
-            except asyncpg.ForeignKeyViolationError:
+            related = {p.item.related_to for p in batch if p.item.related_to is not None}
+            if related:
+                known = {r["id"] for r in await self._pool.fetch(
+                    "SELECT id FROM discoveries WHERE id = ANY($1::text[])", list(related))}
                 for p in batch:
-                    await self._write_one(p)
-                return
-            for p, row in zip(batch, rows, strict=True):
-                p.row = row
+                    if p.item.related_to is not None and p.item.related_to not in known:
+                        p.error = RelatedDiscoveryNotFound(p.item.related_to)
+            todo = [p for p in batch if p.error is None]
+            if todo:
+                ids: list[str] = [new_discovery_id() for _ in todo]
+                rows = await self._pool.fetch(_INSERT, *_columns(ids, [p.item for p in todo], [None] * len(todo)))
+                by_id = {r["id"]: r for r in rows}
+                for p, discovery_id in zip(todo, ids, strict=True):
+                    p.row = by_id.get(discovery_id)
         finally:
             for p in batch:  # a failure leaves the queued callers to raise it rather than wait forever
                 if p.row is None and p.error is None:
                     p.error = ServiceUnavailable("the discovery could not be stored; retry")
                 p.done = True
 
-    async def _write_one(self, p: _Pending) -> None:
-        item = p.item
-        try:
-            p.row = await self._pool.fetchrow(
-                _INSERT, new_discovery_id(), item.agent_id, item.agent_role, item.discovery_type, item.content,
-                item.confidence, item.related_to, item.tags,
-            )
-        except asyncpg.ForeignKeyViolationError as exc:
-            p.error = RelatedDiscoveryNotFound(item.related_to or "")
-            p.error.__cause__ = exc
+    async def import_many(self, items: Sequence[DiscoveryLine]) -> ImportResult:
+        """Store discoveries exported from a hub, keeping their ids, agents, content, links and times; the
+        sequences are this log's own, in the order given. Ids already stored are skipped."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            # The counter's lock first: the existence check below then sees every discovery written before ours.
+            await conn.execute("SELECT last FROM discovery_counter FOR UPDATE")
+            rows = await conn.fetch(_INSERT, *_columns([i.discovery_id for i in items], items,
+                                                       [i.timestamp for i in items]))
+        newest = row_to_discovery(rows[-1]) if rows else None
+        return ImportResult(imported=len(rows), skipped=len(items) - len(rows), newest=newest)
+
+    async def prune(self, *, keep: int | None, max_age_seconds: float | None, batch: int) -> int:
+        """Delete the oldest discoveries beyond `keep` or older than `max_age_seconds`, at most `batch` of them
+        (a prefix of the log: the first one young enough stops an age-based prune). Returns how many."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            # The counter's lock first, as every writer of the log takes it: the count triggers never deadlock.
+            newest, floor = await _bounds(conn, "SELECT last, pruned FROM discovery_counter FOR UPDATE")
+            target = floor
+            if keep is not None:
+                target = max(target, newest - keep)
+            if max_age_seconds is not None:
+                young: int | None = await conn.fetchval(
+                    "SELECT min(sequence) FROM (SELECT sequence, created_at FROM discoveries WHERE sequence > $1"
+                    " ORDER BY sequence LIMIT $2) s WHERE created_at >= now() - make_interval(secs => $3)",
+                    floor, batch, max_age_seconds)
+                target = max(target, newest if young is None else young - 1)
+            target = min(target, floor + batch)
+            if target <= floor:
+                return 0
+            deleted = target - floor
+            await conn.execute("DELETE FROM discoveries WHERE sequence > $1 AND sequence <= $2", floor, target)
+            await conn.execute("UPDATE discovery_counter SET pruned = $1", target)
+        logger.info("retention pruned discoveries %d..%d", floor + 1, target)
+        return deleted
+
+    async def forget_old_minutes(self) -> None:
+        """The per-minute figures are kept for the last hour only."""
+        await self._pool.execute("DELETE FROM discovery_minutes WHERE minute < now() - interval '1 hour'")
+
+    # -- reading ---------------------------------------------------------------------------------------------------
 
     async def get(self, discovery_id: str) -> Discovery:
         row = await self._pool.fetchrow(f"SELECT {_COLUMNS} FROM discoveries WHERE id = $1", discovery_id)
@@ -148,12 +199,16 @@ class DiscoveryLog:
         value: int = await self._pool.fetchval("SELECT last FROM discovery_counter")
         return value
 
+    async def bounds(self) -> tuple[int, int]:
+        """(oldest, newest): the positions a reader may start after; everything up to `oldest` was pruned."""
+        newest, oldest = await _bounds(self._pool, "SELECT last, pruned FROM discovery_counter")
+        return oldest, newest
+
     async def per_minute(self, minutes: int) -> list[dict[str, object]]:
-        """Discoveries per minute and type over the last `minutes` minutes, oldest first."""
+        """Discoveries per minute and type over the last `minutes` minutes (at most 60), oldest first."""
         rows = await self._pool.fetch(
-            "SELECT date_trunc('minute', created_at) AS minute, discovery_type, count(*) AS n FROM discoveries"
-            " WHERE created_at > date_trunc('minute', now()) - make_interval(mins => $1)"
-            " GROUP BY 1, 2 ORDER BY 1", minutes - 1)
+            "SELECT minute, discovery_type, n FROM discovery_minutes"
+            " WHERE minute > date_trunc('minute', now()) - make_interval(mins => $1) ORDER BY minute", minutes)
         buckets: dict[str, dict[str, int]] = {}
         for r in rows:
             buckets.setdefault(r["minute"].isoformat(), {})[r["discovery_type"]] = r["n"]
@@ -163,28 +218,30 @@ class DiscoveryLog:
         """Matching discoveries after `after`, oldest first, and the cursor to pass next time.
 
         The next cursor is the last row returned when the page is full, otherwise the newest sequence at the time
-        of the read: everything up to it was committed and has been looked at.
+        of the read: everything up to it was committed and has been looked at. Raises CursorInFuture beyond the
+        newest and CursorExpired before the oldest retained position.
         """
-        async with self._pool.acquire() as conn:
-            newest: int = await conn.fetchval("SELECT last FROM discovery_counter")
-            if after > newest:
-                raise CursorInFuture(after, newest)
-            rows = await conn.fetch(
-                f"SELECT {_COLUMNS} FROM discoveries WHERE {SQL_CONDITION} ORDER BY sequence LIMIT $7",
-                after, newest, *flt.sql_args(), limit,
-            )
-        items = [row_to_discovery(r) for r in rows]
+        sql, args = flt.read_query(_COLUMNS)
+        rows = await self._pool.fetch(sql, after, limit, *args)
+        newest, oldest = rows[0]["newest"], rows[0]["oldest"]
+        if after > newest:
+            raise CursorInFuture(after, newest)
+        if after < oldest:
+            raise CursorExpired(after, oldest)
+        items = [row_to_discovery(r) for r in rows if r["sequence"] is not None]
         return items, (items[-1].sequence if len(items) == limit else newest)
 
     async def read_range(self, first: int, last: int) -> list[Discovery]:
-        """Every discovery with first <= sequence <= last (used to fill gaps in the live feed)."""
+        """Discoveries with first <= sequence <= last, oldest first, at most a page of them (the live feed reads
+        a long range page by page, so catching up costs bounded memory)."""
         rows = await self._pool.fetch(
-            f"SELECT {_COLUMNS} FROM discoveries WHERE sequence BETWEEN $1 AND $2 ORDER BY sequence", first, last
+            f"SELECT {_COLUMNS} FROM discoveries WHERE sequence BETWEEN $1 AND $2 ORDER BY sequence LIMIT $3",
+            first, last, _RANGE_PAGE,
         )
         return [row_to_discovery(r) for r in rows]
 
     async def counts_by_type(self) -> dict[str, int]:
-        rows = await self._pool.fetch("SELECT discovery_type, count(*) AS n FROM discoveries GROUP BY discovery_type")
+        rows = await self._pool.fetch("SELECT discovery_type, n FROM discovery_type_counts WHERE n > 0")
         return {r["discovery_type"]: r["n"] for r in rows}
 
     async def latest_by_agent(self, agent_id: str, limit: int) -> list[Discovery]:
@@ -194,8 +251,22 @@ class DiscoveryLog:
         return [row_to_discovery(r) for r in rows]
 
     async def agents(self, limit: int) -> list[tuple[str, datetime]]:
-        rows = await self._pool.fetch(
-            "SELECT agent_id, max(created_at) AS last FROM discoveries GROUP BY agent_id ORDER BY last DESC LIMIT $1",
-            limit,
-        )
-        return [(r["agent_id"], r["last"]) for r in rows]
+        """The agents with stored discoveries and the time of each one's latest, most recent first."""
+        rows = await self._pool.fetch("SELECT agent_id, last_at FROM discovery_agents ORDER BY last_at DESC LIMIT $1",
+                                      limit)
+        return [(r["agent_id"], r["last_at"]) for r in rows]
+
+
+async def _bounds(conn: Connection | asyncpg.Pool, query: str) -> tuple[int, int]:
+    """(last, pruned) of the counter."""
+    row = await conn.fetchrow(query)
+    assert row is not None  # the counter's one row is created by the first migration
+    return int(row["last"]), int(row["pruned"])
+
+
+def _columns(ids: list[str], items: Sequence[ShareDiscoveryInput | DiscoveryLine],
+             times: list[datetime | None]) -> list[list[Any]]:
+    """The arguments of `_INSERT`: one array per column."""
+    return [ids, [i.agent_id for i in items], [i.agent_role for i in items], [i.discovery_type for i in items],
+            [i.content for i in items], [i.confidence for i in items], [i.related_to for i in items],
+            [json.dumps(i.tags) for i in items], list(times)]

@@ -3,7 +3,8 @@
 NATS `discoveries.>` brings discoveries from every replica, possibly out of order (two replicas publish
 concurrently) or not at all (a publish failed). The feed keeps a frontier (the highest sequence delivered)
 and delivers only the next one; when a later one arrives first, or a periodic check of the log's counter finds
-the frontier behind, the missing range is read from PostgreSQL. So listeners see a gap-free, ordered stream.
+the frontier behind, the missing range is read from PostgreSQL, a page at a time (a replica back from a NATS
+outage, or an import, may be a million behind). So listeners see a gap-free, ordered stream.
 
 Delivered events go into a `Ring` shared by every stream (`agenthub/ring.py`): a stream that wakes up late
 takes everything it missed in one go, and one that falls further behind than the ring reaches reads the log
@@ -148,11 +149,16 @@ class DiscoveryFeed:
                 return
             if arrived is not None:
                 self._pending.setdefault(arrived.sequence, arrived)
-            missing = [s for s in range(self.frontier + 1, upto + 1) if s not in self._pending]
-            if missing:
-                for d in await self._log.read_range(missing[0], missing[-1]):
-                    self._pending.setdefault(d.sequence, d)
-            await self._deliver_ready()
+            while self.frontier < upto:  # a page at a time: a replica far behind catches up in bounded memory
+                if self.frontier + 1 not in self._pending:
+                    for d in await self._log.read_range(self.frontier + 1, upto):
+                        self._pending.setdefault(d.sequence, d)
+                    first = min((s for s in self._pending if s > self.frontier), default=upto + 1)
+                    if first > self.frontier + 1:  # retention deleted them before this replica delivered them
+                        logger.warning("discoveries %d..%d were pruned before the feed delivered them",
+                                       self.frontier + 1, first - 1)
+                        self.ring.skip_to(first - 1)
+                await self._deliver_ready()
 
     async def _deliver_ready(self) -> None:
         while (d := self._pending.pop(self.frontier + 1, None)) is not None:

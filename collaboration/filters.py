@@ -31,20 +31,44 @@ class DiscoveryFilter:
             and d.confidence >= self.min_confidence
         )
 
-    def sql_args(self) -> tuple[Any, ...]:
-        """Arguments for `SQL_CONDITION`, in its placeholder order starting at $3."""
+    def stored(self) -> tuple[list[str] | None, list[str] | None, list[str] | None, float]:
+        """The filter as a subscription row stores it: types, roles, agent ids (sorted lists or None), minimum."""
 
         def arr(values: frozenset[str] | None) -> list[str] | None:
             return sorted(values) if values is not None else None
 
         return arr(self.types), arr(self.roles), arr(self.agent_ids), self.min_confidence
 
+    def read_query(self, columns: str) -> tuple[str, list[Any]]:
+        """SQL for one page of matching discoveries after `$1` (at most `$2`), with the log's bounds.
 
-# $1 and $2 bound the sequence range; $3..$6 come from DiscoveryFilter.sql_args().
-SQL_CONDITION = (
-    "sequence > $1 AND sequence <= $2"
-    " AND ($3::text[] IS NULL OR discovery_type = ANY($3))"
-    " AND ($4::text[] IS NULL OR lower(agent_role) = ANY($4))"
-    " AND ($5::text[] IS NULL OR agent_id = ANY($5))"
-    " AND confidence >= $6"
-)
+        Every row carries `newest` and `oldest` (the counter's `last` and `pruned`) from the same snapshot as the
+        page; when nothing matches there is one row whose discovery columns are NULL. A list filter drives the
+        read through its (column, sequence) index, one ordered index range per value merged by sequence, so the
+        cost follows the rows returned rather than the size of the log, under a custom or a generic plan alike
+        (an optional `($n IS NULL OR ...)` condition made PostgreSQL's generic plan walk the whole log).
+        """
+        args: list[Any] = []
+
+        def param(value: Any) -> str:
+            args.append(value)
+            return f"${len(args) + 2}"
+
+        lists = [(expr, sorted(values)) for expr, values in (
+            ("agent_id", self.agent_ids), ("lower(agent_role)", self.roles), ("discovery_type", self.types),
+        ) if values is not None]
+        driver = lists.pop(0) if lists else None
+        conditions = "".join(f" AND {expr} = ANY({param(values)}::text[])" for expr, values in lists)
+        if self.min_confidence > 0:
+            conditions += f" AND confidence >= {param(self.min_confidence)}"
+        page = (f"SELECT {columns} FROM discoveries WHERE sequence > $1 AND sequence <= c.last{{key}}{conditions}"
+                " ORDER BY sequence LIMIT $2")
+        if driver is None:
+            inner = page.format(key="")
+        else:
+            expr, values = driver
+            inner = (f"SELECT x.* FROM unnest({param(values)}::text[]) AS k(v)"
+                     f" CROSS JOIN LATERAL ({page.format(key=f' AND {expr} = k.v')}) x ORDER BY x.sequence LIMIT $2")
+        sql = (f"SELECT c.last AS newest, c.pruned AS oldest, d.* FROM discovery_counter c"
+               f" LEFT JOIN LATERAL ({inner}) d ON true")
+        return sql, args

@@ -8,7 +8,16 @@ import re
 from datetime import datetime
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+)
 
 from agenthub.ids import AGENT_ID_PATTERN
 
@@ -204,14 +213,53 @@ class ContextList(Output):
     items: list[ContextItem]
 
 
+# -- export and import (JSON Lines) ------------------------------------------------------------------------------
+
+
+class DiscoveryLine(Strict):
+    """One discovery in an export file: what it is, who shared it and when; `sequence` is its position in the hub
+    it came from (an import gives it a new one)."""
+
+    kind: Literal["discovery"]
+    discovery_id: AgentIdField  # minted ids use the same safe alphabet
+    sequence: Annotated[int, Field(ge=1)] | None = None
+    agent_id: AgentIdField
+    agent_role: RoleField
+    discovery_type: DiscoveryTypeField
+    content: Content
+    confidence: Unit
+    related_to: ShortText | None = None
+    tags: Annotated[list[ShortText], Field(max_length=20)] = Field(default_factory=list)
+    timestamp: AwareDatetime
+
+
+class ContextLine(Strict):
+    """One context item in an export file; an import skips it once it has expired."""
+
+    kind: Literal["context"]
+    context_id: AgentIdField
+    from_agent: AgentIdField
+    to_agent: AgentIdField | None = None
+    context_type: ContextTypeField
+    content: ContextContent
+    relevance: Unit
+    created_at: AwareDatetime
+    expires_at: AwareDatetime
+
+
+ArchiveLine = Annotated[DiscoveryLine | ContextLine, Field(discriminator="kind")]
+
+
 class EmptyInput(Strict):
     pass
 
 
 class CollaborationStatus(Output):
     discoveries_by_type: dict[str, int]
-    discoveries_total: int
+    discoveries_total: int = Field(description="Discoveries stored (retention may have deleted older ones).")
     newest_sequence: int
+    oldest_cursor: int = Field(description="The oldest position still readable: discoveries up to it were deleted "
+                               "by the retention policy (0 when nothing was).")
     subscriptions: int
     sse_clients: int
 

@@ -11,13 +11,15 @@ minute. Which agents are candidates is the agent pool's business (`targets`): ea
 agents it runs, so a question is routed once however many replicas see it.
 
 The feed calls `discovery_shared` in sequence order; routing happens in `run`, off the feed's path, through a
-bounded queue (a full queue drops the question from routing, counted, never from the log).
+bounded queue (a full queue drops the question from routing, counted, never from the log). A question that is
+already old when the feed delivers it (imported history) is not routed.
 """
 
 import logging
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 
 import anyio
 from anyio.abc import TaskStatus
@@ -34,6 +36,7 @@ ORCHESTRATOR_ID = "orchestrator"  # the `from_agent` of routed questions
 _QUEUE = 1000
 _WINDOW = 60.0
 _TTL_SECONDS = 3600
+_STALE = timedelta(minutes=10)  # a question older than this when it reaches the feed was imported, not asked
 
 
 class Orchestrator:
@@ -51,6 +54,9 @@ class Orchestrator:
     async def discovery_shared(self, d: Discovery) -> None:
         """Feed hook: queue questions for routing."""
         if d.discovery_type != "question":
+            return
+        if datetime.now(UTC) - d.timestamp > _STALE:  # imported history: nobody is waiting for that answer
+            self._metrics.questions_unrouted.labels("stale").inc()
             return
         try:
             self._send.send_nowait(d)

@@ -3,6 +3,7 @@
 Both the MCP tools and the REST API call these methods; they only translate inputs, outputs and errors.
 """
 
+from collections.abc import AsyncIterator
 from types import TracebackType
 from typing import Self
 
@@ -10,8 +11,10 @@ import asyncpg
 
 from agenthub.auth import Principal, Role
 from agenthub.bus import Bus
-from agenthub.errors import Forbidden
+from agenthub.errors import CursorExpired, CursorInFuture, Forbidden
 from agenthub.metrics import HubMetrics
+from agenthub.settings import RetentionSettings
+from collaboration.archive import Archive, ImportSummary, parse_lines
 from collaboration.context import ContextManager
 from collaboration.discoveries import DiscoveryLog
 from collaboration.feed import DiscoveryFeed
@@ -33,6 +36,7 @@ from collaboration.models import (
     UnsubscribeInput,
     collection_uri,
 )
+from collaboration.retention import Retention
 from collaboration.subscriptions import Subscription, Subscriptions
 
 
@@ -40,11 +44,13 @@ class Collaboration:
     """Owns the live feed; enter it to start the feed, exit to stop it."""
 
     def __init__(self, pool: asyncpg.Pool, bus: Bus, metrics: HubMetrics, *, base_url: str, ring_size: int,
-                 sync_seconds: float) -> None:
+                 sync_seconds: float, retention: RetentionSettings) -> None:
         self.log = DiscoveryLog(pool, bus, metrics)
         self.feed = DiscoveryFeed(self.log, bus, ring_size=ring_size, sync_interval=sync_seconds)
         self.subscriptions = Subscriptions(pool, self.log, self.feed)
         self.contexts = ContextManager(pool, bus)
+        self.archive = Archive(self.log, self.contexts, bus)
+        self.retention = Retention(self.log, retention)
         self._base_url = base_url.rstrip("/")
 
     async def __aenter__(self) -> Self:
@@ -100,10 +106,12 @@ class Collaboration:
 
     async def status(self) -> CollaborationStatus:
         counts = await self.log.counts_by_type()
+        oldest, newest = await self.log.bounds()
         return CollaborationStatus(
             discoveries_by_type=counts,
             discoveries_total=sum(counts.values()),
-            newest_sequence=await self.log.newest_sequence(),
+            newest_sequence=newest,
+            oldest_cursor=oldest,
             subscriptions=await self.subscriptions.count(),
             sse_clients=self.feed.stream_count,
         )
@@ -113,3 +121,18 @@ class Collaboration:
 
     async def list_discoveries(self, flt: DiscoveryFilter, cursor: int, limit: int) -> tuple[list[Discovery], int]:
         return await self.log.read(flt, cursor, limit)
+
+    async def export(self, who: Principal, after: int, *, context: bool) -> AsyncIterator[bytes]:
+        """The log after `after` (and live context) as JSON Lines; operators only (context is agents' own)."""
+        who.require_operator()
+        oldest, newest = await self.log.bounds()  # refused now, before the response starts
+        if after > newest:
+            raise CursorInFuture(after, newest)
+        if after < oldest:
+            raise CursorExpired(after, oldest)
+        return self.archive.export(after, context=context)
+
+    async def import_lines(self, who: Principal, body: bytes) -> ImportSummary:
+        """Import a chunk of an export file; operators only (it writes as every agent in it)."""
+        who.require_operator()
+        return await self.archive.import_lines(parse_lines(body))

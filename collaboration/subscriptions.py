@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from agenthub.errors import CursorInFuture, SubscriptionNotFound
+from agenthub.errors import CursorExpired, CursorInFuture, SubscriptionNotFound
 from agenthub.ids import SubscriptionId, new_subscription_id
 from collaboration.discoveries import DiscoveryLog
 from collaboration.feed import DiscoveryFeed
@@ -33,14 +33,16 @@ class Subscriptions:
         self._feed = feed
 
     async def create(self, req: SubscribeInput) -> Subscription:
-        newest = await self._log.newest_sequence()
+        oldest, newest = await self._log.bounds()
         match req.start:
             case "now":
                 cursor = newest
             case "beginning":
-                cursor = 0
+                cursor = oldest
             case int(n) if n > newest:
                 raise CursorInFuture(n, newest)
+            case int(n) if n < oldest:
+                raise CursorExpired(n, oldest)
             case int(n):
                 cursor = n
         flt = DiscoveryFilter.of(req)
@@ -48,7 +50,7 @@ class Subscriptions:
         await self._pool.execute(
             "INSERT INTO subscriptions (id, subscriber_agent_id, discovery_types, agent_roles, agent_ids, "
             "min_confidence, cursor) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            sub_id, req.subscriber_agent_id, *flt.sql_args(), cursor,
+            sub_id, req.subscriber_agent_id, *flt.stored(), cursor,
         )
         return Subscription(subscription_id=sub_id, subscriber_agent_id=req.subscriber_agent_id, flt=flt,
                             cursor=cursor)

@@ -108,7 +108,7 @@ async def open_hub(settings: Settings, *, nats_monitor_url: str | None = None) -
             connect_bus(settings.nats_url, settings.nats_subject_prefix, metrics.nats_publish_failures.inc))
         collab = await stack.enter_async_context(
             Collaboration(pool, bus, metrics, base_url=base_url(settings), ring_size=settings.sse.ring_size,
-                          sync_seconds=settings.feed_sync_seconds))
+                          sync_seconds=settings.feed_sync_seconds, retention=settings.retention))
         metrics.sse_clients.set_function(lambda: collab.feed.stream_count)
         if settings.auth:
             token_file = settings.data_dir / OPERATOR_TOKEN_FILE
@@ -130,7 +130,8 @@ async def open_hub(settings: Settings, *, nats_monitor_url: str | None = None) -
         await activity.start()
         # The hub's own long-lived components run under one root supervisor (the feed keeps its own context).
         root = Supervisor("hub", [*agents.children(), ChildSpec(id="orchestrator", start=task_child(orchestrator.run)),
-                                  *market.children(), ChildSpec(id="activity-feed", start=task_child(activity.run))],
+                                  *market.children(), ChildSpec(id="retention", start=task_child(collab.retention.run)),
+                                  ChildSpec(id="activity-feed", start=task_child(activity.run))],
                           max_restarts=3, period=60, listener=_log_root_event)
         await stack.enter_async_context(root)
         stack.push_async_callback(agents.stop_all)  # runs before the root supervisor stops: agents end as stopped

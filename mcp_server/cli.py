@@ -7,6 +7,7 @@
     agenthub agent list | show ID | stop ID | restart ID      [--url U] [--data-dir D]
     agenthub agent binary upload ID FILE(.wasm|.wat) | versions ID | rollback ID VERSION
     agenthub sandbox run ID --input JSON [--version N] [--limits JSON]
+    agenthub discoveries export [--after N] [--context] [--output FILE] | import FILE [--chunk-lines N]
     agenthub account deposit ID AMOUNT | show ID | ledger ID
     agenthub task submit --requester R --description D --budget B [--capability C]... [--bidding-seconds S]
                          [--parameters JSON]
@@ -28,7 +29,9 @@ import shlex
 import signal
 import socket
 import sys
+import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -42,9 +45,11 @@ import anyio
 from agenthub.embedded import EmbeddedNats, EmbeddedPostgres
 from agenthub.errors import HubError, InvalidInput, ServiceUnavailable, StartupError
 from agenthub.settings import Settings
+from collaboration.archive import MAX_IMPORT_LINES
 from mcp_server.app import OPERATOR_TOKEN_FILE, create_app, open_hub, serve
 
 logger = logging.getLogger("agenthub")
+_IMPORT_CHUNK_BYTES = 512 * 1024
 
 
 def _is_loopback(host: str) -> bool:
@@ -130,28 +135,35 @@ async def _serve_async(settings: Settings, sock: socket.socket, monitor_url: str
         await serve(create_app(hub), sock, log_level=settings.log_level, before_shutdown=hub.collab.feed.end_streams)
 
 
-def _hub_request(settings: Settings, url: str | None, method: str, path: str, body: dict[str, Any] | None = None,
-                 *, raw: bytes | None = None) -> Any:
-    """Call the running hub's REST API with the operator token from the data directory (a JSON body, or `raw`
-    bytes as `application/wasm`)."""
+def _hub_open(settings: Settings, url: str | None, method: str, path: str, data: bytes | None = None,
+              content_type: str = "application/json", timeout: float = 30) -> Any:
+    """Open a request to the running hub's REST API with the operator token from the data directory; the
+    response, to read (a refusal becomes StartupError with the hub's reason)."""
     token_file = settings.data_dir / OPERATOR_TOKEN_FILE
     try:
         operator = token_file.read_text().strip()
     except OSError as exc:
         raise StartupError(f"cannot read the operator token at {token_file}: start the hub once first") from exc
     target = (url or f"http://{settings.host}:{settings.port}").rstrip("/") + path
-    data = raw if raw is not None else json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(target, data=data, method=method, headers={
-        "Authorization": f"Bearer {operator}",
-        "Content-Type": "application/wasm" if raw is not None else "application/json"})
+        "Authorization": f"Bearer {operator}", "Content-Type": content_type})
     try:
-        with urllib.request.urlopen(req, timeout=30) as resp:  # noqa: S310 - the operator's own hub URL
-            return json.load(resp)
+        return urllib.request.urlopen(req, timeout=timeout)  # noqa: S310 - the operator's own hub URL
     except urllib.error.HTTPError as exc:
         detail = json.loads(exc.read() or b"{}").get("detail", exc.reason)
         raise StartupError(f"the hub refused: {detail}") from exc
     except urllib.error.URLError as exc:
         raise ServiceUnavailable(f"cannot reach the hub at {target}: {exc.reason}") from exc
+
+
+def _hub_request(settings: Settings, url: str | None, method: str, path: str, body: dict[str, Any] | None = None,
+                 *, raw: bytes | None = None, content_type: str = "application/wasm") -> Any:
+    """Call the running hub's REST API: a JSON body, or `raw` bytes (a module by default); the JSON answer."""
+    data, kind = raw, content_type
+    if raw is None:
+        data, kind = (json.dumps(body).encode() if body is not None else None), "application/json"
+    with _hub_open(settings, url, method, path, data, kind) as resp:
+        return json.load(resp)
 
 
 def run_token_create(settings: Settings, role: str, agent_id: str | None, url: str | None) -> None:
@@ -277,6 +289,61 @@ def run_sandbox(settings: Settings, args: argparse.Namespace) -> None:
     print(json.dumps(result, indent=2))
     if result["outcome"] != "ok":
         raise SystemExit(2)
+
+
+def run_discoveries(settings: Settings, args: argparse.Namespace) -> None:
+    if args.discoveries_command == "export":
+        query = urllib.parse.urlencode({"after": args.after, "context": "true" if args.context else "false"})
+        out = args.output.open("wb") if args.output else sys.stdout.buffer
+        lines = 0
+        with _hub_open(settings, args.url, "GET", f"/api/v1/discoveries/export?{query}", timeout=300) as resp, out:
+            while chunk := resp.read(1 << 16):
+                out.write(chunk)
+                lines += chunk.count(b"\n")
+        print(f"exported {lines} lines", file=sys.stderr)
+        return
+    imported = skipped = context = sent = 0
+    started = time.monotonic()
+    for chunk in _import_chunks(args.file, args.chunk_lines):
+        summary = _hub_request(settings, args.url, "POST", "/api/v1/discoveries/import", raw=chunk,
+                               content_type="application/x-ndjson")
+        imported += summary["discoveries_imported"]
+        skipped += summary["discoveries_skipped"]
+        context += summary["context_imported"]
+        sent += chunk.count(b"\n")
+        rate = sent / max(time.monotonic() - started, 1e-9)
+        print(f"\r{sent} lines: {imported} discoveries imported, {skipped} already there, {context} context "
+              f"({rate:,.0f} lines/s)", end="", file=sys.stderr, flush=True)
+    print(file=sys.stderr)
+
+
+def _import_chunks(path: Path, max_lines: int) -> Iterator[bytes]:
+    """The file's non-blank lines in chunks under the hub's body limit (512 KiB here; a line is at most 64 KB)."""
+    try:
+        file = path.open("rb")
+    except OSError as exc:
+        raise InvalidInput(f"cannot read {path}: {exc.strerror or exc}") from exc
+    chunk: list[bytes] = []
+    size = 0
+    with file:
+        for raw in file:
+            line = raw.rstrip(b"\r\n") + b"\n"
+            if not line.strip():
+                continue
+            if chunk and (len(chunk) >= max_lines or size + len(line) > _IMPORT_CHUNK_BYTES):
+                yield b"".join(chunk)
+                chunk, size = [], 0
+            chunk.append(line)
+            size += len(line)
+    if chunk:
+        yield b"".join(chunk)
+
+
+def _chunk_lines(value: str) -> int:
+    n = int(value)
+    if not 1 <= n <= MAX_IMPORT_LINES:
+        raise argparse.ArgumentTypeError(f"must be between 1 and {MAX_IMPORT_LINES}")
+    return n
 
 
 def _task_line(task: dict[str, Any]) -> str:
@@ -405,6 +472,17 @@ def _parser() -> argparse.ArgumentParser:
     resolve_p.add_argument("task_id")
     resolve_p.add_argument("--outcome", required=True, choices=["release", "refund", "split"])
     resolve_p.add_argument("--share", type=int, default=50, help="split: the agent's percent")
+    disc_p = sub.add_parser("discoveries", help="export the discovery log as JSON Lines, or import such a file")
+    disc_sub = disc_p.add_subparsers(dest="discoveries_command", required=True)
+    export_p = disc_sub.add_parser("export", help="write the log after a cursor as JSON Lines (stdout or --output)")
+    export_p.add_argument("--after", type=int, default=0, help="export the discoveries after this sequence")
+    export_p.add_argument("--context", action="store_true", help="add every unexpired context item")
+    export_p.add_argument("--output", type=Path, help="file to write (default: stdout)")
+    import_p = disc_sub.add_parser("import", help="import an export file, showing progress; run it again to "
+                                   "finish an interrupted import (ids already stored are skipped)")
+    import_p.add_argument("file", type=Path)
+    import_p.add_argument("--chunk-lines", type=_chunk_lines, default=2000, metavar="N",
+                          help="lines per request (1..5000, default 2000)")
     sandbox_p = sub.add_parser("sandbox", help="try a wasm agent's module on an input (operator)")
     sandbox_sub = sandbox_p.add_subparsers(dest="sandbox_command", required=True)
     run_p = sandbox_sub.add_parser("run", help="run it under the hub's trial-run limits and print the outcome "
@@ -413,7 +491,7 @@ def _parser() -> argparse.ArgumentParser:
     run_p.add_argument("--input", required=True, help="JSON given to the module on stdin")
     run_p.add_argument("--version", type=int, help="default: the current version")
     run_p.add_argument("--limits", help='JSON overrides, e.g. {"deadline_seconds": 1, "fuel": 1000000}')
-    for group in (agent_sub, binary_sub, account_sub, task_sub, sandbox_sub):
+    for group in (agent_sub, binary_sub, account_sub, task_sub, sandbox_sub, disc_sub):
         for p in group.choices.values():
             if p is binary_p:
                 continue
@@ -443,6 +521,8 @@ def main(argv: list[str] | None = None) -> None:
             run_task(settings, args)
         elif args.command == "sandbox":
             run_sandbox(settings, args)
+        elif args.command == "discoveries":
+            run_discoveries(settings, args)
         else:
             run_token_create(settings, args.role, args.agent_id, args.url)
     except HubError as exc:

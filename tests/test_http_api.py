@@ -215,7 +215,8 @@ async def test_status_counts_discoveries_by_type_and_subscriptions(hub: RunningH
         status = await http.get("/api/v1/status")
     assert status.status_code == 200
     assert status.json() == {"discoveries_by_type": {"anomaly": 2, "pattern": 2, "insight": 2},
-                             "discoveries_total": 6, "newest_sequence": 6, "subscriptions": 1, "sse_clients": 0}
+                             "discoveries_total": 6, "newest_sequence": 6, "oldest_cursor": 0, "subscriptions": 1,
+                             "sse_clients": 0}
 
 
 # -- tokens ----------------------------------------------------------------------------------------------------------

@@ -1,9 +1,11 @@
 """REST `/api/v1`: the twins of the MCP tools, discovery browsing, and token minting for operators."""
 
+import dataclasses
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
 
 from agenthub.auth import Role, create_token
 from collaboration.filters import DiscoveryFilter
@@ -55,6 +57,20 @@ class DiscoveryPage(BaseModel):
     next_cursor: int
 
 
+class ExportQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    after: Annotated[int, Field(ge=0, description="Export the discoveries after this sequence.")] = 0
+    context: bool = Field(default=False, description="Add every unexpired context item after the discoveries.")
+
+
+class ImportSummaryOut(BaseModel):
+    discoveries_imported: int
+    discoveries_skipped: int = Field(description="Already stored (same discovery id): an import can be run again.")
+    context_imported: int
+    context_skipped: int = Field(description="Already stored, or expired.")
+    newest_sequence: int | None = Field(description="This hub's sequence for the last discovery imported.")
+
+
 class PollBody(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid")
     cursor: Annotated[int, Field(ge=0)] | None = None
@@ -89,6 +105,16 @@ async def list_discoveries(request: Request, query: DiscoveryQuery) -> Discovery
     principal_of(request)
     items, cursor = await hub_of(request).collab.list_discoveries(query.to_filter(), query.cursor, query.limit)
     return DiscoveryPage(items=items, next_cursor=cursor)
+
+
+async def export_discoveries(request: Request, query: ExportQuery) -> Response:
+    lines = await hub_of(request).collab.export(principal_of(request), query.after, context=query.context)
+    return StreamingResponse(lines, media_type="application/x-ndjson")
+
+
+async def import_discoveries(request: Request, _: None) -> ImportSummaryOut:
+    summary = await hub_of(request).collab.import_lines(principal_of(request), await request.body())
+    return ImportSummaryOut(**dataclasses.asdict(summary))
 
 
 async def get_discovery(request: Request, _: None) -> Discovery:
@@ -150,6 +176,11 @@ ENDPOINTS = [
              handler=share_discovery, body=ShareDiscoveryInput, response=SharedDiscovery, status=201),
     Endpoint(method="GET", path="/api/v1/discoveries", summary="List discoveries after a cursor, filtered",
              handler=list_discoveries, query=DiscoveryQuery, response=DiscoveryPage),
+    Endpoint(method="GET", path="/api/v1/discoveries/export", summary="The discovery log after a cursor (and, with "
+             "context=true, live context) as JSON Lines (operator)", handler=export_discoveries, query=ExportQuery),
+    Endpoint(method="POST", path="/api/v1/discoveries/import", summary="Import JSON Lines from an export, up to "
+             "5,000 lines a request; ids already stored are skipped (operator)", handler=import_discoveries,
+             response=ImportSummaryOut),
     Endpoint(method="GET", path="/api/v1/discoveries/{discovery_id}", summary="One discovery",
              handler=get_discovery, response=Discovery),
     Endpoint(method="POST", path="/api/v1/subscriptions", summary="Subscribe to discoveries (twin of "

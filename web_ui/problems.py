@@ -7,6 +7,7 @@ from starlette.responses import JSONResponse
 
 from agenthub.errors import (
     Conflict,
+    CursorExpired,
     Forbidden,
     HubError,
     InvalidInput,
@@ -18,6 +19,7 @@ from agenthub.errors import (
 from collaboration.models import validation_errors
 
 _STATUS: list[tuple[type[HubError], int, str]] = [
+    (CursorExpired, 410, "Cursor expired"),
     (InvalidInput, 400, "Invalid input"),
     (NotFound, 404, "Not found"),
     (Conflict, 409, "Conflict"),
@@ -37,7 +39,8 @@ def problem(status: int, title: str, detail: str, **extra: Any) -> JSONResponse:
 def problem_for(exc: HubError) -> JSONResponse:
     for kind, status, title in _STATUS:
         if isinstance(exc, kind):
-            return problem(status, title, exc.message)
+            extra = {"oldest_cursor": exc.oldest} if isinstance(exc, CursorExpired) else {}
+            return problem(status, title, exc.message, **extra)
     return problem(500, "Internal error", exc.message)
 
 

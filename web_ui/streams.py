@@ -6,7 +6,8 @@ min_confidence). The stream starts after `Last-Event-ID` (header, or `last_event
 (`now`, `beginning` or a sequence; a subscription's default is its stored cursor). It replays what it must from
 the log, then follows the live feed, writing whatever is waiting in one go; an event id is a sequence, so a
 client that drops resumes exactly where it was. A client that stops reading is disconnected when a write times
-out, and can resume.
+out, and can resume. A position the retention policy deleted is refused (410, naming the oldest one left), or,
+when retention overtakes a replay, ends the stream with an `expired` event saying the same.
 """
 
 import json
@@ -23,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from agenthub.errors import CursorInFuture, HubError, InvalidInput, TooManyConnections
+from agenthub.errors import CursorExpired, CursorInFuture, HubError, InvalidInput, TooManyConnections
 from collaboration.feed import encode_event
 from collaboration.filters import DiscoveryFilter
 from web_ui.api import DiscoveryFilterQuery
@@ -41,20 +42,22 @@ _RETRY_MS = 2000
 _SEQUENCE = re.compile(r"[0-9]{1,20}")
 
 
-def _start_point(request: Request, default: int, newest: int) -> int:
+def _start_point(request: Request, default: int, oldest: int, newest: int) -> int:
     raw = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
     if raw is None:
         raw = request.query_params.get("start")
     if raw is None or raw == "now":
         start = default
     elif raw == "beginning":
-        start = 0
+        start = oldest
     elif _SEQUENCE.fullmatch(raw):
         start = int(raw)
     else:
         raise InvalidInput(f"invalid stream position {raw!r}: use a sequence number, 'now' or 'beginning'")
     if start > newest:
         raise CursorInFuture(start, newest)
+    if start < oldest:
+        raise CursorExpired(start, oldest)
     return start
 
 
@@ -62,7 +65,7 @@ async def discovery_stream(request: Request) -> Response:
     hub = hub_of(request)
     try:
         who = principal_of(request)
-        newest = await hub.collab.log.newest_sequence()
+        oldest, newest = await hub.collab.log.bounds()
         filters = set(request.query_params) - _POSITION_PARAMS
         sub_id = request.query_params.get("subscription_id")
         if sub_id is not None:
@@ -73,7 +76,7 @@ async def discovery_stream(request: Request) -> Response:
         else:
             query = parse_query(DiscoveryFilterQuery, request.query_params, skip=_POSITION_PARAMS)
             flt, default = query.to_filter(), newest
-        start = _start_point(request, default, newest)
+        start = _start_point(request, default, oldest, newest)
         if hub.collab.feed.stream_count >= hub.settings.sse.max_clients:
             raise TooManyConnections(hub.settings.sse.max_clients)
     except ValidationError as exc:
@@ -116,7 +119,11 @@ async def _events(hub: HubState, flt: DiscoveryFilter, cursor: int, newest: int
         catch_up_to = newest
         while True:
             if cursor < catch_up_to:
-                items, cursor = await hub.collab.log.read(flt, cursor, _REPLAY_PAGE)
+                try:
+                    items, cursor = await hub.collab.log.read(flt, cursor, _REPLAY_PAGE)
+                except CursorExpired as exc:  # retention overtook a slow replay: say so rather than skip
+                    yield _expired(exc)
+                    return
                 if items:
                     yield b"".join(encode_event(d).frame for d in items)
                 continue
@@ -134,12 +141,18 @@ async def _events(hub: HubState, flt: DiscoveryFilter, cursor: int, newest: int
         feed.remove_stream()
 
 
+def _expired(exc: CursorExpired) -> ServerSentEvent:
+    """The last event of a stream whose position retention deleted: where the log now begins, then the end."""
+    return ServerSentEvent(json.dumps({"detail": exc.message, "cursor": exc.cursor, "oldest_cursor": exc.oldest}),
+                           event="expired")
+
+
 # -- the hub-wide stream -------------------------------------------------------------------------------------------
 
 _HUB_POSITION = re.compile(r"([0-9]{1,20})\.([0-9]{1,20})")
 
 
-def _hub_start(request: Request, discoveries: int, activity: int) -> tuple[int, int]:
+def _hub_start(request: Request, oldest: int, discoveries: int, activity: int) -> tuple[int, int]:
     """Where a hub-wide stream starts: after `Last-Event-ID` ("<discovery sequence>.<activity sequence>"), or at
     `start` (`now`, the default, or `beginning`)."""
     raw = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
@@ -150,6 +163,8 @@ def _hub_start(request: Request, discoveries: int, activity: int) -> tuple[int, 
         d, e = int(match[1]), int(match[2])
         if d > discoveries:
             raise CursorInFuture(d, discoveries)
+        if d < oldest:
+            raise CursorExpired(d, oldest)
         if e > activity:
             raise InvalidInput(f"activity position {e} is beyond the newest activity {activity}")
         return d, e
@@ -157,7 +172,7 @@ def _hub_start(request: Request, discoveries: int, activity: int) -> tuple[int, 
     if start == "now":
         return discoveries, activity
     if start == "beginning":
-        return 0, 0
+        return oldest, 0
     raise InvalidInput(f"invalid stream start {start!r}: use 'now' or 'beginning' (or Last-Event-ID to resume)")
 
 
@@ -172,8 +187,8 @@ async def hub_stream(request: Request) -> Response:
     hub = hub_of(request)
     try:
         principal_of(request)
-        discoveries, activity = await hub.collab.log.newest_sequence(), await hub.activity.log.newest()
-        d, e = _hub_start(request, discoveries, activity)
+        (oldest, discoveries), activity = await hub.collab.log.bounds(), await hub.activity.log.newest()
+        d, e = _hub_start(request, oldest, discoveries, activity)
         if hub.collab.feed.stream_count >= hub.settings.sse.max_clients:
             raise TooManyConnections(hub.settings.sse.max_clients)
     except HubError as exc:
@@ -197,7 +212,11 @@ async def _hub_events(hub: HubState, d: int, e: int) -> AsyncIterator[ServerSent
             frames: list[bytes] = []
             discoveries = feed.ring.after(d)
             if discoveries is None:  # further behind than the ring reaches: from the log
-                items, _ = await hub.collab.log.read(everything, d, _REPLAY_PAGE)
+                try:
+                    items, _ = await hub.collab.log.read(everything, d, _REPLAY_PAGE)
+                except CursorExpired as exc:
+                    yield _expired(exc)
+                    return
                 discoveries = [encode_event(item) for item in items]
             for event in discoveries:
                 d = event.discovery.sequence
