@@ -74,7 +74,8 @@ class ContextManager:
         result: str = await self._pool.execute(
             "INSERT INTO contexts (id, from_agent, to_agent, context_type, content, relevance, created_at, expires_at)"
             " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::float8[],"
-            " $7::timestamptz[], $8::timestamptz[]) AS t WHERE t.expires_at > now()"
+            " $7::timestamptz[], $8::timestamptz[]) AS t(id, from_agent, to_agent, context_type, content, relevance,"
+            " created_at, expires_at) WHERE t.expires_at > now()"
             " ON CONFLICT (id) DO NOTHING",
             [i.context_id for i in items], [i.from_agent for i in items], [i.to_agent for i in items],
             [i.context_type for i in items], [json.dumps(i.content) for i in items], [i.relevance for i in items],
