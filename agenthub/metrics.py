@@ -34,6 +34,8 @@ class HubMetrics:
         self.discoveries = Counter("agenthub_discoveries", "Discoveries shared through this hub", ["type"], registry=r)
         self.sse_clients = Gauge("agenthub_sse_clients", "Connected SSE clients (read from the feed at scrape time)",
                                  registry=r)
+        self.feed_sequence = Gauge("agenthub_feed_sequence", "The newest discovery this replica's live feed has "
+                                   "delivered (the log's newest minus this is how far behind it is)", registry=r)
         self.sse_dropped = Counter("agenthub_sse_dropped_clients", "SSE clients dropped for not reading", registry=r)
         self.nats_publish_failures = Counter("agenthub_nats_publish_failures", "NATS publishes that failed",
                                              registry=r)

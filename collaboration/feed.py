@@ -153,11 +153,13 @@ class DiscoveryFeed:
                 if self.frontier + 1 not in self._pending:
                     for d in await self._log.read_range(self.frontier + 1, upto):
                         self._pending.setdefault(d.sequence, d)
-                    first = min((s for s in self._pending if s > self.frontier), default=upto + 1)
-                    if first > self.frontier + 1:  # retention deleted them before this replica delivered them
-                        logger.warning("discoveries %d..%d were pruned before the feed delivered them",
-                                       self.frontier + 1, first - 1)
-                        self.ring.skip_to(first - 1)
+                if self.frontier + 1 not in self._pending:
+                    oldest, _ = await self._log.bounds()
+                    if oldest <= self.frontier:  # not in the log (yet): a sequence NATS named is not believed
+                        break
+                    logger.warning("discoveries %d..%d were deleted by retention before this feed delivered them",
+                                   self.frontier + 1, oldest)
+                    self.ring.skip_to(oldest)
                 await self._deliver_ready()
 
     async def _deliver_ready(self) -> None:

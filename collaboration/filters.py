@@ -61,14 +61,18 @@ class DiscoveryFilter:
         conditions = "".join(f" AND {expr} = ANY({param(values)}::text[])" for expr, values in lists)
         if self.min_confidence > 0:
             conditions += f" AND confidence >= {param(self.min_confidence)}"
-        page = (f"SELECT {columns} FROM discoveries WHERE sequence > $1 AND sequence <= c.last{{key}}{conditions}"
-                " ORDER BY sequence LIMIT $2")
         if driver is None:
-            inner = page.format(key="")
+            inner = (f"SELECT {columns} FROM discoveries WHERE sequence > $1 AND sequence <= c.last{conditions}"
+                     " ORDER BY sequence LIMIT $2")
         else:
+            # One ordered range of the value's (value, sequence) index per value, written as row comparisons: with
+            # `value = k.v AND sequence > $1` the planner, taking every value to be as common as the average, may
+            # walk the primary key instead and filter, which for a rare value reads the whole log.
             expr, values = driver
+            per_value = (f"SELECT {columns} FROM discoveries WHERE ({expr}, sequence) > (k.v, $1)"
+                         f" AND ({expr}, sequence) <= (k.v, c.last){conditions} ORDER BY {expr}, sequence LIMIT $2")
             inner = (f"SELECT x.* FROM unnest({param(values)}::text[]) AS k(v)"
-                     f" CROSS JOIN LATERAL ({page.format(key=f' AND {expr} = k.v')}) x ORDER BY x.sequence LIMIT $2")
+                     f" CROSS JOIN LATERAL ({per_value}) x ORDER BY x.sequence LIMIT $2")
         sql = (f"SELECT c.last AS newest, c.pruned AS oldest, d.* FROM discovery_counter c"
                f" LEFT JOIN LATERAL ({inner}) d ON true")
         return sql, args

@@ -110,6 +110,7 @@ async def open_hub(settings: Settings, *, nats_monitor_url: str | None = None) -
             Collaboration(pool, bus, metrics, base_url=base_url(settings), ring_size=settings.sse.ring_size,
                           sync_seconds=settings.feed_sync_seconds, retention=settings.retention))
         metrics.sse_clients.set_function(lambda: collab.feed.stream_count)
+        metrics.feed_sequence.set_function(lambda: collab.feed.frontier)
         if settings.auth:
             token_file = settings.data_dir / OPERATOR_TOKEN_FILE
             if await ensure_operator_token_file(pool, token_file):

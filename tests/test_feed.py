@@ -66,6 +66,20 @@ async def test_discoveries_arriving_out_of_order_are_delivered_in_sequence(hub_f
         assert await _collect(hub, cursor, 4) == [1, 2, 3, 4]
 
 
+async def test_a_sequence_named_on_nats_beyond_the_log_does_not_move_the_feed(hub_factory: HubFactory) -> None:
+    async with hub_factory.run(hub_factory.settings(feed_sync_seconds=3600)) as hub:
+        bus, feed = hub.state.bus, hub.state.collab.feed
+        fake = Discovery(discovery_id="disc_fake", sequence=1000, agent_id="ghost", agent_role="Role",
+                         discovery_type="insight", content="not in the log", confidence=1.0, related_to=None,
+                         tags=[], timestamp=datetime.now(UTC))
+        assert await bus.publish(bus.subject("discoveries.ghost.insight"), fake)
+        await hub.state.collab.log.share(ShareDiscoveryInput(agent_id="a", agent_role="R",
+                                                             discovery_type="insight", content="real",
+                                                             confidence=0.5))
+        assert await _collect(hub, 0, 1) == [1]
+        assert feed.frontier == 1
+
+
 async def test_python_and_sql_filters_select_the_same_discoveries_page_by_page(hub: RunningHub) -> None:
     rng = random.Random(7)
     agents, roles = ["a1", "a2", "a3", "rare"], ["Analyzer", "analyzer", "Critic", "Builder"]

@@ -260,3 +260,26 @@ async def test_imported_history_reaches_subscribers_but_old_questions_are_not_ro
     with anyio.fail_after(10):
         while stale() < 2:  # noqa: ASYNC110 - a Prometheus counter has no event to wait on
             await anyio.sleep(0.05)
+
+
+async def test_a_feed_behind_what_retention_deleted_skips_to_the_oldest_retained_and_streams_are_told(
+        hub_factory: HubFactory) -> None:
+    settings = hub_factory.settings(feed_sync_seconds=3600, retention={"max_discoveries": 10})
+    async with hub_factory.run(settings) as hub:
+        feed = hub.state.collab.feed
+        await hub.state.collab.log.import_many([line(i, "bulk") for i in range(50)])  # the feed does not know yet
+        assert await hub.state.collab.retention.apply() == 40
+        async with hub.http() as http, http.stream("GET", "/discoveries/stream", params={"start": "40"}) as stream:
+            assert stream.status_code == 200
+            await _share(hub, 1)
+            with anyio.fail_after(10):
+                while feed.frontier < 51:
+                    await feed.wait_beyond(feed.frontier, 1)
+            ids = []
+            with anyio.fail_after(10):
+                async for text in stream.aiter_lines():
+                    if text.startswith("id: "):
+                        ids.append(int(text[4:]))
+                    if len(ids) == 11:
+                        break
+        assert ids == list(range(41, 52))
