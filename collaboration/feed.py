@@ -15,7 +15,6 @@ for each event in order.
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
 
@@ -35,22 +34,33 @@ logger = logging.getLogger(__name__)
 Hook = Callable[[Discovery], Awaitable[None]]
 
 
-@dataclass(slots=True, kw_only=True)
 class FeedEvent:
-    """One discovery, with its Server-Sent Events data and frame encoded once for every listener."""
+    """One discovery, with its Server-Sent Events data and frame encoded once, when a stream first needs them (a
+    replica with no stream open, catching up a million, encodes none)."""
 
-    discovery: Discovery
-    data: str
-    frame: bytes
+    __slots__ = ("_data", "_frame", "discovery")
 
+    def __init__(self, discovery: Discovery) -> None:
+        self.discovery = discovery
+        self._data: str | None = None
+        self._frame: bytes | None = None
 
-def encode_event(d: Discovery) -> FeedEvent:
-    """The SSE `discovery` event: id is the sequence; data holds the discovery and the MCP notification."""
-    uri = json.dumps(d.uri)
-    notification = f'{{"jsonrpc":"2.0","method":"notifications/resources/updated","params":{{"uri":{uri}}}}}'
-    data = f'{{"discovery":{d.model_dump_json()},"uri":{uri},"notification":{notification}}}'
-    frame = ServerSentEvent(data, event="discovery", id=str(d.sequence)).encode()
-    return FeedEvent(discovery=d, data=data, frame=frame)
+    @property
+    def data(self) -> str:
+        """The `discovery` event's data: the discovery and the MCP notification."""
+        if self._data is None:
+            d = self.discovery
+            uri = json.dumps(d.uri)
+            notification = f'{{"jsonrpc":"2.0","method":"notifications/resources/updated","params":{{"uri":{uri}}}}}'
+            self._data = f'{{"discovery":{d.model_dump_json()},"uri":{uri},"notification":{notification}}}'
+        return self._data
+
+    @property
+    def frame(self) -> bytes:
+        """The whole SSE event; its id is the sequence."""
+        if self._frame is None:
+            self._frame = ServerSentEvent(self.data, event="discovery", id=str(self.discovery.sequence)).encode()
+        return self._frame
 
 
 class DiscoveryFeed:
@@ -164,7 +174,7 @@ class DiscoveryFeed:
 
     async def _deliver_ready(self) -> None:
         while (d := self._pending.pop(self.frontier + 1, None)) is not None:
-            self.ring.push(encode_event(d))  # wakes the streams and pollers first; hooks may take a moment
+            self.ring.push(FeedEvent(d))  # wakes the streams and pollers first; hooks may take a moment
             for hook in self._hooks:
                 try:
                     await hook(d)

@@ -25,7 +25,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from agenthub.errors import CursorExpired, CursorInFuture, HubError, InvalidInput, TooManyConnections
-from collaboration.feed import encode_event
+from collaboration.feed import FeedEvent
 from collaboration.filters import DiscoveryFilter
 from web_ui.api import DiscoveryFilterQuery
 from web_ui.endpoints import parse_query
@@ -125,7 +125,7 @@ async def _events(hub: HubState, flt: DiscoveryFilter, cursor: int, newest: int
                     yield _expired(exc)
                     return
                 if items:
-                    yield b"".join(encode_event(d).frame for d in items)
+                    yield b"".join(FeedEvent(d).frame for d in items)
                 continue
             events = await feed.events_after(cursor)
             if events is None:
@@ -217,7 +217,7 @@ async def _hub_events(hub: HubState, d: int, e: int) -> AsyncIterator[ServerSent
                 except CursorExpired as exc:
                     yield _expired(exc)
                     return
-                discoveries = [encode_event(item) for item in items]
+                discoveries = [FeedEvent(item) for item in items]
             for event in discoveries:
                 d = event.discovery.sequence
                 frames.append(ServerSentEvent(event.data, event="discovery", id=f"{d}.{e}").encode())
