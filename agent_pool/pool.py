@@ -13,6 +13,14 @@ transient error is the worker's to retry; a logical error stops the agent as fai
 agent has a circuit breaker fed by its failures and its completed work: while it is open the agent gets no
 routed questions and is not advertised in `agents.discovery.query` replies.
 
+Starting processes (bursts, and a hub restart that brings back many agents): the supervisor gets a worker child at
+once and its process is started in the background, so neither a spawn request nor a supervisor waits for it. A
+process is forked from the fork server, which starts with the pool; until it is ready (at most `startup_seconds`)
+a start waits for it rather than paying for the imports itself; without a ready fork server, it starts from
+scratch. At most `max_fork_starts` forked and `max_cold_starts` cold processes start at once, each holding its
+slot until it announces itself or ends, so that a burst never starves the hub or its own processes. The announce
+deadline counts from the moment the process exists, never from the request or the wait for a slot.
+
 Every agent belongs to the replica that spawned it (`owner`); only that replica starts, stops or watches its
 process. On start, `reconcile` brings back this replica's agents that were running when it last stopped.
 """
@@ -98,6 +106,8 @@ WORKER_ENTRY = "agent_pool.worker:main"
 WORKER_PRELOAD = ("agent_pool.runtime", "agent_pool.executors.scripted", "agent_pool.executors.command",
                   "agent_pool.executors.claude", "agent_pool.executors.wasm")
 _QUERY_QUEUE_GROUP = "agenthub-agents"
+# A cancelled start ends at once, unless it is killing a process it had just started (bounded in `start_process`).
+_CANCELLED_START_WAIT = 15.0
 
 
 @dataclass(slots=True, kw_only=True)
@@ -113,39 +123,63 @@ class _Live:
     state: AgentState = AgentState.CREATED
     last_beat: float = field(default_factory=time.monotonic)
     announced: bool = False
+    up: anyio.Event = field(default_factory=anyio.Event)  # the current process announced itself or ended
     heartbeat_lost: bool = False  # the watcher killed it: its exit is that failure, not a second one
     work_done: int = 0
     metrics: dict[str, Any] | None = None
 
 
 class _Worker:
-    """A worker process as its supervisor's child. When the process ends on its own, `wait` records the exit
-    (state, breaker) before the supervisor learns of it, so a restart always follows the recorded failure."""
+    """A worker process as its supervisor's child, from before the process exists: the pool's `_bring_up` starts
+    it (in `bringing_up`, which a stop cancels) and hands it over with `started`, or ends with `unstarted` and no
+    process. When the process ends on its own, `wait` records the exit (state, breaker) before the supervisor learns
+    of it, so a restart always follows the recorded failure; a process that could not start counts as a crash."""
 
-    def __init__(self, pool: "AgentPool", agent_id: str, instance: str, process: GroupLeader) -> None:
+    def __init__(self, pool: "AgentPool", agent_id: str, instance: str, up: anyio.Event) -> None:
         self._pool = pool
-        self._agent_id = agent_id
+        self.agent_id = agent_id
         self._instance = instance
-        self.process = process
+        self._up = up
+        self.process: GroupLeader | None = None
+        self.bringing_up = anyio.CancelScope()
+        self._settled = anyio.Event()  # the process exists, or never will
+        self._unstarted = Exit(kind=ExitKind.SHUTDOWN, detail="stopped before its process started")
         self._recorded: Exit | None = None
         self._lock = anyio.Lock()
         self._stopping = False
 
     @property
-    def pid(self) -> int:
-        return self.process.pid
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
+
+    def started(self, process: GroupLeader) -> None:
+        self.process = process
+        self._settled.set()
+
+    def unstarted(self, exit_: Exit | None = None) -> None:
+        """The bring-up ended without a process (`exit_`: why, else a stop cancelled it)."""
+        if exit_ is not None:
+            self._unstarted = exit_
+        self._settled.set()
 
     async def wait(self) -> Exit:
-        exit_ = await self.process.wait()
+        await self._settled.wait()  # as long as the bring-up takes, which is bounded (see `_bring_up`)
+        exit_ = self._unstarted if self.process is None else await self.process.wait()
+        self._up.set()
         async with self._lock:
             if self._recorded is None:
                 self._recorded = exit_
                 if not self._stopping:
-                    await self._pool._exited(self._agent_id, self._instance, self.pid, exit_)
+                    await self._pool._exited(self.agent_id, self._instance, self.pid, exit_)
         return exit_
 
     async def stop(self, timeout: float | None) -> Exit:  # noqa: ASYNC109 (the Child protocol's kill grace)
         self._stopping = True  # the supervisor's doing, not a failure
+        self.bringing_up.cancel()
+        with anyio.move_on_after(_CANCELLED_START_WAIT):
+            await self._settled.wait()
+        if self.process is None:
+            return self._unstarted
         return await self.process.stop(timeout)
 
 
@@ -171,10 +205,13 @@ class AgentPool:
         self.supervisor = Supervisor("agents", strategy=Strategy.SIMPLE_ONE_FOR_ONE, max_restarts=10, period=60)
         self.fork_server = (ForkServer(WORKER_PRELOAD, WORKER_ENTRY, log=self._log_dir / "fork-server.log")
                             if settings.fork_server else None)
+        self._cold_starts = anyio.Semaphore(settings.max_cold_starts)
+        self._fork_starts = anyio.Semaphore(settings.max_fork_starts)
         metrics.open_breakers.set_function(self.open_breakers)
 
     def children(self) -> list[ChildSpec]:
-        """The pool's parts for the hub's root supervisor, in start order."""
+        """The pool's parts for the hub's root supervisor, in start order: the fork server first, so that it warms
+        up while the hub starts (and `reconcile` runs), before any agent needs it."""
         fork_server = [ChildSpec(id="fork-server", start=task_child(self.fork_server.run))] if self.fork_server else []
         return [
             *fork_server,
@@ -300,8 +337,6 @@ class AgentPool:
                           listener=partial(self._on_event, info.agent_id))
 
     async def _launch(self, agent_id: str) -> None:
-        if self.fork_server is not None:
-            self.fork_server.want()
         info = await self.registry.get(agent_id)
         self._live[agent_id] = _Live(role=info.role, capabilities=frozenset(info.capabilities),
                                      heartbeat_seconds=info.heartbeat_seconds,
@@ -330,7 +365,8 @@ class AgentPool:
                                  " AND id IN (SELECT token_id FROM agents WHERE id = $1)", info.agent_id)
 
     async def _start_worker(self, agent_id: str, tg: TaskGroup) -> _Worker:
-        """Start one worker process for the agent: a fresh token and instance id each time."""
+        """Start one worker for the agent: a fresh token and instance id each time, its process brought up in `tg`
+        (the agent supervisor's task group) without waiting for it."""
         info = await self.registry.get(agent_id)
         if info.desired != "running":
             raise RuntimeError(f"agent {agent_id} is not meant to run")
@@ -353,22 +389,72 @@ class AgentPool:
         if info.executor == "claude" and self._anthropic_api_key:
             env["ANTHROPIC_API_KEY"] = self._anthropic_api_key
         self._log_dir.mkdir(parents=True, exist_ok=True)
-        log_path = self._log_dir / f"{agent_id}.log"
-        process = await self._spawn(env, log_path, tg)
-        live.instance, live.process, live.announced, live.heartbeat_lost = instance, process, False, False
-        live.work_done, live.metrics = 0, None
-        live.state, live.last_beat = AgentState.STARTING, time.monotonic()
-        await self.registry.update(agent_id, pid=process.pid)
-        logger.info("agent %s: started process %d", agent_id, process.pid)
-        return _Worker(self, agent_id, instance, process)
+        live.instance, live.process, live.announced, live.heartbeat_lost = instance, None, False, False
+        live.work_done, live.metrics, live.state, live.up = 0, None, AgentState.STARTING, anyio.Event()
+        worker = _Worker(self, agent_id, instance, live.up)
+        await tg.start(self._bring_up, worker, live, env, self._log_dir / f"{agent_id}.log", tg)
+        return worker
 
-    async def _exited(self, agent_id: str, instance: str, pid: int, exit_: Exit) -> None:
-        """A worker process ended on its own: record it as its supervisor will treat it."""
+    async def _bring_up(self, worker: _Worker, live: _Live, env: dict[str, str], log_path: Path, tg: TaskGroup, *,
+                        task_status: TaskStatus[None]) -> None:
+        """Start the worker's process when a start slot is free: a fork once the fork server is ready (waiting for
+        it at most `startup_seconds`), else from scratch. The process keeps its slot until it announces itself or
+        ends (its start is what loads the CPU), at most the announce limit, so every slot comes back within that
+        limit and the wait for one is bounded by the queue ahead of it."""
+        task_status.started()
+        try:
+            with worker.bringing_up:
+                fork = self.fork_server
+                if fork is not None and await self._fork_ready(fork, worker.agent_id):
+                    async with self._fork_starts:
+                        try:
+                            forked = await fork.start(env=env, log=log_path)
+                        except ServiceUnavailable as exc:
+                            logger.warning("agent %s: %s; starting its process from scratch", worker.agent_id,
+                                           exc.message)
+                        else:
+                            await self._until_up(worker, live, forked)
+                            return
+                async with self._cold_starts:
+                    with log_path.open("ab") as log:
+                        process = await start_process(WORKER_ARGV, tg=tg, env=env, stdout=log, stderr=log)
+                    await self._until_up(worker, live, process)
+        except Exception as exc:  # one agent's failed start must not take down its supervisor's tasks: without a
+            # process (no fork, no exec) it is a crash for the agent's restart policy to judge
+            logger.exception("agent %s: bringing up its process failed", worker.agent_id)
+            worker.unstarted(Exit(kind=ExitKind.ABNORMAL, detail=f"could not start the process: {exc}"))
+        finally:
+            worker.unstarted()  # no-op once started; else the stop that cancelled the bring-up gets its answer
+
+    async def _fork_ready(self, fork: ForkServer, agent_id: str) -> bool:
+        if await fork.wait_ready(self._settings.startup_seconds):
+            return True
+        logger.warning("agent %s: the fork server is not ready after %g s; starting its process from scratch",
+                       agent_id, self._settings.startup_seconds)
+        return False
+
+    async def _until_up(self, worker: _Worker, live: _Live, process: GroupLeader) -> None:
+        """Hand the new process to its worker, then wait (keeping the caller's start slot) until it announces
+        itself or ends, at most the announce limit."""
+        worker.started(process)
+        live.process, live.last_beat = process, time.monotonic()  # the announce deadline counts from here
+        logger.info("agent %s: started process %d", worker.agent_id, process.pid)
+        await self.registry.update(worker.agent_id, pid=process.pid)
+        with anyio.move_on_after(self._announce_limit(live)):
+            await live.up.wait()
+
+    def _announce_limit(self, live: _Live) -> float:
+        """How long a new process may take to announce itself before it is killed as stuck."""
+        return max(self._settings.startup_seconds, live.heartbeat_seconds * self._settings.missed_beats)
+
+    async def _exited(self, agent_id: str, instance: str, pid: int | None, exit_: Exit) -> None:
+        """A worker process ended on its own (or never started): record it as its supervisor will treat it."""
         live = self._current(agent_id, instance)
         if live is None:
             return
         live.process = None
-        detail = f"process {pid} exited: {exit_.detail or exit_.kind.value}"
+        detail = (f"process {pid} exited: {exit_.detail or exit_.kind.value}" if pid is not None
+                  else exit_.detail or exit_.kind.value)
         if exit_.kind is ExitKind.ABNORMAL:
             await self._failure(agent_id, None if live.heartbeat_lost else "crash", RuntimeError(detail))
         if should_restart(live.restart, exit_):
@@ -382,16 +468,6 @@ class AgentPool:
                                last_error=None if target is AgentState.STOPPED else detail)
         if target is not AgentState.ERROR:
             self._live.pop(agent_id, None)
-
-    async def _spawn(self, env: dict[str, str], log_path: Path, tg: TaskGroup) -> GroupLeader:
-        """A new worker process: forked from the warm fork server when it is ready, else started from scratch."""
-        if self.fork_server is not None and self.fork_server.ready:
-            try:
-                return await self.fork_server.start(env=env, log=log_path)
-            except ServiceUnavailable as exc:
-                logger.warning("%s; starting the agent process directly", exc.message)
-        with log_path.open("ab") as log:
-            return await start_process(WORKER_ARGV, tg=tg, env=env, stdout=log, stderr=log)
 
     async def _on_event(self, agent_id: str, event: SupervisorEvent) -> None:
         """Events of an agent's own supervisor, in order (after the fact: exits are recorded by `_Worker`)."""
@@ -455,6 +531,7 @@ class AgentPool:
             if live is None:
                 return
             live.announced, live.last_beat = True, time.monotonic()
+            live.up.set()
             await self._transition(announce.agent_id, AgentState.RUNNING, f"announced itself (pid {announce.pid})")
             return
         if len(parts) < 3 or parts[1] == "discovery":
@@ -539,7 +616,7 @@ class AgentPool:
                 if live.process is None:
                     continue
                 limit = (live.heartbeat_seconds * self._settings.missed_beats if live.announced
-                         else max(self._settings.startup_seconds, live.heartbeat_seconds * self._settings.missed_beats))
+                         else self._announce_limit(live))
                 silent = now - live.last_beat
                 if silent <= limit:
                     continue

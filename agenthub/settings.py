@@ -55,9 +55,11 @@ class AgentSettings(BaseModel):
     # Fork agent processes from a process that has imported the agent's libraries once (restarts in tens of ms
     # instead of the half second `import mcp` takes); off: every agent process starts from scratch.
     fork_server: bool = True
-    # Agent processes started from scratch (not forked) at once, each until it announces itself: their imports are
-    # seconds of CPU, and a burst of them would starve each other past `startup_seconds`. One per core by default.
+    # Agent processes starting at once, each until it announces itself, so that a burst (a hub restart that brings
+    # back every agent) cannot starve the hub and its own processes past `startup_seconds`. Started from scratch,
+    # a process imports for seconds of CPU: one per core. Forked, it costs a fifth of a second: four per core.
     max_cold_starts: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
+    max_fork_starts: int = Field(default_factory=lambda: 4 * (os.cpu_count() or 1), ge=1)
     breaker_fail_max: int = Field(default=3, ge=1)  # consecutive failures (crashes, lost heartbeats) that open it
     breaker_reset_seconds: float = Field(default=30.0, gt=0)
     max_question_depth: int = Field(default=4, ge=0)  # orchestrator loop guard: related_to chain depth

@@ -9,6 +9,13 @@ Protocol (JSON lines): the hub writes `{"id", "env", "log"}` on the server's std
 `{"started": id, "pid"}` or `{"failed": id, "error"}`, and reports `{"exit": pid, "returncode"}` for every child
 that ends (negative return code: killed by that signal). `{"ready": pid}` is its first line.
 
+Load: the server is started as soon as `run` runs (with the hub), so that it warms up before the first agent is
+wanted; `wait_ready` lets early callers wait for it instead of starting programs from scratch. Its imports take
+seconds of CPU, and on a busy machine many more seconds of wall time, so the deadline for `ready` counts the
+server's CPU time (`_READY_CPU_SECONDS`), with a much longer wall-clock bound only for a server that makes no
+progress at all: a busy machine delays the server but never gets it restarted. A child whose requester gave up
+waiting (a deadline, a cancellation) is killed when its `started` arrives, so no fork runs unsupervised.
+
 The server has no threads and no event loop (so forking it is safe): it waits in `select` on its stdin and on a
 SIGCHLD wake-up pipe. Each child starts its own session, sends its output to its log file, takes the requested
 environment and runs the entry point. When its parent (the hub) goes away, or its stdin closes, the server kills
@@ -17,6 +24,7 @@ every child's process group and exits, so nothing outlives the hub.
 Run as `python -m supervisor.forkserver PRELOAD_MODULES MODULE:FUNCTION`.
 """
 
+import contextlib
 import importlib
 import json
 import logging
@@ -27,12 +35,13 @@ import signal
 import subprocess
 import sys
 import traceback
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from itertools import count
 from pathlib import Path
 from typing import Any
 
 import anyio
+import psutil
 from anyio.abc import Process, TaskStatus
 
 from agenthub.errors import ServiceUnavailable
@@ -42,7 +51,11 @@ from supervisor.process import GroupLeader, exit_from_returncode
 logger = logging.getLogger(__name__)
 
 _START_TIMEOUT = 10.0
-_READY_TIMEOUT = 30.0
+# The imports of the server take a few seconds of CPU; ten times the worst seen means it is stuck in a loop.
+_READY_CPU_SECONDS = 60.0
+# Only a server that gets no CPU at all for this long (blocked, stopped) is given up on; a busy machine is not.
+_READY_WALL_SECONDS = 600.0
+_READY_CHECK_SECONDS = 1.0
 _LINE_LIMIT = 1 << 20
 
 
@@ -51,10 +64,10 @@ class ForkedChild(GroupLeader):
 
 
 class ForkServer:
-    """The hub's side of one fork server. Run `run` as a supervised task: once someone `want`s the server, it
-    starts the server process and relays its reports until it dies (then every child it had is killed and reported
-    as exited, and `run` raises so the supervisor starts a new server). `start` forks a child; it raises
-    `ServiceUnavailable` while no server is ready, so callers can start the program directly meanwhile."""
+    """The hub's side of one fork server. Run `run` as a supervised task: it starts the server process at once and
+    relays its reports until it dies (then every child it had is killed and reported as exited, and `run` raises
+    so the supervisor starts a new server). `start` forks a child; it raises `ServiceUnavailable` while no server is
+    ready, so callers can wait for it (`wait_ready`) or start the program directly meanwhile."""
 
     def __init__(self, preload: Sequence[str], target: str, *, log: Path) -> None:
         self._argv = [sys.executable, "-m", "supervisor.forkserver", ",".join(preload), target]
@@ -64,20 +77,27 @@ class ForkServer:
         self._pending: dict[int, tuple[anyio.Event, list[Any]]] = {}
         self._ids = count(1)
         self._lock = anyio.Lock()
-        self._wanted = anyio.Event()
+        self._changed = anyio.Event()  # set (and replaced) whenever the server becomes ready or goes away
         self.pid: int | None = None
 
     @property
     def ready(self) -> bool:
         return self.pid is not None
 
-    def want(self) -> None:
-        """Start the server (it takes its imports' time) if it is not started yet."""
-        self._wanted.set()
+    async def wait_ready(self, timeout: float) -> bool:  # noqa: ASYNC109 (a bound, and False is an answer)
+        """Wait until the server is ready, at most `timeout` seconds; False if it is not by then."""
+        with anyio.move_on_after(timeout):
+            while not self.ready:
+                await self._changed.wait()
+        return self.ready
+
+    def _set_ready(self, pid: int | None) -> None:
+        self.pid = pid
+        self._changed.set()
+        self._changed = anyio.Event()
 
     async def run(self, task_status: TaskStatus[None]) -> None:
         task_status.started()  # the server warms up in the background; until then `start` refuses
-        await self._wanted.wait()
         self._log.parent.mkdir(parents=True, exist_ok=True)
         with self._log.open("ab") as log:
             process = await anyio.open_process(self._argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -86,18 +106,18 @@ class ForkServer:
         try:
             assert process.stdout is not None
             lines = _lines(process.stdout)
-            with anyio.fail_after(_READY_TIMEOUT):
-                first = await anext(lines)
-            self.pid = int(first["ready"])
+            first = await _ready_line(process.pid, lines)
+            self._set_ready(int(first["ready"]))
             logger.info("fork server %d ready", self.pid)
             async for message in lines:
                 self._on_message(message)
             raise RuntimeError(f"fork server {process.pid} exited")
         finally:
-            self.pid = None
+            was_ready = self.ready
+            self._set_ready(None)
             self._process = None
             with anyio.CancelScope(shield=True):
-                await _stop(process)
+                await _stop(process, was_ready)
                 for child in self._children.values():  # orphans of a dead server: nothing may outlive it
                     child.kill()
                     child._set_exit(Exit(kind=ExitKind.ABNORMAL, detail="the fork server stopped"))
@@ -115,13 +135,16 @@ class ForkServer:
         event, reply = anyio.Event(), list[dict[str, Any]]()
         self._pending[request_id] = (event, reply)
         try:
-            async with self._lock:
-                await process.stdin.send(json.dumps({"id": request_id, "env": dict(env), "log": str(log)}).encode()
-                                         + b"\n")
-            with anyio.fail_after(_START_TIMEOUT):
+            # The send is inside the deadline too: a server that stopped reading fills the pipe.
+            with anyio.move_on_after(_START_TIMEOUT):
+                async with self._lock:
+                    await process.stdin.send(json.dumps({"id": request_id, "env": dict(env), "log": str(log)})
+                                             .encode() + b"\n")
                 await event.wait()
         finally:
             self._pending.pop(request_id, None)
+        if not reply:
+            raise ServiceUnavailable(f"the fork server did not answer within {_START_TIMEOUT:g} s")
         answer = reply[0]
         if "pid" not in answer:
             raise ServiceUnavailable(f"the fork server could not start the child: {answer['error']}")
@@ -136,13 +159,45 @@ class ForkServer:
             return
         pending = self._pending.get(message.get("started") or message.get("failed") or 0)
         if "started" in message:
-            self._children[message["pid"]] = ForkedChild(message["pid"])
+            child = ForkedChild(message["pid"])
+            self._children[message["pid"]] = child  # until its exit arrives, which also reaps it
+            if pending is None:  # its requester gave up: nobody would supervise it
+                logger.warning("fork server: killing child %d, started after its request was abandoned", child.pid)
+                child.kill()
         if pending is not None:
             pending[1].append(message)
             pending[0].set()
 
 
-async def _lines(stream: Any) -> Any:
+async def _ready_line(pid: int, lines: AsyncIterator[dict[str, Any]]) -> dict[str, Any]:
+    """The server's first line, `{"ready": pid}`, within `_READY_CPU_SECONDS` of its CPU time (see the module's
+    docstring) and `_READY_WALL_SECONDS` of wall time."""
+    first: dict[str, Any] | None = None
+    with anyio.move_on_after(_READY_WALL_SECONDS):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_cancel_past_cpu, pid, _READY_CPU_SECONDS, tg.cancel_scope)
+            first = await anext(lines, None)
+            tg.cancel_scope.cancel()
+    if first is None:
+        raise RuntimeError(f"fork server {pid} was not ready within {_READY_CPU_SECONDS:g} s of CPU time "
+                           f"({_READY_WALL_SECONDS:g} s at most), or exited before (see its log)")
+    return first
+
+
+async def _cancel_past_cpu(pid: int, limit: float, scope: anyio.CancelScope) -> None:
+    """Cancel `scope` once process `pid` has used more than `limit` seconds of CPU time."""
+    while True:
+        await anyio.sleep(_READY_CHECK_SECONDS)
+        try:
+            times = psutil.Process(pid).cpu_times()
+        except psutil.Error:  # it is gone: the read of its output ends on its own
+            return
+        if times.user + times.system > limit:
+            scope.cancel()
+            return
+
+
+async def _lines(stream: Any) -> AsyncIterator[dict[str, Any]]:
     buffer = b""
     async for chunk in stream:
         buffer += chunk
@@ -153,8 +208,12 @@ async def _lines(stream: Any) -> Any:
             yield json.loads(line)
 
 
-async def _stop(process: Process) -> None:
-    """Close the server's stdin (it then kills its children and exits), and make sure it is gone."""
+async def _stop(process: Process, ready: bool) -> None:
+    """Close the server's stdin (it then kills its children and exits), and make sure it is gone. A server that is
+    not ready yet reads no stdin until its imports are done, and has no children: it is killed at once."""
+    if not ready:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
     with anyio.move_on_after(5):
         if process.stdin is not None:
             await process.stdin.aclose()

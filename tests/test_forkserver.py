@@ -29,12 +29,7 @@ async def running(tmp_path: Path) -> AsyncIterator[ForkServer]:
 
     async with anyio.create_task_group() as tg:
         await tg.start(run)
-        fork.want()
-
-        async def ready() -> bool:
-            return fork.ready
-
-        await eventually(ready, 30, "fork server ready")
+        assert await fork.wait_ready(30), "fork server not ready within 30 s"
         yield fork
         tg.cancel_scope.cancel()
 
