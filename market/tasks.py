@@ -149,15 +149,31 @@ class TaskStore:
 
     @staticmethod
     async def due(conn: Connection, limit: int) -> list[asyncpg.Record]:
-        """Auctions past their closing time, locked for this transaction; rows another replica is clearing are
-        skipped, so each auction is cleared once."""
+        """Auctions past their closing time, earliest first, read without locks (see `lock_bidding`)."""
         return list(await conn.fetch(
             "SELECT * FROM tasks WHERE state = 'bidding' AND bidding_closes_at <= now()"
-            " ORDER BY bidding_closes_at LIMIT $1 FOR UPDATE SKIP LOCKED", limit))
+            " ORDER BY bidding_closes_at LIMIT $1", limit))
+
+    @staticmethod
+    async def lock_bidding(conn: Connection, task_ids: list[str]) -> list[str]:
+        """Lock those of the tasks that are still bidding for this transaction and return their ids, sorted; a task
+        locked by another transaction (a cancellation, a bid, another replica's clearing) is skipped, not waited
+        for."""
+        return [r["id"] for r in await conn.fetch(
+            "SELECT id FROM tasks WHERE id = ANY($1) AND state = 'bidding' ORDER BY id FOR UPDATE SKIP LOCKED",
+            task_ids)]
 
     @staticmethod
     async def bids_for(conn: Connection, task_ids: list[str]) -> list[asyncpg.Record]:
         return list(await conn.fetch("SELECT * FROM bids WHERE task_id = ANY($1) ORDER BY seq", task_ids))
+
+    @staticmethod
+    async def bid_fingerprint(conn: Connection, task_ids: list[str]) -> tuple[int, int]:
+        """(count, sum of seq) of the tasks' bids: bids are never deleted and a replaced bid takes a new, higher
+        seq, so any bid placed or replaced changes it."""
+        [(count, total)] = await conn.fetch("SELECT count(*), coalesce(sum(seq), 0) FROM bids WHERE task_id = ANY($1)",
+                                            task_ids)  # an aggregate: always one row
+        return int(count), int(total)
 
     @staticmethod
     async def _event(conn: Connection, task_id: str, kind: str, from_state: str | None, to_state: str | None,

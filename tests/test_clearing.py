@@ -7,9 +7,12 @@ import math
 from collections.abc import Callable, Sequence
 from random import Random
 
+import numpy as np
+import numpy.typing as npt
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from scipy.optimize import linear_sum_assignment  # type: ignore[import-untyped]
 
 from market.clearing import Award, Bid, Clearing, TaskAuction, clear
 
@@ -137,6 +140,97 @@ def test_a_batch_hands_a_tie_to_the_earlier_bid() -> None:
 def test_a_batch_assigns_a_task_whose_only_bid_is_worth_exactly_its_budget() -> None:
     clearing = clear([auction("x", 100, bid("x", "a", 100, seq=1)), auction("y", 100, bid("y", "b", 10, seq=2))])
     assert [(w.task_id, w.agent_id, w.price) for w in clearing.awards] == [("x", "a", 100), ("y", "b", 100)]
+
+
+# -- pruning: bidders that cannot change the outcome are left out of the matrix -------------------------------------
+
+
+def test_a_task_keeps_its_bidders_down_to_the_second_that_bids_on_nothing_else() -> None:
+    # 50 bidders on x alone, 50 on y alone, and c on both (the cheapest on each): c and the two best of the others
+    # remain on each task, the other 96 bidders are left out.
+    x = [bid("x", f"x{i:02d}", 20 + i, seq=i) for i in range(50)]
+    y = [bid("y", f"y{i:02d}", 30 + i, seq=100 + i) for i in range(50)]
+    clearing = clear([auction("x", 100, bid("x", "c", 10, seq=200), *x),
+                      auction("y", 100, bid("y", "c", 25, seq=201), *y)])
+    # c takes x (welfare 90 + 70) rather than y (80 + 75); without c, x00 (20) and y00 (30) would win: 80 + 70.
+    # c is paid 10 + 160 - 150 = 20, y00 the runner-up's 31.
+    assert [(w.task_id, w.agent_id, w.price) for w in clearing.awards] == [("x", "c", 20), ("y", "y00", 31)]
+    assert clearing.assignment_size == (2, 5)  # c, x00, x01, y00, y01
+    # Bidders on one task each: two per task.
+    assert clear([auction("x", 100, *x), auction("y", 100, *y)]).assignment_size == (2, 4)
+
+
+def test_a_task_keeps_at_most_one_more_bidder_than_there_are_tasks() -> None:
+    # Four agents on all three tasks: a fourth-ranked bidder can still matter, and nobody is left out.
+    agents = ("a", "b", "c", "d")
+    tasks = [auction(t, 100, *(bid(t, agent, 10 + 5 * i + k, seq=10 * k + i) for i, agent in enumerate(agents)))
+             for k, t in enumerate(("x", "y", "z"))]
+    assert clear(tasks).assignment_size == (3, 4)
+    # Twelve agents on all three tasks: each keeps its four best, and here they are the same four.
+    many = [f"m{i:02d}" for i in range(12)]
+    tasks = [auction(t, 100, *(bid(t, agent, 10 + i + k, seq=100 * k + i) for i, agent in enumerate(many)))
+             for k, t in enumerate(("x", "y", "z"))]
+    assert clear(tasks).assignment_size == (3, 4)
+
+
+def full_solve(auctions: Sequence[TaskAuction]) -> tuple[dict[str, str], dict[str, float]]:
+    """The unpruned oracle: scipy on the whole tasks x agents welfare matrix. Returns the maximum-welfare
+    allocation (task -> agent) and each winner's scaled VCG payment (scaled cost + W - W without it)."""
+    live = live_bids(auctions)
+    agents = sorted({agent for _, agent in live})
+    welfare = np.zeros((len(auctions), len(agents)))
+    for row, a in enumerate(auctions):
+        for col, agent in enumerate(agents):
+            b = live.get((a.task_id, agent))
+            if b is not None and b.price / b.reputation <= a.budget:
+                welfare[row, col] = a.budget - b.price / b.reputation
+
+    def solve(matrix: npt.NDArray[np.float64]) -> tuple[float, dict[int, int]]:
+        rows, cols = linear_sum_assignment(matrix, maximize=True)
+        pairs = {int(r): int(c) for r, c in zip(rows, cols, strict=True) if matrix[r, c] > 0}
+        return math.fsum(matrix[r, c] for r, c in pairs.items()), pairs
+
+    best, pairs = solve(welfare)
+    allocation = {auctions[r].task_id: agents[c] for r, c in pairs.items()}
+    payments = {}
+    for r, c in pairs.items():
+        without = welfare.copy()
+        without[:, c] = 0.0
+        b = live[auctions[r].task_id, agents[c]]
+        payments[auctions[r].task_id] = b.price / b.reputation + best - solve(without)[0]
+    return allocation, payments
+
+
+def random_batch(rng: Random) -> list[TaskAuction]:
+    """2-8 tasks; up to 40 agents with continuous reputations (so no ties), each bidding on one task, a few, or
+    all of them; budgets that leave some bids ineligible."""
+    n_tasks = rng.randint(2, 8)
+    auctions = []
+    reputation = {f"a{i:02d}": rng.uniform(0.2, 1.0) for i in range(rng.randint(1, 40))}
+    reach = {agent: rng.sample(range(n_tasks), rng.choice((1, 1, 2, n_tasks))) for agent in reputation}
+    for t in range(n_tasks):
+        bids = [bid(f"t{t}", agent, rng.randint(1, 200), reputation[agent], seq=rng.randint(0, 10**6))
+                for agent in reputation if t in reach[agent]]
+        auctions.append(TaskAuction(task_id=f"t{t}", budget=rng.randint(50, 300), bids=tuple(bids)))
+    return auctions
+
+
+def test_the_pruned_clearing_equals_the_full_solve_on_random_batches() -> None:
+    rng = Random(20260511)
+    pruned = 0
+    for _ in range(400):
+        auctions = random_batch(rng)
+        clearing = clear(auctions)
+        allocation, payments = full_solve(auctions)
+        live = live_bids(auctions)
+        budget = {a.task_id: a.budget for a in auctions}
+        assert {w.task_id: w.agent_id for w in clearing.awards} == allocation
+        for award in clearing.awards:
+            winning = live[award.task_id, award.agent_id]
+            assert award.price in credits_for(payments[award.task_id], winning, budget[award.task_id])
+        eligible = {agent for (task, agent), b in live.items() if b.price / b.reputation <= budget[task]}
+        pruned += 0 < clearing.assignment_size[1] < len(eligible)
+    assert pruned > 100  # the comparison is about pruned matrices, not only whole ones
 
 
 @pytest.mark.parametrize("make", [
