@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import resource
+import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -35,6 +36,9 @@ from agent_pool.retry import retry
 from agenthub.errors import LogicalAgentError, TransientAgentError
 from collaboration.models import RoutedQuestion
 from supervisor.policy import Backoff
+
+# Made at import, so the fork server loads the CA bundle once for every worker it forks (about 40 ms each).
+_TLS = ssl.create_default_context()
 
 if TYPE_CHECKING:
     from agent_pool.executors import Executor
@@ -242,7 +246,7 @@ class Runtime:
         try:
             await self._nc.subscribe(self._subject(f"context.direct.{self.agent_id}"), cb=self._on_context)
             http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {self._token}"},
-                                      timeout=httpx2.Timeout(30, read=120))
+                                      timeout=httpx2.Timeout(30, read=120), verify=_TLS)
             async with http:
                 self._http = http
                 client = Client(streamable_http_client(self.config.hub_url.rstrip("/") + "/mcp", http_client=http))
