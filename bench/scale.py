@@ -13,9 +13,11 @@
 - **Catch-up memory.** A replica of the big hub (same database) is frozen (SIGSTOP) during the big import, so
   its live feed falls `--discoveries` behind, then resumed: its peak RSS until its feed has delivered everything
   (`agenthub_feed_sequence`), ÷ its idle RSS measured just before. Bar ≤ 1.5.
-- **Spawn burst** and **clearing stall**: `bench/scale_spawn.py` and `bench/scale_clearing.py`, run from here.
+- **Spawn burst** (`bench/scale_spawn.py`) and **clearing stall** (`bench/scale_clearing.py`): each also runs on its
+  own, with its own knobs; their docstrings say what they measure.
 
-Run `python bench/scale.py` (about 5 minutes at 1,000,000); `--discoveries 200000` for a quicker look.
+Run `python bench/scale.py` (about 8 minutes at 1,000,000); `--discoveries 200000` for a quicker look, `--only`
+for one part.
 """
 
 import argparse
@@ -56,6 +58,8 @@ from harness import (  # noqa: E402
     tool_call_body,
     tool_call_headers,
 )
+from scale_clearing import measure_clearing_stall  # noqa: E402
+from scale_spawn import measure_spawn_burst  # noqa: E402
 
 SMALL = 10_000
 RARE = "rare-agent"
@@ -266,13 +270,11 @@ def main() -> None:
     if args.only in (None, "log"):
         rows += bench_log(args.discoveries, args.calls)
     if args.only in (None, "spawn"):
-        from scale_spawn import measure_spawn_burst
-
-        rows += anyio.run(measure_spawn_burst)
+        with embedded_services() as services:
+            rows += anyio.run(measure_spawn_burst, services, backend_options={"use_uvloop": True})
     if args.only in (None, "clearing"):
-        from scale_clearing import measure_clearing_stall
-
-        rows += anyio.run(measure_clearing_stall)
+        with embedded_services() as services:
+            rows += anyio.run(measure_clearing_stall, services, backend_options={"use_uvloop": True})
     if not print_table("hub at scale", rows):
         raise SystemExit(1)
 
