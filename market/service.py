@@ -84,6 +84,13 @@ logger = logging.getLogger(__name__)
 
 HUB_SCOPE = "hub"  # the idempotency scope of the hub's own actions
 _BATCH = 100
+# The completed and failed tasks won by `winners` (an array or a subquery): what reputations are computed from.
+_FINISHED = ("SELECT t.winner, t.state, t.estimated_seconds, extract(epoch FROM t.assigned_at) AS assigned,"
+             " (SELECT min(lower(c)) FROM unnest(t.required_capabilities) c) AS capability,"
+             " extract(epoch FROM coalesce(t.completed_at, t.updated_at)) AS ended,"
+             " e.resolution = 'refund' AND e.disputed_by IS NOT NULL AS dispute_lost"
+             " FROM tasks t JOIN escrows e ON e.id = t.escrow_id"
+             " WHERE t.winner = ANY({winners}) AND t.state IN ('completed', 'failed')")
 _PRUNE_EVERY = 3600.0
 
 
@@ -97,21 +104,24 @@ def _new_task_id() -> str:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class _DueBatch:
-    """Auctions past their closing time and their bids, as read without locks; `fingerprint` (count, sum of seq)
-    of those bids is what the commit compares to see that none arrived or changed since."""
+    """Auctions past their closing time, their bids and their bidders' finished tasks (rows of `_FINISHED`), as
+    read in one snapshot without locks."""
 
     tasks: list[asyncpg.Record]
     bids: list[asyncpg.Record]
-    fingerprint: tuple[int, int]
+    finished: list[asyncpg.Record]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class _Solved:
-    """A batch's clearing with what its commit records: bids per task and each winner's own estimate."""
+    """A batch's clearing with what its commit records: bids per task and each winner's own estimate; and the
+    `fingerprint` (count, sum of seq) of the bids it was solved from, which the commit compares to see that none
+    arrived or changed since."""
 
     clearing: Clearing
     bid_counts: dict[str, int]
     estimates: dict[str, float]
+    fingerprint: tuple[int, int]
 
 
 def _observations(rows: Sequence[asyncpg.Record]) -> dict[str, list[Observation]]:
@@ -127,13 +137,13 @@ def _observations(rows: Sequence[asyncpg.Record]) -> dict[str, list[Observation]
     return observations
 
 
-def _solve(batch: _DueBatch, finished: Sequence[asyncpg.Record], now: float, half_life: float) -> _Solved:
+def _solve(batch: _DueBatch, now: float, half_life: float) -> _Solved:
     """Clear a batch, each bid scaled by its bidder's reputation for its task's first capability (alphabetically).
 
     Pure and CPU-bound (10,000 bids: tens of milliseconds of Python around the solver): the closer runs it in a
     worker thread.
     """
-    history = _observations(finished)
+    history = _observations(batch.finished)
     capability = {r["id"]: min((c.lower() for c in r["required_capabilities"]), default=None) for r in batch.tasks}
     # An agent without finished tasks has the same reputation as any other: computed once, not once per bidder.
     newcomer = {cap: reputation((), now, half_life, capability=cap) for cap in set(capability.values())}
@@ -154,7 +164,7 @@ def _solve(batch: _DueBatch, finished: Sequence[asyncpg.Record], now: float, hal
     estimates = {award.task_id: next(b.estimated_seconds for b in by_task[award.task_id]
                                      if b.agent_id == award.agent_id) for award in clearing.awards}
     return _Solved(clearing=clearing, bid_counts={task: len(bids) for task, bids in by_task.items()},
-                   estimates=estimates)
+                   estimates=estimates, fingerprint=(len(batch.bids), sum(b["seq"] for b in batch.bids)))
 
 
 class Market:
@@ -365,13 +375,7 @@ class Market:
 
     async def finished_tasks(self, agent_ids: Sequence[str]) -> list[asyncpg.Record]:
         """The completed and failed tasks these agents won: what their reputations are computed from."""
-        return list(await self._pool.fetch(
-            "SELECT t.winner, t.state, t.estimated_seconds, extract(epoch FROM t.assigned_at) AS assigned,"
-            " (SELECT min(lower(c)) FROM unnest(t.required_capabilities) c) AS capability,"
-            " extract(epoch FROM coalesce(t.completed_at, t.updated_at)) AS ended,"
-            " e.resolution = 'refund' AND e.disputed_by IS NOT NULL AS dispute_lost"
-            " FROM tasks t JOIN escrows e ON e.id = t.escrow_id"
-            " WHERE t.winner = ANY($1) AND t.state IN ('completed', 'failed')", list(set(agent_ids))))
+        return list(await self._pool.fetch(_FINISHED.format(winners="$1"), list(set(agent_ids))))
 
     # -- the auction closer ----------------------------------------------------------------------------------------
 
@@ -396,8 +400,7 @@ class Market:
         batch = await self._due_batch()
         if batch is None:
             return 0
-        finished = await self.finished_tasks(sorted({b["agent_id"] for b in batch.bids}))
-        solved = await anyio.to_thread.run_sync(_solve, batch, finished, time.time(),
+        solved = await anyio.to_thread.run_sync(_solve, batch, time.time(),
                                                 self.settings.reputation_half_life_seconds, limiter=self._solver)
         published = await self._commit(batch, solved)
         if published is None:
@@ -410,12 +413,16 @@ class Market:
         return len(published)
 
     async def _due_batch(self) -> _DueBatch | None:
-        async with self._pool.acquire() as conn:
+        """The due auctions, their bids and their bidders' finished tasks, from one snapshot, without locks."""
+        async with self._pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
             tasks = await TaskStore.due(conn, _BATCH)
             if not tasks:
                 return None
-            bids = await TaskStore.bids_for(conn, [r["id"] for r in tasks])
-        return _DueBatch(tasks=tasks, bids=bids, fingerprint=(len(bids), sum(b["seq"] for b in bids)))
+            ids = [r["id"] for r in tasks]
+            bids = await TaskStore.bids_for(conn, ids)
+            bidders = "(SELECT agent_id FROM bids WHERE task_id = ANY($1))"
+            finished = list(await conn.fetch(_FINISHED.format(winners=bidders), ids))
+        return _DueBatch(tasks=tasks, bids=bids, finished=finished)
 
     async def _commit(self, batch: _DueBatch, solved: _Solved) -> list[TaskUpdate] | None:
         """Apply a solved batch in one transaction: the tasks assigned or expired with their escrows; None, writing
@@ -428,7 +435,7 @@ class Market:
             # SKIP LOCKED: a task another replica is committing, or one being cancelled, makes this batch stale
             # rather than a wait.
             if (await TaskStore.lock_bidding(conn, ids) != ids
-                    or await TaskStore.bid_fingerprint(conn, ids) != batch.fingerprint):
+                    or await TaskStore.bid_fingerprint(conn, ids) != solved.fingerprint):
                 return None
             # Lock every payer's account now, in id order: the escrow changes below lock them one by one, and two
             # replicas clearing different batches of one payer would otherwise deadlock.

@@ -164,8 +164,15 @@ class TaskStore:
             task_ids)]
 
     @staticmethod
-    async def bids_for(conn: Connection, task_ids: list[str]) -> list[asyncpg.Record]:
-        return list(await conn.fetch("SELECT * FROM bids WHERE task_id = ANY($1) ORDER BY seq", task_ids))
+    async def bids_for(conn: Connection, task_ids: list[str], page: int = 1000) -> list[asyncpg.Record]:
+        """The tasks' bids in seq order, read a page at a time inside the caller's transaction: ten thousand rows
+        decoded at once would hold the event loop for milliseconds."""
+        cursor = await conn.cursor("SELECT task_id, agent_id, price, estimated_seconds, seq FROM bids"
+                                   " WHERE task_id = ANY($1) ORDER BY seq", task_ids)
+        bids: list[asyncpg.Record] = []
+        while rows := await cursor.fetch(page):
+            bids += rows
+        return bids
 
     @staticmethod
     async def bid_fingerprint(conn: Connection, task_ids: list[str]) -> tuple[int, int]:

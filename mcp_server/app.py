@@ -9,6 +9,7 @@ import logging
 import secrets
 import signal
 import socket
+import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from functools import partial
@@ -51,6 +52,10 @@ logger = logging.getLogger(__name__)
 OPERATOR_TOKEN_FILE = "operator-token"
 REPLICA_ID_FILE = "replica-id"
 _GC_THRESHOLDS = (50_000, 20, 20)
+# A worker thread running Python (an auction solve, a sandbox run's host calls) hands the GIL back only after the
+# interpreter's switch interval, and the event loop needs it several times per request: at the default 5 ms, a
+# 10,000-bid solve quadrupled /health's p99 (bench/scale.py). 0.5 ms keeps the loop's wait short.
+_THREAD_SWITCH_SECONDS = 0.0005
 _ENDPOINTS = [*api.ENDPOINTS, *agents.ENDPOINTS, *market_api.ENDPOINTS, *sandbox_api.ENDPOINTS]
 
 _STREAM_DOC = {"/discoveries/stream": {"get": {
@@ -236,6 +241,7 @@ async def serve(app: Starlette, sock: socket.socket, *, log_level: str = "info",
     gc.collect()
     gc.freeze()
     gc.set_threshold(*_GC_THRESHOLDS)
+    sys.setswitchinterval(_THREAD_SWITCH_SECONDS)
     async with anyio.create_task_group() as tg:
 
         async def stop_on_signal() -> None:
