@@ -3,8 +3,13 @@
 Every run gets a new `Store` with its fuel, its memory cap and an epoch deadline, and a WASI context that grants
 nothing: no arguments, no environment, no preopened directories (so no files), no sockets. WASI's `fd_read` and
 `fd_write` are replaced by host functions over in-memory buffers: stdin is the input, stdout is bounded (the
-guest is stopped the moment it writes past `output_bytes`) and stderr keeps its first `log_bytes`. A ticker
-thread advances the engine's epoch while runs are active, which turns the wall-clock deadline into a trap.
+guest is stopped the moment it writes past `output_bytes`) and stderr keeps its first `log_bytes`.
+
+Deadlines are wall-clock time (`EpochClock`): the engine's epoch is a clock of `_TICK_SECONDS` ticks, anchored to
+`time.monotonic()`. A run's store traps when the epoch reaches the tick of its deadline; one timer thread sleeps
+until the earliest pending deadline and then sets the epoch to what the monotonic clock says, however late it
+woke. So a late wake-up (a busy machine, a held GIL) delays the trap by that wake-up's lateness only, never by an
+accumulation of late ticks, and the epoch never runs ahead of the clock (no run stops early).
 
 Runs are synchronous native calls that release the GIL; `Runner.execute` hands them to the runner's own
 `concurrency` threads, so the event loop stays responsive and at most that many modules run at once. (Its own
@@ -13,6 +18,7 @@ threads, not `anyio.to_thread`: the hand-off then costs about half as much, whic
 
 import asyncio
 import ctypes
+import heapq
 import json
 import math
 import queue
@@ -46,8 +52,7 @@ from sandbox.models import Outcome, RunLimits, RunResult
 
 WASI = "wasi_snapshot_preview1"
 PAGE = 65536
-_TICK_SECONDS = 0.01
-_IDLE_SECONDS = 1.0  # the ticker sleeps after this long without runs
+_TICK_SECONDS = 0.001  # the epoch's unit: deadlines are rounded up to it
 _EBADF, _EFAULT, _EINVAL = 8, 21, 28  # WASI errno values
 _IOV_MAX = 1024  # iovecs per call, as POSIX's IOV_MAX: a guest cannot make the host build a huge list
 _U32_MASK = 0xFFFF_FFFF
@@ -188,24 +193,91 @@ class _Job(NamedTuple):
     done: "asyncio.Future[RunResult]"
 
 
+class EpochClock:
+    """Wall-clock deadlines for the stores of one engine, through its epoch (see the module's docstring).
+
+    Use as a context manager (it owns the timer thread); `deadline(store, seconds)` arms a store before it runs.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._wake = threading.Condition()
+        self._epoch = 0  # the engine's epoch: only this clock increments it, under `_wake`
+        self._origin = time.monotonic()  # the instant of epoch 0 (moved while no run is armed)
+        self._due: list[list[Any]] = []  # a heap of [deadline (monotonic), its tick, run number, still armed]
+        self._runs = 0
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="wasm-epoch")
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+        self._thread.join()
+
+    @contextmanager
+    def deadline(self, store: Store, seconds: float) -> Iterator[None]:
+        """Make `store` trap once `seconds` have passed (wall clock), while the block runs."""
+        with self._wake:
+            now = time.monotonic()
+            if not self._due:
+                # Nothing depends on the epoch's origin: move it so that the epoch is the clock's now, and the
+                # timer never has to catch up on idle time.
+                self._origin = now - self._epoch * _TICK_SECONDS
+            # The first tick at or after the deadline; the epoch is at most the clock's, so it is ahead of it.
+            tick = math.ceil((now + seconds - self._origin) / _TICK_SECONDS)
+            store.set_epoch_deadline(tick - self._epoch)
+            self._runs += 1
+            entry = [self._origin + tick * _TICK_SECONDS, tick, self._runs, True]
+            if not self._due or entry[0] < self._due[0][0]:
+                self._wake.notify()
+            heapq.heappush(self._due, entry)
+        try:
+            yield
+        finally:
+            with self._wake:
+                entry[3] = False
+                while self._due and not self._due[0][3]:  # ended runs need no wake-up
+                    heapq.heappop(self._due)
+
+    def _run(self) -> None:
+        """Sleep until the earliest pending deadline, then bring the epoch up to the clock."""
+        with self._wake:
+            while not self._closed:
+                if not self._due:
+                    self._wake.wait()
+                    continue
+                now = time.monotonic()
+                if now < self._due[0][0]:
+                    self._wake.wait(self._due[0][0] - now)
+                    continue
+                ticks = math.floor((now - self._origin) / _TICK_SECONDS)
+                while self._due and (self._due[0][0] <= now or not self._due[0][3]):
+                    due, tick, _, armed = heapq.heappop(self._due)
+                    if armed and due <= now:
+                        ticks = max(ticks, tick)  # whatever the float rounding says
+                for _ in range(ticks - self._epoch):
+                    self._engine.increment_epoch()
+                self._epoch = max(self._epoch, ticks)
+
+
 class Runner:
     """Runs modules compiled for its engine, in `concurrency` threads of its own. Use as a context manager: it
-    owns those threads and the epoch ticker, and joins them on exit."""
+    owns those threads and the epoch clock, and joins them on exit."""
 
     def __init__(self, *, concurrency: int = 2) -> None:
         self.engine = Engine(engine_config())
         self._linker = wasi_linker(self.engine)
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._threads = [threading.Thread(target=self._work, name=f"wasm-run-{n}") for n in range(concurrency)]
-        self._wake = threading.Condition()
-        self._active = 0
-        self._last_active = 0.0
-        self._sleeping = False
-        self._closed = False
-        self._ticker = threading.Thread(target=self._tick, name="wasm-epoch")
+        self._clock = EpochClock(self.engine)
 
     def __enter__(self) -> Self:
-        self._ticker.start()
+        self._clock.__enter__()
         for thread in self._threads:
             thread.start()
         return self
@@ -215,10 +287,7 @@ class Runner:
             self._jobs.put(None)
         for thread in self._threads:
             thread.join()  # each finishes its run first: bounded by the run's deadline
-        with self._wake:
-            self._closed = True
-            self._wake.notify()
-        self._ticker.join()
+        self._clock.__exit__(kind, exc, tb)
 
     def _work(self) -> None:
         while (job := self._jobs.get()) is not None:
@@ -228,34 +297,6 @@ class Runner:
                 job.loop.call_soon_threadsafe(_settle, job.done, None, exc)
             else:
                 job.loop.call_soon_threadsafe(_settle, job.done, result, None)
-
-    def _tick(self) -> None:
-        """Advance the epoch every tick while runs are active (and for a grace period after the last one, so a
-        steady stream of runs never has to wake the thread); sleep otherwise."""
-        with self._wake:
-            while not self._closed:
-                if self._active == 0 and time.monotonic() - self._last_active > _IDLE_SECONDS:
-                    self._sleeping = True
-                    self._wake.wait()
-                    self._sleeping = False
-                    continue
-                self._wake.wait(_TICK_SECONDS)
-                self.engine.increment_epoch()
-                if self._active:
-                    self._last_active = time.monotonic()
-
-    @contextmanager
-    def _running(self) -> Iterator[None]:
-        with self._wake:
-            self._active += 1
-            if self._sleeping:
-                self._wake.notify()
-        try:
-            yield
-        finally:
-            with self._wake:
-                self._active -= 1
-                self._last_active = time.monotonic()
 
     def load(self, artifact: bytes) -> Module:
         """A module from the compiler's serialized output (trusted: we produced it with this engine's config)."""
@@ -278,13 +319,11 @@ class Runner:
         store.set_limits(memory_size=limits.memory_bytes, table_elements=100_000, instances=1, tables=10,
                          memories=1)
         store.set_wasi(WasiConfig())
-        # The deadline traps after more than `deadline_seconds`: the first tick may come at once, hence the +1.
-        store.set_epoch_deadline(math.ceil(limits.deadline_seconds / _TICK_SECONDS) + 1)
         exports: Mapping[str, Any] | None = None
         exit_code: int | None = None
         failure: tuple[Outcome, str] | None = None
         started = time.perf_counter()
-        with self._running():
+        with self._clock.deadline(store, limits.deadline_seconds):
             _current.stdio = io
             try:
                 exports = self._linker.instantiate(store, module).exports(store)
