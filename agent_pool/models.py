@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_vali
 
 from agent_pool.states import AgentState
 from agenthub.ids import AGENT_ID_PATTERN
+from agenthub.text import Storable
 from sandbox.models import CompileLimits, RunLimits
 
 AgentIdField = Annotated[str, StringConstraints(pattern=AGENT_ID_PATTERN)]
@@ -27,7 +28,7 @@ RestartType = Literal["permanent", "transient", "temporary"]
 ErrorCategory = Literal["transient", "fatal", "logical"]
 
 
-class Strict(BaseModel):
+class Strict(Storable):
     model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
 
 

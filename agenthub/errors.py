@@ -7,6 +7,7 @@
     │   ├── ValueOutOfRange          a number or length outside its bounds (amount, percent, key, limit)
     │   ├── MalformedAccountId       not `mint`, `platform` or `{agent,requester,escrow}:{id}`
     │   ├── WrongAccountKind         an account of a kind the operation cannot use (a deposit to the mint)
+    │   ├── UnstorableText           text PostgreSQL cannot hold (NUL, a lone surrogate), naming the field
     │   └── InvalidModule            a WASM module refused at upload (size, format, compile budget, ABI)
     ├── NotFound
     │   ├── DiscoveryNotFound
@@ -28,7 +29,8 @@
     │   ├── EscrowAlreadyAwarded     reducing an escrow whose payee is already chosen
     │   ├── EscrowNotAwarded         paying an escrow that has no payee yet
     │   ├── AuctionClosed            a bid after the auction closed
-    │   └── IllegalTaskTransition    a task state change the task state machine does not allow
+    │   ├── IllegalTaskTransition    a task state change the task state machine does not allow
+    │   └── WrongTaskState           an action the task's state does not allow (accepting unfinished work)
     ├── Unauthenticated              no token, or a token that is unknown or revoked
     ├── Forbidden                    the token's role or agent id does not allow the action
     │   ├── NotEscrowParty           a dispute by someone who is neither the payer nor the payee
@@ -97,6 +99,13 @@ class WrongAccountKind(InvalidInput):
         self.account_id = account_id
         self.kind = kind
         self.allowed = allowed
+
+
+class UnstorableText(InvalidInput):
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}; remove it and send the request again")
+        self.field = field
+        self.problem = problem
 
 
 class NotFound(HubError):
@@ -279,6 +288,15 @@ class IllegalTaskTransition(Conflict):
         self.task_id = task_id
         self.current = current
         self.target = target
+
+
+class WrongTaskState(Conflict):
+    def __init__(self, task_id: str, state: str, action: str, allowed: tuple[str, ...]) -> None:
+        super().__init__(f"task {task_id!r} is {state}: only a task that is {' or '.join(allowed)} can be {action}")
+        self.task_id = task_id
+        self.state = state
+        self.action = action
+        self.allowed = allowed
 
 
 class MissingCapabilities(Forbidden):

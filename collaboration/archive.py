@@ -50,20 +50,8 @@ def parse_lines(body: bytes) -> list[DiscoveryLine | ContextLine]:
         except ValidationError as exc:
             reasons = "; ".join(f"{loc or 'line'}: {msg}" for loc, msg, _ in validation_errors(exc))
             raise InvalidInput(f"line {number} of the chunk is not a discovery or context line: {reasons}") from exc
-        if _has_nul(item.model_dump()):
-            raise InvalidInput(f"line {number} of the chunk holds a NUL character (\\u0000), which cannot be stored")
         parsed.append(item)
     return parsed
-
-
-def _has_nul(value: object) -> bool:
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_has_nul(v) for v in value)
-    return False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

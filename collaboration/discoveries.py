@@ -9,7 +9,8 @@ read what they missed from here.
 Concurrent shares are written together: while one statement is in flight the next ones queue, and whoever
 writes next takes the whole queue in one multi-row statement (one round trip, one commit, consecutive sequence
 numbers in arrival order). A share whose `related_to` names no stored discovery is refused before the write, so
-it never fails the others.
+it never fails the others; text PostgreSQL cannot store is refused before it is queued (`agenthub.text`), and
+should PostgreSQL still refuse a value of a batch, its items are written one by one so only the bad one fails.
 
 At scale: reads by filter are index-driven (`DiscoveryFilter.read_query`); counts by type, per-agent activity
 and per-minute figures are kept by triggers in the same statement that writes (migration 0007), so status and
@@ -35,6 +36,7 @@ from agenthub.errors import (
     CursorInFuture,
     DiscoveryNotFound,
     HubError,
+    InvalidInput,
     RelatedDiscoveryNotFound,
     ServiceUnavailable,
 )
@@ -137,16 +139,32 @@ class DiscoveryLog:
                         p.error = RelatedDiscoveryNotFound(p.item.related_to)
             todo = [p for p in batch if p.error is None]
             if todo:
-                ids: list[str] = [new_discovery_id() for _ in todo]
-                rows = await self._pool.fetch(_INSERT, *_columns(ids, [p.item for p in todo], [None] * len(todo)))
-                by_id = {r["id"]: r for r in rows}
-                for p, discovery_id in zip(todo, ids, strict=True):
-                    p.row = by_id.get(discovery_id)
+                await self._insert(todo)
         finally:
             for p in batch:  # a failure leaves the queued callers to raise it rather than wait forever
                 if p.row is None and p.error is None:
                     p.error = ServiceUnavailable("the discovery could not be stored; retry")
                 p.done = True
+
+    async def _insert(self, todo: list[_Pending]) -> None:
+        """Write `todo` in one statement; when PostgreSQL refuses a value of it (a data or constraint error, which
+        one bad item causes and no other), write each on its own so the bad one fails alone."""
+        ids: list[str] = [new_discovery_id() for _ in todo]
+        try:
+            rows = await self._pool.fetch(_INSERT, *_columns(ids, [p.item for p in todo], [None] * len(todo)))
+        except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
+            if len(todo) > 1:
+                logger.warning("a batch of %d discoveries was refused (%s); writing them one by one", len(todo),
+                               exc)
+                for p in todo:
+                    await self._insert([p])
+                return
+            todo[0].error = InvalidInput(f"the discovery could not be stored: {exc}")
+            todo[0].error.__cause__ = exc
+            return
+        by_id = {r["id"]: r for r in rows}
+        for p, discovery_id in zip(todo, ids, strict=True):
+            p.row = by_id.get(discovery_id)
 
     async def import_many(self, items: Sequence[DiscoveryLine]) -> ImportResult:
         """Store discoveries exported from a hub, keeping their ids, agents, content, links and times; the

@@ -1,6 +1,7 @@
 """Pydantic models at the edges of collaboration: tool and HTTP inputs, outputs and NATS payloads.
 
-Inputs are strict (no type coercion from strings) and reject unexpected fields. Discovery and context types
+Inputs are strict (no type coercion from strings), reject unexpected fields and text PostgreSQL cannot store
+(`agenthub.text.Storable`). Discovery and context types
 are accepted in any case and stored lowercase.
 """
 
@@ -20,6 +21,7 @@ from pydantic import (
 )
 
 from agenthub.ids import AGENT_ID_PATTERN
+from agenthub.text import Storable
 
 MAX_CONTENT_CHARS = 16_000
 MAX_LIST_ITEMS = 50
@@ -64,7 +66,7 @@ def validation_errors(exc: ValidationError) -> list[tuple[str, str, str]]:
     return out
 
 
-class Strict(BaseModel):
+class Strict(Storable):
     model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
 
 

@@ -1,7 +1,8 @@
 """Pydantic models at the edges of the market: tool and HTTP inputs, what callers read back, NATS payloads.
 
-Inputs are strict and reject unexpected fields. Credits are integers. Every money-moving request carries an
-idempotency key (1..255 characters): a retry with the same key and body returns the first answer.
+Inputs are strict and reject unexpected fields and text PostgreSQL cannot store (`agenthub.text`). Credits are
+integers. Every money-moving request carries an idempotency key (1..255 characters): a retry with the same key and
+body returns the first answer.
 """
 
 from datetime import datetime
@@ -10,6 +11,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from agenthub.ids import AGENT_ID_PATTERN
+from agenthub.text import Storable
 
 AgentIdField = Annotated[str, StringConstraints(pattern=AGENT_ID_PATTERN)]
 Capability = Annotated[str, StringConstraints(min_length=1, max_length=64, strip_whitespace=True)]
@@ -19,7 +21,7 @@ TaskState = Literal["bidding", "assigned", "running", "completed", "failed", "ca
 TASK_STATES: tuple[str, ...] = ("bidding", "assigned", "running", "completed", "failed", "cancelled", "expired")
 
 
-class Strict(BaseModel):
+class Strict(Storable):
     model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
 
 
@@ -213,13 +215,13 @@ class ReportBody(Strict):
     message: Annotated[str, StringConstraints(max_length=4000)] | None = None
 
 
-class LedgerQuery(BaseModel):
+class LedgerQuery(Storable):
     model_config = ConfigDict(extra="forbid")
     before: Annotated[int, Field(ge=1)] | None = None
     limit: Annotated[int, Field(ge=1, le=200)] = 50
 
 
-class TasksQuery(BaseModel):
+class TasksQuery(Storable):
     model_config = ConfigDict(extra="forbid")
     state: list[TaskState] | None = None
     requester_id: str | None = None

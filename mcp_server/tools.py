@@ -18,6 +18,7 @@ from pydantic import BaseModel, ValidationError
 from agent_pool.models import AgentInfo, AgentList, AgentRef, ListAgentsInput, SpawnAgentInput
 from agenthub.auth import Principal, Role
 from agenthub.errors import HubError
+from agenthub.text import find_unstorable
 from collaboration.models import (
     CollaborationStatus,
     ContextList,
@@ -202,6 +203,10 @@ async def call_tool(hub: HubState, who: Principal, name: str, arguments: dict[st
     started = time.perf_counter()
     outcome = "error"
     try:
+        unstorable = find_unstorable(arguments or {})
+        if unstorable is not None:  # before validation: a NUL in an id is a NUL, not a pattern mismatch
+            outcome = "invalid"
+            return _text_result(f"invalid arguments: {unstorable[0] or 'arguments'}: {unstorable[1]}")
         req = spec.input.model_validate(arguments or {})
         output = await spec.run(hub, who, req)
         outcome = "ok"

@@ -1,14 +1,15 @@
 """REST `/api/v1/agents`: spawn, list, inspect, stop and restart agents (twins of the operator MCP tools)."""
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import ConfigDict
 from starlette.requests import Request
 
 from agent_pool.models import AgentInfo, AgentList, AgentRef, ListAgentsInput, SpawnAgentInput, StateName
+from agenthub.text import Storable
 from web_ui.endpoints import Endpoint
 from web_ui.state import HubState, hub_of, principal_of
 
 
-class AgentsQuery(BaseModel):
+class AgentsQuery(Storable):
     model_config = ConfigDict(extra="forbid")
     state: list[StateName] | None = None
     role: str | None = None

@@ -8,6 +8,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from agenthub.auth import Role, create_token
+from agenthub.text import Storable
 from collaboration.filters import DiscoveryFilter
 from collaboration.models import (
     AgentIdField,
@@ -33,7 +34,7 @@ from web_ui.endpoints import Endpoint
 from web_ui.state import hub_of, principal_of
 
 
-class DiscoveryFilterQuery(BaseModel):
+class DiscoveryFilterQuery(Storable):
     """Discovery filters as query parameters (the stream's, and the list's with paging added)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -57,7 +58,7 @@ class DiscoveryPage(BaseModel):
     next_cursor: int
 
 
-class ExportQuery(BaseModel):
+class ExportQuery(Storable):
     model_config = ConfigDict(extra="forbid")
     after: Annotated[int, Field(ge=0, description="Export the discoveries after this sequence.")] = 0
     context: bool = Field(default=False, description="Add every unexpired context item after the discoveries.")
@@ -71,20 +72,20 @@ class ImportSummaryOut(BaseModel):
     newest_sequence: int | None = Field(description="This hub's sequence for the last discovery imported.")
 
 
-class PollBody(BaseModel):
+class PollBody(Storable):
     model_config = ConfigDict(strict=True, extra="forbid")
     cursor: Annotated[int, Field(ge=0)] | None = None
     wait_seconds: Annotated[float, Field(ge=0, le=30)] = 0
     limit: Annotated[int, Field(ge=1, le=100)] = 50
 
 
-class ContextQuery(BaseModel):
+class ContextQuery(Storable):
     model_config = ConfigDict(extra="forbid")
     context_type: list[str] | None = None
     min_relevance: Unit = 0.0
 
 
-class TokenRequest(BaseModel):
+class TokenRequest(Storable):
     model_config = ConfigDict(strict=True, extra="forbid")
     role: Role
     agent_id: AgentIdField | None = None

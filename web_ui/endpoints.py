@@ -12,6 +12,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from agenthub.errors import HubError
+from agenthub.text import check_json, require_storable
 from web_ui.problems import problem, problem_for, validation_problem
 
 M = TypeVar("M", bound=BaseModel)
@@ -32,7 +33,12 @@ class Endpoint:
     def route(self) -> Route:
         async def endpoint(request: Request) -> Response:
             try:
+                check_params(request)
+                if self.body is not None:
+                    check_json(await request.body())
                 arg = await self._parse(request)
+            except HubError as exc:
+                return problem_for(exc)
             except ValidationError as exc:
                 return validation_problem(exc)
             except ValueError as exc:
@@ -63,6 +69,16 @@ class Endpoint:
         if self.query is not None:
             return parse_query(self.query, request.query_params)
         return None
+
+
+def check_params(request: Request) -> None:
+    """Refuse path ids and query parameters (names and values) holding text PostgreSQL cannot store, naming them:
+    they reach queries as they are (`agenthub.text`)."""
+    for name, value in request.path_params.items():
+        require_storable(name, value)
+    for name, value in request.query_params.multi_items():
+        require_storable("query parameter name", name)
+        require_storable(name, value)
 
 
 def parse_query(model: type[M], query: QueryParams, skip: frozenset[str] = frozenset()) -> M:

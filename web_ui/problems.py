@@ -16,6 +16,7 @@ from agenthub.errors import (
     TooManyConnections,
     Unauthenticated,
 )
+from agenthub.text import ERROR_TYPE
 from collaboration.models import validation_errors
 
 _STATUS: list[tuple[type[HubError], int, str]] = [
@@ -45,6 +46,10 @@ def problem_for(exc: HubError) -> JSONResponse:
 
 
 def validation_problem(exc: ValidationError) -> JSONResponse:
+    """422 naming each field; 400 when the only fault is text that cannot be stored (a NUL), like other values
+    that are well-formed but not acceptable."""
     errors = [{"loc": loc, "msg": msg, "type": kind} for loc, msg, kind in validation_errors(exc)]
     detail = "; ".join(f"{e['loc'] or 'body'}: {e['msg']}" for e in errors)
+    if all(e["type"] == ERROR_TYPE for e in errors):
+        return problem(400, "Invalid input", detail, errors=errors)
     return problem(422, "Validation failed", detail, errors=errors)

@@ -28,7 +28,7 @@ from agenthub.errors import CursorExpired, CursorInFuture, HubError, InvalidInpu
 from collaboration.feed import FeedEvent
 from collaboration.filters import DiscoveryFilter
 from web_ui.api import DiscoveryFilterQuery
-from web_ui.endpoints import parse_query
+from web_ui.endpoints import check_params, parse_query
 from web_ui.ops import snapshot
 from web_ui.problems import problem_for, validation_problem
 from web_ui.state import HubState, hub_of, principal_of
@@ -65,6 +65,7 @@ async def discovery_stream(request: Request) -> Response:
     hub = hub_of(request)
     try:
         who = principal_of(request)
+        check_params(request)
         oldest, newest = await hub.collab.log.bounds()
         filters = set(request.query_params) - _POSITION_PARAMS
         sub_id = request.query_params.get("subscription_id")
