@@ -14,11 +14,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from agenthub.auth import LOCAL_OPERATOR, Principal, resolve_token
 from agenthub.errors import Unauthenticated
+from web_ui.origins import field_value, host_allowed, origin_allowed
 from web_ui.problems import problem
 
 logger = logging.getLogger(__name__)
 
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 # Paths anyone may read without a token: liveness, readiness, metrics scraping, the API description, the page.
 PUBLIC_PATHS = frozenset({"/health", "/ready", "/metrics", "/openapi.json"})
 # Browsers' EventSource cannot send headers, so the UI streams also take `?access_token=`.
@@ -28,23 +28,6 @@ STATIC_PREFIX = "/ui/"  # the dashboard's own files: public, like the page at `/
 UPLOAD_PATH = re.compile(r"/api/v1/agents/[^/]+/binary")
 _CACHE_SECONDS = 10.0
 _CACHE_MAX = 4096
-
-
-def _host_allowed(host: str, extra: list[str]) -> bool:
-    """Loopback names on any port, plus the configured `host[:port]` values."""
-    if host in extra:
-        return True
-    name = host[: host.index("]") + 1] if host.startswith("[") and "]" in host else host.split(":", 1)[0]
-    return name in LOOPBACK_HOSTS
-
-
-def _origin_allowed(origin: str, extra: list[str]) -> bool:
-    if origin in extra:
-        return True
-    for scheme in ("http://", "https://"):
-        if origin.startswith(scheme):
-            return _host_allowed(origin.removeprefix(scheme), [])
-    return False
 
 
 class Guard:
@@ -64,12 +47,12 @@ class Guard:
             await self.app(scope, receive, send)
             return
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-        host = headers.get("host", "")
-        if not _host_allowed(host, self.allowed_hosts):
+        host = field_value(scope["headers"], b"host") or ""
+        if not host_allowed(host, self.allowed_hosts):
             await problem(403, "Forbidden host", f"Host {host!r} is not allowed")(scope, receive, send)
             return
-        origin = headers.get("origin")
-        if origin is not None and not _origin_allowed(origin, self.allowed_origins):
+        origin = field_value(scope["headers"], b"origin")
+        if origin is not None and not origin_allowed(origin, self.allowed_origins):
             await problem(403, "Forbidden origin", f"Origin {origin!r} is not allowed")(scope, receive, send)
             return
         limit = self.max_upload if scope["method"] == "POST" and UPLOAD_PATH.fullmatch(scope["path"]) else \
