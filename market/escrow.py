@@ -18,10 +18,11 @@ nothing), then changes the state with an `UPDATE … WHERE state = ANY(allowed) 
 through `market.ledger.post_transfer`. A partial unique index allows one settlement transfer per escrow, so even a
 bug here cannot pay twice.
 
-Lock order: the escrow row, then its accounts in id order (`market.ledger.lock_accounts`). One operation locks
-one escrow, so operations cannot deadlock one another. A transaction that works on several escrows (the auction
-closer) must take their rows in one global order (say, by locking their tasks first) and lock every account it
-will touch up front with `lock_accounts`, or two such transactions can each hold a payer the other needs.
+Lock order: the task's row, then the escrow row, then its accounts in id order (`market.ledger.lock_accounts`).
+The operations here lock the escrow and its accounts; a caller settling a task locks the task first
+(`market.tasks.TaskStore.lock`), since its task events lock the task too and would otherwise invert the order
+against a caller that did. A transaction that works on several escrows (the auction closer) locks their tasks,
+then the escrows (`lock`), then every account it will touch, up front and in id order.
 
 Rounding (integers, floor): the fee is `gross * fee_percent // 100` of what goes to the payee, so the platform
 never takes more than its percentage and the payee keeps the remainder; in a split the payee's gross share is
@@ -301,6 +302,11 @@ async def resolve(conn: Connection, escrow_id: str, outcome: Outcome, *, arbiter
         raise EscrowNotDisputed(escrow.id, escrow.state.value)
     return await _settle(conn, escrow, outcome, fee_percent=fee_percent, share=payee_share_percent, arbiter=arbiter,
                          scope=scope, key=key)
+
+
+async def lock(conn: Connection, escrow_ids: list[str]) -> None:
+    """Lock the escrows' rows for the caller's transaction, in id order (after their tasks: see above)."""
+    await conn.execute("SELECT 1 FROM escrows WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE", sorted(escrow_ids))
 
 
 # -- the same, each in its own idempotent transaction ----------------------------------------------------------------

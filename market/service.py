@@ -2,7 +2,9 @@
 checked in one place. The MCP tools, REST and the CLI only translate.
 
 Money and task state move together: each operation is ONE transaction that changes the task and its escrow (the
-escrow functions of `market.escrow` run on the same connection), under an idempotency key. Callers give their
+escrow functions of `market.escrow` run on the same connection), under an idempotency key. Every one of them locks
+the task first, then the escrow, then accounts in id order (`market.tasks`), so racing requests queue instead of
+deadlocking, and the later ones find the task in a state that refuses them (409). Callers give their
 own keys; the hub's own actions (clearing, failure refunds, timeouts, auto-accept) use keys derived from the
 task, so a repeat after a crash finds the first answer instead of acting twice.
 
@@ -40,7 +42,7 @@ from anyio.abc import TaskStatus
 from agenthub.auth import Principal, Role
 from agenthub.bus import Bus
 from agenthub.database import Connection
-from agenthub.errors import Forbidden, MissingCapabilities, TaskNotFound
+from agenthub.errors import Conflict, Forbidden, MissingCapabilities, TaskNotFound, WrongTaskState
 from agenthub.metrics import HubMetrics
 from agenthub.settings import MarketSettings
 from market import escrow as escrows
@@ -52,6 +54,7 @@ from market.ledger import (
     Ledger,
     account_kind,
     agent_account,
+    escrow_account,
     lock_accounts,
     parse_account_id,
     requester_account,
@@ -92,6 +95,7 @@ _FINISHED = ("SELECT t.winner, t.state, t.estimated_seconds, extract(epoch FROM 
              " FROM tasks t JOIN escrows e ON e.id = t.escrow_id"
              " WHERE t.winner = ANY({winners}) AND t.state IN ('completed', 'failed')")
 _PRUNE_EVERY = 3600.0
+_DISPUTABLE = ("assigned", "running", "completed")
 
 
 def _scope(who: Principal) -> str:
@@ -293,16 +297,18 @@ class Market:
 
     async def dispute(self, who: Principal, req: DisputeInput) -> TaskInfo:
         who.require_acting_as(req.by)
-        task = await self.tasks.get(req.task_id)
-        party = (requester_account(req.by) if req.by == task.requester_id
-                 else agent_account(req.by) if req.by == task.winner else None)
-        if party is None:
-            raise Forbidden(f"only the requester or the winner of task {req.task_id} can dispute it")
 
         async def effect(conn: Connection) -> str:
-            await escrows.dispute(conn, task.escrow_id, party, req.evidence)
+            task = await self.tasks.lock(conn, req.task_id)
+            party = (requester_account(req.by) if req.by == task["requester_id"]
+                     else agent_account(req.by) if req.by == task["winner"] else None)
+            if party is None:
+                raise Forbidden(f"only the requester or the winner of task {req.task_id} can dispute it")
+            if task["state"] not in _DISPUTABLE:  # before the award there is no work to dispute; after, no money
+                raise WrongTaskState(req.task_id, task["state"], "disputed", _DISPUTABLE)
+            await escrows.dispute(conn, task["escrow_id"], party, req.evidence)
             await self.tasks.record(req.task_id, "dispute", f"disputed by {req.by}: {req.evidence[:500]}", conn=conn)
-            return task.escrow_id
+            return str(task["escrow_id"])
 
         await run_once(self._pool, scope=_scope(who), key=req.idempotency_key,
                        request={"op": "dispute", **req.model_dump(mode="json")}, result_type=str, effect=effect)
@@ -310,16 +316,16 @@ class Market:
 
     async def resolve(self, who: Principal, req: ResolveInput) -> TaskInfo:
         who.require_operator()
-        task = await self.tasks.get(req.task_id)
 
         async def effect(conn: Connection) -> str:
-            await escrows.resolve(conn, task.escrow_id, req.outcome, arbiter=_scope(who),
+            task = await self.tasks.lock(conn, req.task_id)
+            await escrows.resolve(conn, task["escrow_id"], req.outcome, arbiter=_scope(who),
                                   fee_percent=self.settings.fee_percent,
                                   payee_share_percent=req.agent_share_percent if req.outcome == "split" else None)
             await self.tasks.record(req.task_id, "resolution", f"resolved by an arbiter: {req.outcome}"
                                     + (f", {req.agent_share_percent} % to the agent" if req.outcome == "split" else ""),
                                     conn=conn)
-            return task.escrow_id
+            return str(task["escrow_id"])
 
         await run_once(self._pool, scope=_scope(who), key=req.idempotency_key,
                        request={"op": "resolve", **req.model_dump(mode="json")}, result_type=str, effect=effect)
@@ -328,7 +334,8 @@ class Market:
     # -- money and state together ----------------------------------------------------------------------------------
 
     async def _end(self, task_id: str, state: str, detail: str, *, key: str, scope: str) -> None:
-        """Fail or cancel a task and refund its escrow, in one transaction."""
+        """Fail or cancel a task and refund its escrow, in one transaction (the task's lock first, by
+        `transition`)."""
         task = await self.tasks.get(task_id)
 
         async def effect(conn: Connection) -> str:
@@ -341,9 +348,9 @@ class Market:
 
     async def _release(self, task_id: str, escrow_id: str, detail: str, *, key: str, scope: str) -> None:
         async def effect(conn: Connection) -> str:
-            state = await conn.fetchval("SELECT state FROM tasks WHERE id = $1 FOR UPDATE", task_id)
+            state = (await self.tasks.lock(conn, task_id))["state"]
             if state != "completed":
-                raise Forbidden(f"task {task_id} is {state}: only a completed task can be accepted")
+                raise WrongTaskState(task_id, state, "accepted", ("completed",))
             await escrows.release(conn, escrow_id, self.settings.fee_percent, scope=scope, key=key)
             await self.tasks.record(task_id, "accepted", detail, conn=conn)
             return escrow_id
@@ -437,9 +444,12 @@ class Market:
             if (await TaskStore.lock_bidding(conn, ids) != ids
                     or await TaskStore.bid_fingerprint(conn, ids) != solved.fingerprint):
                 return None
-            # Lock every payer's account now, in id order: the escrow changes below lock them one by one, and two
-            # replicas clearing different batches of one payer would otherwise deadlock.
-            await lock_accounts(conn, [requester_account(r["requester_id"]) for r in batch.tasks])
+            # Then the escrows, then every account the escrow changes below touch (payers and the escrows' own),
+            # in id order: they lock them one by one, and two replicas clearing different batches of one payer
+            # would otherwise deadlock.
+            await escrows.lock(conn, [r["escrow_id"] for r in batch.tasks])
+            await lock_accounts(conn, [requester_account(r["requester_id"]) for r in batch.tasks]
+                                + [escrow_account(r["escrow_id"]) for r in batch.tasks])
             now = datetime.now(UTC)
             for award in clearing.awards:
                 await escrows.reduce(conn, rows[award.task_id]["escrow_id"], award.price,
@@ -467,9 +477,10 @@ class Market:
         for row in accept:
             await self._guarded(self._release(row["id"], row["escrow_id"], "accepted automatically",
                                               key=f"auto-accept:{row['id']}", scope=HUB_SCOPE))
-        late = await self._pool.fetch(
-            "SELECT id FROM tasks WHERE state IN ('assigned', 'running')"
-            " AND assigned_at < now() - make_interval(secs => $1) LIMIT $2", self.settings.work_timeout_seconds, _BATCH)
+        late = await self._pool.fetch(  # a disputed escrow waits for its arbiter, not for a timeout
+            "SELECT t.id FROM tasks t JOIN escrows e ON e.id = t.escrow_id WHERE t.state IN ('assigned', 'running')"
+            " AND e.state = 'held' AND t.assigned_at < now() - make_interval(secs => $1) LIMIT $2",
+            self.settings.work_timeout_seconds, _BATCH)
         for row in late:
             await self._guarded(self._end(row["id"], "failed", "timed out", key=f"timeout:{row['id']}",
                                           scope=HUB_SCOPE))
@@ -478,8 +489,8 @@ class Market:
     async def _guarded(action: Awaitable[None]) -> None:
         try:
             await action
-        except TaskNotFound:
-            pass
+        except (TaskNotFound, Conflict) as exc:  # a request settled or froze the task first: nothing to do
+            logger.debug("the sweep left a task alone: %s", exc)
         except Exception:  # one task that cannot be settled must not stop the sweep of the others
             logger.exception("settling a task failed")
 

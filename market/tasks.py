@@ -6,6 +6,11 @@
 Every change goes through `transition`, which locks the task row, checks the change, updates the row and writes a
 `task_events` row in one transaction (on the caller's connection when given, so the auction closer can change a
 batch of tasks atomically). Bids are sealed: `get` shows them only once the auction has closed.
+
+Lock order, for every transaction that settles a task (accept, cancel, dispute, resolve, report, and the
+automatic closers): the task rows first (`lock`, `transition` or `lock_bidding`, in id order when several), then
+their escrow rows, then accounts in id order (`market.ledger.lock_accounts`). A task event row takes a key-share
+lock on its task, so writing one before the task is locked would invert the order; nothing does.
 """
 
 import json
@@ -90,6 +95,15 @@ class TaskStore:
             await activity.record(conn, "bid", {"task_id": req.task_id, "bid_count": count})  # sealed: no prices
         return BidPlaced(task_id=req.task_id, agent_id=req.agent_id, price=req.price, replaced=bool(replaced),
                          bidding_closes_at=task["bidding_closes_at"])
+
+    @staticmethod
+    async def lock(conn: Connection, task_id: str) -> asyncpg.Record:
+        """Lock the task's row for the caller's transaction and return it: the first lock every settlement takes
+        (module docstring: lock order)."""
+        row = await conn.fetchrow("SELECT * FROM tasks WHERE id = $1 FOR UPDATE", task_id)
+        if row is None:
+            raise TaskNotFound(task_id)
+        return row
 
     async def transition(self, task_id: str, target: str, detail: str = "", *, conn: Connection | None = None,
                          allowed_from: Collection[str] | None = None, **fields: Any) -> str:
