@@ -2,7 +2,8 @@
 read back, and the NATS payloads agent processes and the hub exchange.
 
 NATS subjects (all under the hub's subject prefix):
-    agents.discovery.announce          worker → hub: the process is up and connected (Announce)
+    agents.{id}.announce               worker → hub: the process is up and connected (Announce)
+    agents.discovery.announce          hub → anyone: an agent's announce, once the hub has checked it
     agents.{id}.heartbeat              worker → hub: alive, idle or busy (Heartbeat)
     agents.{id}.metrics.performance    worker → hub: work done, errors, resource use (Performance)
     agents.{id}.events.error           worker → hub: an error and its category (ErrorEvent)
@@ -111,6 +112,9 @@ class RestartPolicy(Strict):
     shutdown_seconds: Annotated[float, Field(ge=0.1, le=120)] = 5.0
 
 
+RESERVED_AGENT_ID = "discovery"
+
+
 class SpawnAgentInput(Strict):
     agent_id: AgentIdField | None = Field(default=None, description="Omit to get a generated id.")
     role: Name
@@ -124,6 +128,8 @@ class SpawnAgentInput(Strict):
     @model_validator(mode="after")
     def _config_fits_executor(self) -> "SpawnAgentInput":
         EXECUTOR_CONFIGS[self.executor].model_validate(self.executor_config)
+        if self.agent_id == RESERVED_AGENT_ID:
+            raise ValueError(f"agent_id {RESERVED_AGENT_ID!r} is reserved (agents.discovery.* are the hubs' subjects)")
         return self
 
     def config(self) -> Strict:

@@ -25,6 +25,7 @@ Every agent belongs to the replica that spawned it (`owner`); only that replica 
 process. On start, `reconcile` brings back this replica's agents that were running when it last stopped.
 """
 
+import json
 import logging
 import os
 import secrets
@@ -32,7 +33,7 @@ import shutil
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -45,6 +46,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from nats.aio.msg import Msg
 from pydantic import ValidationError
 
+from agent_pool.credentials import AgentCredentials
 from agent_pool.models import (
     AdvertisedAgent,
     AgentInfo,
@@ -75,6 +77,7 @@ from agenthub.errors import (
     TooManyConnections,
 )
 from agenthub.metrics import HubMetrics
+from agenthub.nats_auth import NATS_LOGIN_ENV, NatsLogin, NatsUsers
 from agenthub.settings import AgentSettings
 from collaboration.models import Discovery
 from sandbox.models import CompileLimits
@@ -187,7 +190,8 @@ class _Worker:
 class AgentPool:
     def __init__(self, *, pool: asyncpg.Pool, bus: Bus, metrics: HubMetrics, settings: AgentSettings, replica: str,
                  hub_url: str, nats_url: str, data_dir: Path, anthropic_api_key: str | None,
-                 compile_limits: CompileLimits) -> None:
+                 compile_limits: CompileLimits, nats_users: NatsUsers | None = None,
+                 agent_nats_login: NatsLogin | None = None) -> None:
         self.registry = AgentRegistry(pool, bus)
         self.replica = replica
         self._pool = pool
@@ -196,6 +200,7 @@ class AgentPool:
         self._settings = settings
         self._hub_url = hub_url
         self._nats_url = nats_url
+        self.credentials = AgentCredentials(prefix=bus.prefix, users=nats_users, shared=agent_nats_login)
         self._log_dir = data_dir / "agents"
         self._anthropic_api_key = anthropic_api_key
         self._compile_limits = compile_limits
@@ -361,7 +366,10 @@ class AgentPool:
             await self.supervisor.terminate_child(agent_id)
             await self.supervisor.delete_child(agent_id)
 
-    async def _revoke(self, info: AgentInfo) -> None:
+    async def _revoke(self, info: AgentInfo, *, nats: bool = True) -> None:
+        """Revoke the agent's token and (unless a new process is about to replace it) its NATS login."""
+        if nats:
+            await self.credentials.revoke(info.agent_id)
         await self._pool.execute("UPDATE tokens SET revoked_at = now() WHERE agent_id = $1 AND revoked_at IS NULL"
                                  " AND id IN (SELECT token_id FROM agents WHERE id = $1)", info.agent_id)
 
@@ -371,9 +379,10 @@ class AgentPool:
         info = await self.registry.get(agent_id)
         if info.desired != "running":
             raise RuntimeError(f"agent {agent_id} is not meant to run")
-        await self._revoke(info)
+        await self._revoke(info, nats=False)  # the new login below replaces the NATS one in the same reload
         token_id, token = await create_token(self._pool, Role.AGENT, agent_id)
         instance = secrets.token_hex(6)
+        nats_login = await self.credentials.issue(agent_id, instance)
         restarted = info.state is not AgentState.CREATED
         info = await self.registry.transition(
             agent_id, AgentState.STARTING, "restarting the process" if restarted else "starting the process",
@@ -386,7 +395,8 @@ class AgentPool:
             executor=info.executor, executor_config=info.executor_config, hub_url=self._hub_url,
             nats_url=self._nats_url, subject_prefix=self._bus.prefix, heartbeat_seconds=info.heartbeat_seconds,
             compile_limits=self._compile_limits if info.executor == "wasm" else None)
-        env = {**os.environ, "AGENTHUB_WORKER": config.model_dump_json(), "AGENTHUB_AGENT_TOKEN": token}
+        env = {**os.environ, "AGENTHUB_WORKER": config.model_dump_json(), "AGENTHUB_AGENT_TOKEN": token,
+               NATS_LOGIN_ENV: json.dumps(asdict(nats_login))}
         if info.executor == "claude" and self._anthropic_api_key:
             env["ANTHROPIC_API_KEY"] = self._anthropic_api_key
         self._log_dir.mkdir(parents=True, exist_ok=True)
@@ -525,19 +535,23 @@ class AgentPool:
                 await queries.unsubscribe()
 
     async def _dispatch(self, msg: Msg) -> None:
+        # Only an agent's own NATS user may publish on `agents.{id}.*` (agenthub.nats_auth.agent_subjects), so the
+        # subject says who spoke; the instance in the payload says whether it is the current process.
         parts = msg.subject[len(self._bus.prefix):].split(".")
-        if parts[1:] == ["discovery", "announce"]:
+        if len(parts) < 3 or parts[1] == "discovery":  # `agents.discovery.*`: the hubs' own subjects
+            return
+        agent_id, kind = parts[1], ".".join(parts[2:])
+        if kind == "announce":
             announce = Announce.model_validate_json(msg.data)
-            live = self._current(announce.agent_id, announce.instance)
-            if live is None:
+            live = self._current(agent_id, announce.instance)
+            if live is None or announce.agent_id != agent_id:
                 return
             live.announced, live.last_beat = True, time.monotonic()
             live.up.set()
-            await self._transition(announce.agent_id, AgentState.RUNNING, f"announced itself (pid {announce.pid})")
+            await self._transition(agent_id, AgentState.RUNNING, f"announced itself (pid {announce.pid})")
+            # Watchers of `agents.discovery.announce` hear it from the hub: only hubs may publish there.
+            await self._bus.publish(self._bus.subject("agents.discovery.announce"), announce)
             return
-        if len(parts) < 3 or parts[1] == "discovery":
-            return
-        agent_id, kind = parts[1], ".".join(parts[2:])
         if kind == "heartbeat":
             beat = Heartbeat.model_validate_json(msg.data)
             live = self._current(agent_id, beat.instance)

@@ -1,6 +1,7 @@
 """Inside an agent process: its connection to the hub and its life as an agent.
 
-The runtime connects to NATS and, over MCP, to the hub (retrying while the hub is not up yet), listens for
+The runtime connects to NATS (with the login issued for this process, allowed only this agent's subjects:
+`agenthub.nats_auth.agent_subjects`) and, over MCP, to the hub (retrying while the hub is not up yet), listens for
 questions routed to it on `context.direct.{id}`, announces itself, heartbeats, publishes performance metrics
 and errors, and feeds work to its executor one item at a time, reporting busy and idle as it goes.
 
@@ -34,6 +35,7 @@ from pydantic import BaseModel, ValidationError
 from agent_pool.models import Announce, ErrorCategory, ErrorEvent, Heartbeat, Performance, WorkerConfig
 from agent_pool.retry import retry
 from agenthub.errors import LogicalAgentError, TransientAgentError
+from agenthub.nats_auth import NatsLogin
 from collaboration.models import RoutedQuestion
 from supervisor.policy import Backoff
 
@@ -58,10 +60,11 @@ class ToolFailed(Exception):
 
 
 class Runtime:
-    def __init__(self, config: WorkerConfig, token: str) -> None:
+    def __init__(self, config: WorkerConfig, token: str, nats_login: NatsLogin | None = None) -> None:
         self.config = config
         self.agent_id = config.agent_id
         self._token = token
+        self._nats_login = nats_login or NatsLogin()
         self._nc: NatsClient | None = None
         self._client: Client | None = None
         self._http: httpx2.AsyncClient | None = None
@@ -239,7 +242,8 @@ class Runtime:
 
         async def connect_nats() -> NatsClient:
             return await nats.connect(self.config.nats_url, connect_timeout=2, max_reconnect_attempts=-1,
-                                      reconnect_time_wait=0.5, name=f"agent:{self.agent_id}")
+                                      reconnect_time_wait=0.5, name=f"agent:{self.agent_id}",
+                                      **self._nats_login.connect_options())
 
         self._nc = await retry(connect_nats, retry_on=(Exception,), attempts=0, backoff=_CONNECT_BACKOFF,
                                on_retry=note)
@@ -265,7 +269,7 @@ class Runtime:
 
     async def run(self, executor: "Executor") -> None:
         """Announce, then heartbeat and work until cancelled."""
-        await self.publish("agents.discovery.announce", Announce(
+        await self.publish(f"agents.{self.agent_id}.announce", Announce(
             agent_id=self.agent_id, instance=self.config.instance, pid=os.getpid(), role=self.config.role,
             capabilities=self.config.capabilities, executor=self.config.executor))
         await self._heartbeat()

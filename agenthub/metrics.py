@@ -39,6 +39,9 @@ class HubMetrics:
         self.sse_dropped = Counter("agenthub_sse_dropped_clients", "SSE clients dropped for not reading", registry=r)
         self.nats_publish_failures = Counter("agenthub_nats_publish_failures", "NATS publishes that failed",
                                              registry=r)
+        self.bus_rejected = Counter("agenthub_bus_rejected", "NATS messages dropped because the database does not "
+                                    "back them (forged, out_of_range, replayed, malformed, overflow)", ["kind"],
+                                    registry=r)
 
         self.questions_routed = Counter("agenthub_questions_routed", "Questions the orchestrator sent to agents",
                                         registry=r)

@@ -43,6 +43,13 @@ class Ring(Generic[E]):
             return None
         return [self._events[-i] for i in range(missed, 0, -1)]  # indexing from the right end: O(missed)
 
+    def at(self, sequence: int) -> E | None:
+        """The event with this sequence, if the ring still holds it."""
+        back = self.frontier - sequence  # 0: the newest
+        if back < 0 or back >= len(self._events):
+            return None
+        return self._events[-1 - back]
+
     async def changed(self) -> None:
         """Return at the next push (or at once if the ring is ending)."""
         if not self.ending:

@@ -7,7 +7,7 @@ the two external service URLs also have flat names, `AGENTHUB_NATS_URL` and `AGE
 import os
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from sandbox.models import MIB, CompileLimits, RunLimits
@@ -95,6 +95,33 @@ class SandboxSettings(BaseModel):
                              memory_bytes=self.compile_memory_bytes, memory_cap_bytes=self.limits.memory_bytes)
 
 
+class NatsCredentials(BaseModel):
+    """How a connection signs in to an external NATS (`AGENTHUB_NATS_URL`); unset fields are not sent."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    user: str | None = None
+    password: SecretStr | None = None
+    token: SecretStr | None = None
+    creds_file: Path | None = None  # a `.creds` file: user JWT and nkey seed (nats-py needs the `nkeys` package)
+    nkey_seed_file: Path | None = None  # a file holding an nkey seed (nats-py needs the `nkeys` package)
+
+
+class NatsSettings(NatsCredentials):
+    """The hub's own NATS login (the fields inherited), TLS, and where agent processes get theirs.
+
+    With the embedded NATS (no `AGENTHUB_NATS_URL`) none of this is needed: the hub registers a user for itself
+    and one per agent process with the server. `authority_dir` points at the directory of a nats-server started
+    by agenthub (`EmbeddedNats`) on this machine, for a hub that uses one it did not start; `agents` is the login
+    agent processes use with an external NATS where the hub cannot create users."""
+
+    tls_ca_file: Path | None = None
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    authority_dir: Path | None = None
+    agents: NatsCredentials | None = None
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="AGENTHUB_", env_nested_delimiter="__", extra="ignore",
                                       populate_by_name=True)
@@ -106,6 +133,7 @@ class Settings(BaseSettings):
     nats_url: str | None = None
     database_url: str | None = None
     nats_subject_prefix: str = ""
+    nats: NatsSettings = Field(default_factory=NatsSettings)
     replica_id: str | None = None  # default: a name kept in the data directory
     auth: bool = True
     allowed_hosts: list[str] = Field(default_factory=list)

@@ -58,6 +58,7 @@ def raise_fd_limit(wanted: int = 65536) -> int:
 class Services:
     root: Path
     nats_url: str
+    nats_dir: Path  # the embedded server's directory, where hubs register their NATS users
     database_url: str
 
 
@@ -69,7 +70,7 @@ def embedded_services() -> Iterator[Services]:
     root.chmod(0o755)
     try:
         with EmbeddedNats(root / "nats") as nats, EmbeddedPostgres(root / "postgres") as pg:
-            yield Services(root=root, nats_url=nats.url, database_url=pg.url)
+            yield Services(root=root, nats_url=nats.url, nats_dir=nats.root, database_url=pg.url)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
@@ -79,13 +80,15 @@ def embedded_services() -> Iterator[Services]:
 
 def hub_child_args(services: Services, name: str) -> list[str]:
     """Arguments telling a `--serve-hub` child where NATS and PostgreSQL are and where to keep its state."""
-    return ["--nats-url", services.nats_url, "--database-url", services.database_url,
+    return ["--nats-url", services.nats_url, "--nats-dir", str(services.nats_dir),
+            "--database-url", services.database_url,
             "--data-dir", str(services.root / name)]
 
 
 def add_hub_child_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--nats-url", help=argparse.SUPPRESS)
+    parser.add_argument("--nats-dir", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--database-url", help=argparse.SUPPRESS)
     parser.add_argument("--data-dir", type=Path, help=argparse.SUPPRESS)
 
@@ -93,7 +96,7 @@ def add_hub_child_arguments(parser: argparse.ArgumentParser) -> None:
 def hub_settings(args: argparse.Namespace, **overrides: Any) -> Settings:
     """The child hub's settings: the services from `args`, defaults otherwise (unless overridden here)."""
     return Settings(data_dir=args.data_dir, port=args.port, nats_url=args.nats_url, database_url=args.database_url,
-                    log_level="warning", **overrides)
+                    log_level="warning", nats={"authority_dir": args.nats_dir}, **overrides)
 
 
 def bind_loopback(port: int) -> socket.socket:

@@ -3,8 +3,9 @@
 Each discovery takes the next value of a one-row counter in the same statement that inserts it. The counter's
 row lock makes the sequence gap-free and makes commits happen in sequence order, so "everything up to the
 counter's value" is always committed and readable: a reader that stops at the counter never skips a row that
-commits later. After the commit the discovery is published on NATS, which only wakes other replicas up; they
-read what they missed from here.
+commits later. After the commit the discoveries of a write go to this replica's live feed in-process (the
+listeners), then each is published on NATS, which only wakes other replicas up: they read what it names from
+here, and believe nothing a NATS message says that the log does not.
 
 Concurrent shares are written together: while one statement is in flight the next ones queue, and whoever
 writes next takes the whole queue in one multi-row statement (one round trip, one commit, consecutive sequence
@@ -21,7 +22,7 @@ interrupted import can be run again; retention deletes a prefix of the log and r
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -75,8 +76,12 @@ _RANGE_PAGE = 1000  # rows per read when the live feed catches up
 class _Pending:
     item: ShareDiscoveryInput
     row: asyncpg.Record | None = None
+    discovery: Discovery | None = None
     error: HubError | None = None
     done: bool = False
+
+
+Listener = Callable[[list[Discovery]], None]
 
 
 def row_to_discovery(row: asyncpg.Record) -> Discovery:
@@ -105,6 +110,12 @@ class DiscoveryLog:
         self._metrics = metrics
         self._queue: list[_Pending] = []
         self._write_lock = anyio.Lock()
+        self._listeners: list[Listener] = []
+
+    def add_listener(self, listener: Listener) -> None:
+        """Call `listener` with the discoveries of each write of `share`, in sequence order, right after it
+        committed (before they are published): the replica's own feed takes them from here, without a read."""
+        self._listeners.append(listener)
 
     # -- writing ---------------------------------------------------------------------------------------------------
 
@@ -120,8 +131,8 @@ class DiscoveryLog:
                     await self._write(batch)
         if pending.error is not None:
             raise pending.error
-        assert pending.row is not None
-        discovery = row_to_discovery(pending.row)
+        discovery = pending.discovery
+        assert discovery is not None
         subject = discovery_subject(self._bus, discovery.agent_id, discovery.discovery_type)
         await self._bus.publish(subject, discovery)
         self._metrics.discoveries.labels(discovery.discovery_type).inc()
@@ -140,6 +151,14 @@ class DiscoveryLog:
             todo = [p for p in batch if p.error is None]
             if todo:
                 await self._insert(todo)
+                discoveries: list[Discovery] = []
+                for p in todo:
+                    if p.row is not None:
+                        p.discovery = row_to_discovery(p.row)
+                        discoveries.append(p.discovery)
+                discoveries.sort(key=lambda d: d.sequence)
+                for listener in self._listeners:
+                    listener(discoveries)
         finally:
             for p in batch:  # a failure leaves the queued callers to raise it rather than wait forever
                 if p.row is None and p.error is None:

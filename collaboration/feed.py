@@ -1,10 +1,17 @@
-"""The live discovery feed of one hub replica: every discovery exactly once, in sequence order, to whoever listens.
+"""The live discovery feed of one hub replica: every discovery exactly once, in sequence order, to whoever listens,
+and exactly as PostgreSQL holds it.
 
-NATS `discoveries.>` brings discoveries from every replica, possibly out of order (two replicas publish
-concurrently) or not at all (a publish failed). The feed keeps a frontier (the highest sequence delivered)
-and delivers only the next one; when a later one arrives first, or a periodic check of the log's counter finds
-the frontier behind, the missing range is read from PostgreSQL, a page at a time (a replica back from a NATS
-outage, or an import, may be a million behind). So listeners see a gap-free, ordered stream.
+What the feed delivers comes from two places only. Discoveries this replica wrote come straight from the write
+(`DiscoveryLog.add_listener`), so sharing costs no read. Everything else is read from the log: a message on NATS
+`discoveries.>` is only a hint that the log has grown up to its sequence, and a periodic check of the log's
+counter catches what NATS never brought (a lost publish, an import). One task delivers: it takes this replica's
+own writes as they come, and reads the range up to the newest hint a page at a time, once per batch of hints (a
+replica back from a NATS outage may be a million behind). So listeners see a gap-free, ordered stream.
+
+Nothing on NATS is believed: a message whose payload differs from the row the log holds for its sequence is
+forged, one naming a sequence the log does not hold is out of range, one older than the feed still remembers is
+a replay; each is dropped and counted (`agenthub_bus_rejected_total{kind}`), never shown, and never holds up
+the real discovery. A huge sequence costs one read of the log's bounds, and its claim is dropped.
 
 Delivered events go into a `Ring` shared by every stream (`agenthub/ring.py`): a stream that wakes up late
 takes everything it missed in one go, and one that falls further behind than the ring reaches reads the log
@@ -14,17 +21,18 @@ for each event in order.
 
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from types import TracebackType
-from typing import Self
+from typing import Literal, Self
 
 import anyio
-from anyio.abc import TaskGroup
+from anyio.abc import TaskGroup, TaskStatus
 from nats.aio.msg import Msg
 from pydantic import ValidationError
 from sse_starlette import ServerSentEvent
 
 from agenthub.bus import Bus
+from agenthub.metrics import HubMetrics
 from agenthub.ring import Ring
 from collaboration.discoveries import DiscoveryLog
 from collaboration.models import Discovery
@@ -32,6 +40,8 @@ from collaboration.models import Discovery
 logger = logging.getLogger(__name__)
 
 Hook = Callable[[Discovery], Awaitable[None]]
+Rejected = Literal["malformed", "forged", "out_of_range", "replayed", "overflow"]
+_MAX_CLAIMS = 10_000  # NATS payloads waiting for their check; beyond, hints are dropped (the periodic sync remains)
 
 
 class FeedEvent:
@@ -64,15 +74,21 @@ class FeedEvent:
 
 
 class DiscoveryFeed:
-    def __init__(self, log: DiscoveryLog, bus: Bus, *, ring_size: int, sync_interval: float) -> None:
+    def __init__(self, log: DiscoveryLog, bus: Bus, metrics: HubMetrics, *, ring_size: int,
+                 sync_interval: float) -> None:
         self._log = log
         self._bus = bus
+        self._rejected = metrics.bus_rejected
         self._sync_interval = sync_interval
-        self._pending: dict[int, Discovery] = {}
+        self._own: dict[int, Discovery] = {}  # written by this replica: true, delivered without a read
+        self._claims: dict[int, list[Discovery]] = {}  # NATS payloads beyond the frontier, not checked yet
+        self._claimed = 0
+        self._log_reaches = 0  # a sequence the log's counter was seen at (periodic sync)
+        self._wake = anyio.Event()
+        log.add_listener(self._stored)
         self.ring: Ring[FeedEvent] = Ring(ring_size)
         self._streams = 0
         self._hooks: list[Hook] = []
-        self._lock = anyio.Lock()
         self._tg: TaskGroup | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------------------------
@@ -83,6 +99,7 @@ class DiscoveryFeed:
         self.ring.skip_to(await self._log.newest_sequence())
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
+        await self._tg.start(self._deliver_forever)
         self._sub = await self._bus.subscribe("discoveries.>", self._on_message)
         self._tg.start_soon(self._sync_forever)
         logger.info("discovery feed started at sequence %d", self.frontier)
@@ -136,48 +153,113 @@ class DiscoveryFeed:
 
     # -- feeding ---------------------------------------------------------------------------------------------------
 
+    def _stored(self, discoveries: list[Discovery]) -> None:
+        """This replica's own write, handed over by the log right after it committed."""
+        for d in discoveries:
+            if d.sequence > self.frontier:
+                self._own[d.sequence] = d
+        self._wake.set()
+
     async def _on_message(self, msg: Msg) -> None:
         try:
-            d = Discovery.model_validate_json(msg.data)
+            claim = Discovery.model_validate_json(msg.data)
         except ValidationError:
-            logger.warning("ignoring malformed discovery on %s", msg.subject)
+            self._reject("malformed", msg.subject)
             return
-        await self._advance(d.sequence, arrived=d)
+        sequence = claim.sequence
+        if sequence <= self.frontier:  # delivered already: the echo of our own publish, or a replay
+            self._check_delivered(claim)
+            return
+        own = self._own.get(sequence)
+        if own is not None:
+            if own != claim:
+                self._reject("forged", msg.subject)
+            return
+        if self._claimed >= _MAX_CLAIMS:
+            self._reject("overflow", msg.subject)
+            return
+        self._claims.setdefault(sequence, []).append(claim)
+        self._claimed += 1
+        self._wake.set()
+
+    def _check_delivered(self, claim: Discovery) -> None:
+        event = self.ring.at(claim.sequence)
+        if event is None:
+            self._reject("replayed", f"sequence {claim.sequence}")
+        elif event.discovery != claim:
+            self._reject("forged", f"sequence {claim.sequence}")
+
+    def _reject(self, kind: Rejected, what: str) -> None:
+        self._rejected.labels(kind).inc()
+        logger.warning("dropped a %s discovery message (%s)", kind.replace("_", " "), what)
 
     async def _sync_forever(self) -> None:
         while True:
             await anyio.sleep(self._sync_interval)
             try:
-                await self._advance(await self._log.newest_sequence())
+                self._log_reaches = max(self._log_reaches, await self._log.newest_sequence())
             except Exception:  # the database may be briefly unreachable; the next tick tries again
                 logger.exception("discovery feed sync failed")
+                continue
+            if self._log_reaches > self.frontier:
+                self._wake.set()
 
-    async def _advance(self, upto: int, *, arrived: Discovery | None = None) -> None:
-        """Deliver everything up to `upto` (with `arrived` from NATS), reading from the log whatever is missing."""
-        async with self._lock:
-            if upto <= self.frontier:
-                return
-            if arrived is not None:
-                self._pending.setdefault(arrived.sequence, arrived)
-            while self.frontier < upto:  # a page at a time: a replica far behind catches up in bounded memory
-                if self.frontier + 1 not in self._pending:
-                    for d in await self._log.read_range(self.frontier + 1, upto):
-                        self._pending.setdefault(d.sequence, d)
-                if self.frontier + 1 not in self._pending:
-                    oldest, _ = await self._log.bounds()
-                    if oldest <= self.frontier:  # not in the log (yet): a sequence NATS named is not believed
-                        break
-                    logger.warning("discoveries %d..%d were deleted by retention before this feed delivered them",
-                                   self.frontier + 1, oldest)
-                    self.ring.skip_to(oldest)
-                await self._deliver_ready()
+    async def _deliver_forever(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        while True:
+            await self._wake.wait()
+            self._wake = anyio.Event()
+            claims, self._claims, self._claimed = self._claims, {}, 0
+            try:
+                await self._catch_up(claims)
+            except Exception:  # the database may be briefly unreachable: these hints are dropped, the sync retries
+                logger.exception("discovery feed could not read the log (%d NATS hints dropped)", len(claims))
 
-    async def _deliver_ready(self) -> None:
-        while (d := self._pending.pop(self.frontier + 1, None)) is not None:
-            self.ring.push(FeedEvent(d))  # wakes the streams and pollers first; hooks may take a moment
-            for hook in self._hooks:
-                try:
-                    await hook(d)
-                except Exception:  # one failing notifier must not stop delivery to everyone else
-                    logger.exception("discovery hook failed")
-        self._pending = {s: d for s, d in self._pending.items() if s > self.frontier}
+    async def _catch_up(self, claims: dict[int, list[Discovery]]) -> None:
+        """Deliver up to the furthest sequence known or claimed: this replica's writes as they are, the rest read
+        from the log (claims compared with what it holds); then drop the claims the log does not hold."""
+        target = max(self._log_reaches, max(claims, default=0), max(self._own, default=0))
+        while self.frontier < target:
+            if (own := self._own.pop(self.frontier + 1, None)) is not None:
+                await self._deliver(own, claims.pop(own.sequence, ()))
+                continue
+            # Read up to the next discovery of our own (everything before it is committed), or the target.
+            last = min((s for s in self._own if s > self.frontier), default=target + 1) - 1
+            rows = await self._log.read_range(self.frontier + 1, min(last, target))
+            if not rows or rows[0].sequence != self.frontier + 1:
+                oldest, _ = await self._log.bounds()
+                if oldest <= self.frontier:  # not in the log: whatever named it is not believed
+                    break
+                logger.warning("discoveries %d..%d were deleted by retention before this feed delivered them",
+                               self.frontier + 1, oldest)
+                self.ring.skip_to(oldest)
+                continue
+            for d in rows:
+                if d.sequence != self.frontier + 1:
+                    break
+                self._own.pop(d.sequence, None)
+                await self._deliver(d, claims.pop(d.sequence, ()))
+        if self._log_reaches <= self.frontier:
+            self._log_reaches = 0
+        self._own = {s: d for s, d in self._own.items() if s > self.frontier}
+        self._claims_unchecked(claims)
+
+    def _claims_unchecked(self, claims: dict[int, list[Discovery]]) -> None:
+        """Claims left after a catch-up: delivered meanwhile (compared with what was), or not in the log."""
+        for sequence, items in claims.items():
+            for claim in items:
+                if sequence <= self.frontier:
+                    self._check_delivered(claim)
+                else:
+                    self._reject("out_of_range", f"sequence {sequence}")
+
+    async def _deliver(self, d: Discovery, claims: Iterable[Discovery]) -> None:
+        for claim in claims:
+            if claim != d:
+                self._reject("forged", f"sequence {d.sequence}")
+        self.ring.push(FeedEvent(d))  # wakes the streams and pollers first; hooks may take a moment
+        for hook in self._hooks:
+            try:
+                await hook(d)
+            except Exception:  # one failing notifier must not stop delivery to everyone else
+                logger.exception("discovery hook failed")

@@ -46,7 +46,7 @@ class Collaboration:
     def __init__(self, pool: asyncpg.Pool, bus: Bus, metrics: HubMetrics, *, base_url: str, ring_size: int,
                  sync_seconds: float, retention: RetentionSettings) -> None:
         self.log = DiscoveryLog(pool, bus, metrics)
-        self.feed = DiscoveryFeed(self.log, bus, ring_size=ring_size, sync_interval=sync_seconds)
+        self.feed = DiscoveryFeed(self.log, bus, metrics, ring_size=ring_size, sync_interval=sync_seconds)
         self.subscriptions = Subscriptions(pool, self.log, self.feed)
         self.contexts = ContextManager(pool, bus)
         self.archive = Archive(self.log, self.contexts, bus)

@@ -29,8 +29,10 @@ from agenthub.activity import ActivityFeed, ActivityLog
 from agenthub.auth import ensure_operator_token_file
 from agenthub.bus import connect_bus
 from agenthub.database import open_pool
+from agenthub.errors import StartupError
 from agenthub.metrics import HubMetrics
-from agenthub.settings import Settings
+from agenthub.nats_auth import NatsAuthority, NatsLogin, NatsUsers, hub_user, login_from
+from agenthub.settings import NatsSettings, Settings
 from collaboration.orchestrator import Orchestrator
 from collaboration.service import Collaboration
 from market.service import Market
@@ -109,8 +111,9 @@ async def open_hub(settings: Settings, *, nats_monitor_url: str | None = None) -
     async with AsyncExitStack() as stack:
         pool = await stack.enter_async_context(open_pool(settings.database_url, size=settings.db_pool_size))
         metrics.watch_pool(lambda: (pool.get_size(), pool.get_idle_size(), pool.get_max_size()))
-        bus = await stack.enter_async_context(
-            connect_bus(settings.nats_url, settings.nats_subject_prefix, metrics.nats_publish_failures.inc))
+        login, nats_users = await _nats_login(settings, stack)
+        bus = await stack.enter_async_context(connect_bus(
+            settings.nats_url, settings.nats_subject_prefix, metrics.nats_publish_failures.inc, login=login))
         collab = await stack.enter_async_context(
             Collaboration(pool, bus, metrics, base_url=base_url(settings), ring_size=settings.sse.ring_size,
                           sync_seconds=settings.feed_sync_seconds, retention=settings.retention))
@@ -122,6 +125,7 @@ async def open_hub(settings: Settings, *, nats_monitor_url: str | None = None) -
                 logger.info("created the first operator token in %s", token_file)
         agents = AgentPool(pool=pool, bus=bus, metrics=metrics, settings=settings.agents, replica=replica_id(settings),
                            hub_url=local_url(settings), nats_url=settings.nats_url, data_dir=settings.data_dir,
+                           nats_users=nats_users, agent_nats_login=_agent_nats_login(settings),
                            anthropic_api_key=settings.anthropic_api_key,
                            compile_limits=settings.sandbox.compile_limits())
         orchestrator = Orchestrator(collab.log, collab.contexts, metrics, targets=agents.route_targets,
@@ -148,6 +152,29 @@ async def open_hub(settings: Settings, *, nats_monitor_url: str | None = None) -
                          orchestrator=orchestrator, nats_monitor_url=nats_monitor_url)
         await root.start_child(ChildSpec(id="snapshots", start=task_child(partial(state.snapshots.run, state))))
         yield state
+
+
+async def _nats_login(settings: Settings, stack: AsyncExitStack) -> tuple[NatsLogin, NatsUsers | None]:
+    """The hub's NATS login: a user of its own registered with an agenthub-run server (which then also takes its
+    agents' users), else what the settings give for an external server."""
+    if settings.nats.authority_dir is None:
+        return login_from(settings.nats, settings.nats), None
+    authority = NatsAuthority(settings.nats.authority_dir)
+    if not authority.exists():
+        raise StartupError(f"no running agenthub nats-server in {settings.nats.authority_dir}")
+    users = authority.owner()
+    stack.push_async_callback(users.close)  # pushed before the connection opens: runs after it drained
+    me = hub_user(settings.nats_subject_prefix)
+    await users.update(add=(me,))
+    return me.login(), users
+
+
+def _agent_nats_login(settings: Settings) -> NatsLogin | None:
+    """What agent processes sign in with when the hub cannot create a user for each (an external NATS)."""
+    if settings.nats.authority_dir is not None:
+        return None
+    return login_from(settings.nats.agents, settings.nats) if settings.nats.agents else login_from(
+        NatsSettings(), settings.nats)
 
 
 def _sandbox(settings: Settings, pool: asyncpg.Pool, metrics: HubMetrics, runner: Runner) -> SandboxService:

@@ -118,6 +118,7 @@ def run_serve(settings: Settings) -> None:
         if not settings.nats_url:
             nats = stack.enter_context(EmbeddedNats(settings.data_dir / "nats"))
             settings.nats_url, monitor_url = nats.url, nats.monitor_url
+            settings.nats.authority_dir = nats.root  # the hub registers its users, and its agents', with it
         if not settings.database_url:
             settings.database_url = stack.enter_context(EmbeddedPostgres(settings.data_dir / "postgres")).url
         anyio.run(_serve_async, settings, sock, monitor_url, backend_options={"use_uvloop": True})

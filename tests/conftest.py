@@ -16,9 +16,11 @@ from typing import Any
 import anyio
 import asyncpg
 import httpx2
+import nats
 import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
+from nats.aio.client import Client as NatsClient
 
 from agenthub.auth import Role, create_token
 from agenthub.embedded import EmbeddedNats, EmbeddedPostgres
@@ -44,6 +46,7 @@ signal.signal(signal.SIGTERM, _interrupt)
 class Services:
     nats_url: str
     nats_monitor_url: str
+    nats_dir: Path  # where hubs register their NATS users (and their agents') with the session's server
     admin_database_url: str
 
 
@@ -54,7 +57,8 @@ def services() -> Iterator[Services]:
     root.chmod(0o755)
     try:
         with EmbeddedNats(root / "nats") as nats, EmbeddedPostgres(root / "postgres") as pg:
-            yield Services(nats_url=nats.url, nats_monitor_url=nats.monitor_url, admin_database_url=pg.url)
+            yield Services(nats_url=nats.url, nats_monitor_url=nats.monitor_url, nats_dir=nats.root,
+                           admin_database_url=pg.url)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
@@ -99,6 +103,11 @@ class RunningHub:
         headers = {"Authorization": f"Bearer {token or self.operator_token}"}
         return httpx2.AsyncClient(base_url=self.url, headers=headers, timeout=30, **kwargs)
 
+    async def nats(self, **kwargs: Any) -> NatsClient:
+        """A NATS connection signed in as this hub (its whole prefix: what a leaked hub credential allows)."""
+        options = {"connect_timeout": 5, "allow_reconnect": False, **kwargs}
+        return await nats.connect(self.state.settings.nats_url, **self.state.bus.login.connect_options(), **options)
+
     def mcp(self, token: str | None = None, *, mode: str = "auto", **kwargs: Any) -> Client:
         http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {token or self.operator_token}"},
                                   timeout=httpx2.Timeout(60, read=300))
@@ -118,6 +127,7 @@ class HubFactory:
         values: dict[str, Any] = {
             "data_dir": self.tmp_path / "data", "nats_url": self.services.nats_url,
             "database_url": self.database_url, "nats_subject_prefix": self.prefix, "log_level": "warning",
+            "nats": {"authority_dir": self.services.nats_dir},
         }
         values.update(overrides)
         return Settings(**values)

@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
-import nats
 import psutil
 import pytest
 
@@ -84,7 +83,7 @@ async def test_an_agent_crashing_more_often_than_its_policy_allows_is_failed_and
 
 async def test_a_crash_looping_agent_trips_its_breaker_and_is_not_advertised(agent_hub: RunningHub) -> None:
     prefix = agent_hub.state.settings.nats_subject_prefix
-    nc = await nats.connect(agent_hub.state.settings.nats_url)
+    nc = await agent_hub.nats()
     try:
         async def query(capability: str) -> list[str]:
             reply = await nc.request(f"{prefix}agents.discovery.query",
@@ -302,7 +301,7 @@ async def test_stopping_the_hub_stops_every_agent_and_starting_it_brings_them_ba
 async def test_an_agent_speaks_on_its_nats_subjects_and_every_transition_is_published(agent_hub: RunningHub) -> None:
     prefix = agent_hub.state.settings.nats_subject_prefix
     seen: dict[str, list[dict[str, Any]]] = {}
-    nc = await nats.connect(agent_hub.state.settings.nats_url)
+    nc = await agent_hub.nats()
     try:
         async def collect(msg: Any) -> None:
             seen.setdefault(msg.subject[len(prefix):], []).append(json.loads(msg.data))
@@ -333,12 +332,13 @@ async def test_a_forged_or_stale_announce_does_not_change_an_agents_state(agent_
         await http.post("/api/v1/agents", json=scripted("genuine"))
         agent = await wait_for(http, "genuine", "idle")
         await http.delete("/api/v1/agents/genuine")
-        nc = await nats.connect(agent_hub.state.settings.nats_url)
+        nc = await agent_hub.nats()
         try:
             for instance in ("forged", "old"):
                 forged = {"agent_id": "genuine", "instance": instance, "pid": agent["pid"], "role": "responder",
                           "capabilities": [], "executor": "scripted"}
-                await nc.publish(f"{prefix}agents.discovery.announce", json.dumps(forged).encode())
+                for subject in ("agents.genuine.announce", "agents.discovery.announce"):
+                    await nc.publish(f"{prefix}{subject}", json.dumps(forged).encode())
             await nc.flush()
         finally:
             await nc.close()

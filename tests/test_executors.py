@@ -48,7 +48,8 @@ async def runtime(hub: RunningHub, executor: Executor, config: dict[str, Any]) -
     worker = WorkerConfig(agent_id=AGENT, instance="test", role=ROLE, capabilities=["logs", "sql"], executor=executor,
                           executor_config=config, hub_url=hub.url, nats_url=hub.state.settings.nats_url,
                           subject_prefix=hub.state.settings.nats_subject_prefix, heartbeat_seconds=10)
-    async with Runtime(worker, await hub.token(Role.AGENT, AGENT)).connect() as rt:
+    login = await hub.state.agents.credentials.issue(AGENT, worker.instance)
+    async with Runtime(worker, await hub.token(Role.AGENT, AGENT), login).connect() as rt:
         yield rt
 
 
