@@ -62,6 +62,7 @@ from harness import (
 )
 from nats.aio.msg import Msg
 
+from agenthub.nats_auth import NatsAuthority, hub_user
 from agenthub.settings import AgentSettings
 
 HUB_NAME = "hub"
@@ -238,8 +239,10 @@ def fork_time(pid: int) -> float | None:
 
 
 @contextlib.asynccontextmanager
-async def hub_agent(server: ChildServer, token: str, nats_url: str, deadline: float) -> AsyncIterator[HubAgent]:
-    """Spawn the agent through REST, follow it on NATS, and stop it through REST at the end."""
+async def hub_agent(server: ChildServer, token: str, services: Services, deadline: float
+                    ) -> AsyncIterator[HubAgent]:
+    """Spawn the agent through REST, follow it on NATS (as a user of its own on the hub's prefix), and stop it
+    through REST at the end."""
     send, receive = anyio.create_memory_object_stream[Sample](64)
 
     async def on_announce(msg: Msg) -> None:
@@ -248,7 +251,10 @@ async def hub_agent(server: ChildServer, token: str, nats_url: str, deadline: fl
         if data.get("agent_id") == AGENT_ID:
             await send.send((t, int(data["pid"])))
 
-    nc = await nats.connect(nats_url, name="bench-restart")
+    users = NatsAuthority(services.nats_dir).owner()
+    observer = hub_user(SUBJECT_PREFIX)
+    await users.update(add=(observer,))
+    nc = await nats.connect(services.nats_url, name="bench-restart", **observer.login().connect_options())
     headers = {"authorization": f"Bearer {token}"}
     try:
         async with httpx2.AsyncClient(base_url=server.url, headers=headers, timeout=30) as http:
@@ -257,7 +263,7 @@ async def hub_agent(server: ChildServer, token: str, nats_url: str, deadline: fl
             async def on_state(msg: Msg) -> None:
                 agent.states.append((time.monotonic(), str(json.loads(msg.data)["to_state"])))
 
-            await nc.subscribe(f"{SUBJECT_PREFIX}agents.discovery.announce", cb=on_announce)
+            await nc.subscribe(f"{SUBJECT_PREFIX}agents.{AGENT_ID}.announce", cb=on_announce)
             await nc.subscribe(f"{SUBJECT_PREFIX}agents.{AGENT_ID}.events.state", cb=on_state)
             await nc.flush()
             body = {"agent_id": AGENT_ID, "role": "responder", "capabilities": ["bench"], "executor": "scripted",
@@ -274,6 +280,7 @@ async def hub_agent(server: ChildServer, token: str, nats_url: str, deadline: fl
     finally:
         with anyio.CancelScope(shield=True), anyio.move_on_after(5):
             await nc.close()
+        await users.close()
 
 
 async def stop_agent(agent: HubAgent) -> None:
@@ -307,7 +314,7 @@ class Results:
 
 async def measure(server: ChildServer, token: str, services: Services, args: argparse.Namespace) -> Results:
     started = time.monotonic()
-    async with hub_agent(server, token, services.nats_url, args.deadline) as hub, \
+    async with hub_agent(server, token, services, args.deadline) as hub, \
             bare_agent("bare", "", args.deadline) as bare, \
             bare_agent("import floor", IMPORT_FLOOR, args.deadline) as floor:
         results = Results(hub=hub, bare=bare, floor=floor)
