@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
+from agent_pool.confinement import Confinement
 from agent_pool.states import AgentState
 from agenthub.ids import AGENT_ID_PATTERN
 from agenthub.text import Storable
@@ -84,6 +85,8 @@ class CommandConfig(Strict):
     prompt_via: Literal["stdin", "argument"] = "stdin"
     timeout_seconds: Annotated[float, Field(gt=0, le=3600)] = 300.0
     max_output_bytes: Annotated[int, Field(ge=1, le=16 << 20)] = 1 << 20
+    pass_anthropic_key: bool = Field(default=False, description="Give the command the hub's ANTHROPIC_API_KEY "
+                                     "(a CLI agent such as Claude Code needs it); off: it does not get it.")
 
 
 class WasmConfig(Strict):
@@ -115,6 +118,19 @@ class RestartPolicy(Strict):
 RESERVED_AGENT_ID = "discovery"
 
 
+class ResourceLimits(Strict):
+    """The agent process's resource limits (its commands inherit them); unset: the hub's defaults."""
+
+    memory_bytes: Annotated[int, Field(ge=256 << 20, le=1 << 40)] | None = Field(
+        default=None, description="Address space (RLIMIT_AS); a wasm agent reserves about 6 GiB per module run.")
+    cpu_seconds: Annotated[int, Field(ge=1, le=30 * 86_400)] | None = Field(
+        default=None, description="CPU time of the process (RLIMIT_CPU); past it the process is killed and "
+        "restarted by its policy.")
+    open_files: Annotated[int, Field(ge=64, le=1 << 20)] | None = Field(default=None, description="RLIMIT_NOFILE.")
+    processes: Annotated[int, Field(ge=16, le=1 << 16)] | None = Field(
+        default=None, description="Processes and threads (RLIMIT_NPROC), when agents run as users of their own.")
+
+
 class SpawnAgentInput(Strict):
     agent_id: AgentIdField | None = Field(default=None, description="Omit to get a generated id.")
     role: Name
@@ -122,6 +138,7 @@ class SpawnAgentInput(Strict):
     executor: Executor
     executor_config: dict[str, Any] = Field(default_factory=dict)
     restart_policy: RestartPolicy = Field(default_factory=RestartPolicy)
+    limits: ResourceLimits = Field(default_factory=ResourceLimits)
     heartbeat_seconds: Annotated[float, Field(ge=0.1, le=300)] | None = Field(
         default=None, description="Heartbeat interval; three missed beats count as a failure. Default: the hub's.")
 
@@ -167,6 +184,7 @@ class AgentInfo(BaseModel):
     executor: Executor
     executor_config: dict[str, Any]
     restart_policy: RestartPolicy
+    limits: ResourceLimits = Field(default_factory=ResourceLimits)
     heartbeat_seconds: float
     state: AgentState
     desired: Literal["running", "stopped"]
@@ -205,6 +223,7 @@ class WorkerConfig(Message):
     subject_prefix: str
     heartbeat_seconds: float
     compile_limits: CompileLimits | None = None  # for wasm agents: the hub's limits on compiling a module
+    confinement: Confinement | None = None  # applied by the process to itself before it runs the agent
 
 
 class Announce(Message):

@@ -46,6 +46,8 @@ from anyio.abc import TaskGroup, TaskStatus
 from nats.aio.msg import Msg
 from pydantic import ValidationError
 
+from agent_pool import worker
+from agent_pool.confinement import Confinement, agent_environment, agent_uid, check_reachable, open_log, prepare_files
 from agent_pool.credentials import AgentCredentials
 from agent_pool.models import (
     AdvertisedAgent,
@@ -104,11 +106,9 @@ logger = logging.getLogger(__name__)
 
 WORKER_ARGV = (sys.executable, "-m", "agent_pool.worker")
 WORKER_ENTRY = "agent_pool.worker:main"
-# What the fork server imports once for every agent process it forks: the runtime (MCP SDK, NATS, HTTP) and the
-# executors, and what is otherwise imported only once the worker runs: httpx2's transport (with trio, 0.16 s of
-# CPU) and anyio's asyncio backend. Forked, a worker then spends about 0.04 s of CPU until it announces itself.
-WORKER_PRELOAD = ("agent_pool.runtime", "agent_pool.executors.scripted", "agent_pool.executors.command",
-                  "agent_pool.executors.claude", "agent_pool.executors.wasm", "httpcore2", "anyio._backends._asyncio")
+# What the fork server imports once for every agent process it forks (a worker started from scratch imports the
+# same before it drops its privileges): forked, a worker spends about 0.04 s of CPU until it announces itself.
+WORKER_PRELOAD = worker.MODULES
 _QUERY_QUEUE_GROUP = "agenthub-agents"
 # A cancelled start ends at once, unless it is killing a process it had just started (bounded in `start_process`).
 _CANCELLED_START_WAIT = 15.0
@@ -201,7 +201,10 @@ class AgentPool:
         self._hub_url = hub_url
         self._nats_url = nats_url
         self.credentials = AgentCredentials(prefix=bus.prefix, users=nats_users, shared=agent_nats_login)
+        self._data_dir = data_dir
         self._log_dir = data_dir / "agents"
+        self._uids: dict[str, int] = {}  # agent id -> the uid its processes run as (the hub as root)
+        self._reachable: set[Path] = set()
         self._anthropic_api_key = anthropic_api_key
         self._compile_limits = compile_limits
         self._live: dict[str, _Live] = {}
@@ -394,12 +397,10 @@ class AgentPool:
             agent_id=agent_id, instance=instance, role=info.role, capabilities=info.capabilities,
             executor=info.executor, executor_config=info.executor_config, hub_url=self._hub_url,
             nats_url=self._nats_url, subject_prefix=self._bus.prefix, heartbeat_seconds=info.heartbeat_seconds,
-            compile_limits=self._compile_limits if info.executor == "wasm" else None)
-        env = {**os.environ, "AGENTHUB_WORKER": config.model_dump_json(), "AGENTHUB_AGENT_TOKEN": token,
-               NATS_LOGIN_ENV: json.dumps(asdict(nats_login))}
-        if info.executor == "claude" and self._anthropic_api_key:
-            env["ANTHROPIC_API_KEY"] = self._anthropic_api_key
-        self._log_dir.mkdir(parents=True, exist_ok=True)
+            compile_limits=self._compile_limits if info.executor == "wasm" else None,
+            confinement=await anyio.to_thread.run_sync(self._confinement, info))
+        env = {**self._environment(info, config), "AGENTHUB_WORKER": config.model_dump_json(),
+               "AGENTHUB_AGENT_TOKEN": token, NATS_LOGIN_ENV: json.dumps(asdict(nats_login))}
         live.instance, live.process, live.announced, live.heartbeat_lost = instance, None, False, False
         live.work_done, live.metrics, live.state, live.up = 0, None, AgentState.STARTING, anyio.Event()
         worker = _Worker(self, agent_id, instance, live.up)
@@ -427,8 +428,11 @@ class AgentPool:
                             await self._until_up(worker, live, forked)
                             return
                 async with self._cold_starts:
-                    with log_path.open("ab") as log:
+                    log = open_log(log_path)  # by the hub: the agent's user cannot open its own log
+                    try:
                         process = await start_process(WORKER_ARGV, tg=tg, env=env, stdout=log, stderr=log)
+                    finally:
+                        os.close(log)
                     await self._until_up(worker, live, process)
         except Exception as exc:  # one agent's failed start must not take down its supervisor's tasks: without a
             # process (no fork, no exec) it is a crash for the agent's restart policy to judge
@@ -436,6 +440,33 @@ class AgentPool:
             worker.unstarted(Exit(kind=ExitKind.ABNORMAL, detail=f"could not start the process: {exc}"))
         finally:
             worker.unstarted()  # no-op once started; else the stop that cancelled the bring-up gets its answer
+
+    def _confinement(self, info: AgentInfo) -> Confinement:
+        """The user, home and limits of the agent's next process (agent_pool.confinement), its files laid out."""
+        uid = None
+        if os.geteuid() == 0:
+            taken = {u for agent_id, u in self._uids.items() if agent_id in self._live and agent_id != info.agent_id}
+            uid = agent_uid(info.agent_id, taken, base=self._settings.uid_base, count=self._settings.uid_count)
+            self._uids[info.agent_id] = uid
+        home = prepare_files(self._data_dir, info.agent_id, uid)
+        if uid is not None and home.parent not in self._reachable:
+            check_reachable(home, uid)
+            self._reachable.add(home.parent)
+        limits, defaults = info.limits, self._settings
+        return Confinement(uid=uid, gid=uid, home=str(home.absolute()),
+                           memory_bytes=limits.memory_bytes or defaults.memory_bytes,
+                           cpu_seconds=limits.cpu_seconds or defaults.cpu_seconds,
+                           open_files=limits.open_files or defaults.open_files,
+                           processes=limits.processes or defaults.processes)
+
+    def _environment(self, info: AgentInfo, config: WorkerConfig) -> dict[str, str]:
+        """The agent process's environment, before the pool's own variables: the Anthropic key only for a claude
+        agent, or a command agent configured to pass it on."""
+        passes_key = info.executor == "claude" or (info.executor == "command"
+                                                   and info.executor_config.get("pass_anthropic_key") is True)
+        assert config.confinement is not None
+        return agent_environment(os.environ, home=Path(config.confinement.home),
+                                 anthropic_api_key=self._anthropic_api_key if passes_key else None)
 
     async def _fork_ready(self, fork: ForkServer, agent_id: str) -> bool:
         if await fork.wait_ready(self._settings.startup_seconds):

@@ -12,7 +12,15 @@ from typing import Any
 
 import asyncpg
 
-from agent_pool.models import AgentEvent, AgentInfo, ListAgentsInput, RestartPolicy, SpawnAgentInput, StateChanged
+from agent_pool.models import (
+    AgentEvent,
+    AgentInfo,
+    ListAgentsInput,
+    ResourceLimits,
+    RestartPolicy,
+    SpawnAgentInput,
+    StateChanged,
+)
 from agent_pool.states import AgentState, check_transition
 from agenthub import activity
 from agenthub.bus import Bus
@@ -28,6 +36,7 @@ def _info(row: asyncpg.Record) -> AgentInfo:
         agent_id=row["id"], role=row["role"], capabilities=list(row["capabilities"]), executor=row["executor"],
         executor_config=json.loads(row["executor_config"]),
         restart_policy=RestartPolicy.model_validate_json(row["restart_policy"]),
+        limits=ResourceLimits.model_validate_json(row["limits"]),
         heartbeat_seconds=row["heartbeat_seconds"], state=AgentState(row["state"]), desired=row["desired"],
         owner=row["owner"], pid=row["pid"], restarts=row["restarts"], last_heartbeat=row["last_heartbeat"],
         breaker_state=row["breaker_state"], last_error=row["last_error"], binary_version=row["binary_version"],
@@ -54,12 +63,13 @@ class AgentRegistry:
     async def create(self, req: SpawnAgentInput, agent_id: str, *, owner: str, heartbeat_seconds: float) -> AgentInfo:
         async with self._pool.acquire() as conn, conn.transaction():
             row = await conn.fetchrow(
-                "INSERT INTO agents (id, role, capabilities, executor, executor_config, restart_policy, "
+                "INSERT INTO agents (id, role, capabilities, executor, executor_config, restart_policy, limits, "
                 "heartbeat_seconds, state, desired, owner)"
-                " VALUES ($1, $2, $3, $4, $5, $6, $7, 'created', 'running', $8)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'created', 'running', $9)"
                 " ON CONFLICT (id) DO NOTHING RETURNING *",
                 agent_id, req.role, req.capabilities, req.executor, json.dumps(req.executor_config),
-                req.restart_policy.model_dump_json(), heartbeat_seconds, owner,
+                req.restart_policy.model_dump_json(), req.limits.model_dump_json(exclude_none=True), heartbeat_seconds,
+                owner,
             )
             if row is None:
                 raise AgentExists(agent_id)

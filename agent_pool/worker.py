@@ -3,9 +3,11 @@
 Its configuration comes as JSON in `AGENTHUB_WORKER`, its own agent token in `AGENTHUB_AGENT_TOKEN` and its own
 NATS login in `AGENTHUB_NATS_LOGIN` (not in the arguments, which any local user can read). Exit codes: 0 after
 SIGTERM or SIGINT (a requested stop), 78 (EX_CONFIG) for a configuration it cannot run, 1 for a crash; the
-supervisor restarts crashes.
+supervisor restarts crashes. Before it runs the agent it confines itself (`agent_pool.confinement.confine`: its
+limits, its home, and as root its own unprivileged user).
 """
 
+import importlib
 import json
 import logging
 import os
@@ -15,10 +17,17 @@ import sys
 import anyio
 from pydantic import ValidationError
 
+from agent_pool.confinement import confine
 from agent_pool.models import WorkerConfig
 from agenthub.nats_auth import NATS_LOGIN_ENV, NatsLogin
 
 logger = logging.getLogger("agent_pool.worker")
+
+# What the fork server imports once for every process it forks (a worker started from scratch imports the same
+# before it confines itself): the runtime (MCP SDK, NATS, HTTP), the executors, httpx2's transport (with trio,
+# 0.16 s of CPU) and anyio's asyncio backend.
+MODULES = ("agent_pool.runtime", "agent_pool.executors.scripted", "agent_pool.executors.command",
+           "agent_pool.executors.claude", "agent_pool.executors.wasm", "httpcore2", "anyio._backends._asyncio")
 
 EX_CONFIG = 78
 
@@ -77,6 +86,14 @@ def main() -> None:
     except (ValueError, TypeError) as exc:
         print(f"agent worker: bad {NATS_LOGIN_ENV}: {exc}", file=sys.stderr)
         raise SystemExit(EX_CONFIG) from None
+    if config.confinement is not None:
+        for name in MODULES:
+            importlib.import_module(name)
+        try:
+            confine(config.confinement)
+        except OSError as exc:
+            print(f"agent worker: cannot confine the process: {exc}", file=sys.stderr)
+            raise SystemExit(EX_CONFIG) from None
     try:
         anyio.run(_main, config, token, nats_login)
     except BaseException as exc:

@@ -43,6 +43,26 @@ class RetentionSettings(BaseModel):
     batch: int = Field(default=5000, ge=1, le=100_000)  # deleted per transaction (shares wait for each one)
 
 
+class RateLimitSettings(BaseModel):
+    """Per token: requests a second with bursts (a token bucket). Per agent, for its own token: discoveries shared
+    and questions asked (token buckets), subscriptions held and SSE streams open at once (operators, who may act as
+    any agent, are bound by their token's request rate only). Replicas share what they use over NATS every
+    `sync_seconds`, so N replicas allow about the configured rate, not N times it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    requests_per_second: float = Field(default=100.0, gt=0)  # every HTTP request a token makes (REST, MCP, SSE)
+    request_burst: int = Field(default=1000, ge=1)  # a dashboard's page load or a fan-out of streams at once
+    discoveries_per_second: float = Field(default=10.0, gt=0)
+    discovery_burst: int = Field(default=200, ge=1)
+    questions_per_minute: float = Field(default=60.0, gt=0)  # discoveries of type `question` (they are routed)
+    question_burst: int = Field(default=20, ge=1)
+    max_subscriptions: int = Field(default=100, ge=1)  # held by one agent at once (unsubscribe to free one)
+    max_streams: int = Field(default=16, ge=1)  # SSE streams an agent's token holds open at once, on all replicas
+    sync_seconds: float = Field(default=0.1, gt=0, le=5)  # how often a replica tells the others what it used
+
+
 class AgentSettings(BaseModel):
     """The agent pool, its supervision and the live orchestrator."""
 
@@ -64,6 +84,15 @@ class AgentSettings(BaseModel):
     breaker_reset_seconds: float = Field(default=30.0, gt=0)
     max_question_depth: int = Field(default=4, ge=0)  # orchestrator loop guard: related_to chain depth
     questions_per_agent_per_minute: int = Field(default=30, ge=1)
+    # Each agent process's resource limits, unless its spawn request sets its own (agent_pool.confinement).
+    memory_bytes: int = Field(default=16 << 30, ge=256 << 20)  # address space: a wasm run reserves about 6 GiB
+    cpu_seconds: int = Field(default=3600, ge=1)  # CPU time of one process; past it, killed and restarted
+    open_files: int = Field(default=1024, ge=64)
+    processes: int = Field(default=256, ge=16)  # processes and threads, with a uid per agent (the hub as root)
+    # When the hub runs as root, agent processes run as uid (and gid) uid_base + n, n < uid_count, one per agent;
+    # uids that have an account are skipped. The range must not be used by anything else on the machine.
+    uid_base: int = Field(default=1_000_000_000, ge=1000)
+    uid_count: int = Field(default=65_536, ge=1)
 
 
 class MarketSettings(BaseModel):
@@ -139,6 +168,9 @@ class Settings(BaseSettings):
     allowed_hosts: list[str] = Field(default_factory=list)
     allowed_origins: list[str] = Field(default_factory=list)
     db_pool_size: int = Field(default=10, ge=1)
+    # A resolved token is believed this long without asking PostgreSQL again; revocations reach every replica at
+    # once over NATS, and this bounds how long one whose message was lost stays usable.
+    token_cache_seconds: float = Field(default=2.0, gt=0, le=60)
     # How often the live feed checks the log for discoveries NATS did not bring (a lost or late publish).
     feed_sync_seconds: float = Field(default=1.0, gt=0)
     log_level: str = "info"
@@ -147,6 +179,7 @@ class Settings(BaseSettings):
     sse: SSESettings = Field(default_factory=SSESettings)
     agents: AgentSettings = Field(default_factory=AgentSettings)
     market: MarketSettings = Field(default_factory=MarketSettings)
+    rate_limits: RateLimitSettings = Field(default_factory=RateLimitSettings)
     sandbox: SandboxSettings = Field(default_factory=SandboxSettings)
     # For `claude` agents; read from ANTHROPIC_API_KEY (the Anthropic SDK's own name) and passed to their processes.
     anthropic_api_key: str | None = Field(default=None, validation_alias="ANTHROPIC_API_KEY", repr=False)

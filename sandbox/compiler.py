@@ -7,8 +7,10 @@ configuration, checks the ABI (a WASI command module: exports `_start: () -> ()`
 preview 1 functions, starts with no more memory than the cap) and writes the serialized module next to it.
 """
 
+import contextlib
 import hashlib
 import json
+import os
 import resource
 import signal
 import sys
@@ -53,18 +55,46 @@ async def compile_module(wasm: bytes, limits: CompileLimits) -> Compiled:
     with tempfile.TemporaryDirectory(prefix="agenthub-wasm-") as tmp:
         work = Path(tmp)
         (work / _INPUT).write_bytes(wasm)
-        command = [sys.executable, "-m", "sandbox.compiler", str(work), str(limits.cpu_seconds),
-                   str(limits.memory_bytes), str(limits.memory_cap_bytes)]
+        args = (work, limits.cpu_seconds, limits.memory_bytes, limits.memory_cap_bytes)
         with anyio.move_on_after(wall) as timer:
-            done = await anyio.run_process(command, check=False, start_new_session=True)
-        if timer.cancelled_caught:  # run_process killed the child on cancellation
+            if os.access(sys.executable, os.X_OK):
+                done = await anyio.run_process([sys.executable, "-m", "sandbox.compiler", *map(str, args)],
+                                               check=False, start_new_session=True)
+                code, stdout, stderr = done.returncode, done.stdout, done.stderr
+            else:  # a confined agent's user may not reach the interpreter (agent_pool.confinement): fork instead
+                code, stdout, stderr = await _forked_child(*args)
+        if timer.cancelled_caught:  # the child was killed on cancellation
             raise InvalidModule(f"compiling the module took longer than {wall} s")
-        if done.returncode == 0:
-            info = ModuleInfo.model_validate_json(done.stdout)
+        if code == 0:
+            info = ModuleInfo.model_validate_json(stdout)
             return Compiled(info=info, artifact=(work / _ARTIFACT).read_bytes())
-        if done.returncode == _BAD_MODULE:
-            raise InvalidModule(done.stdout.decode(errors="replace").strip())
-        raise InvalidModule(_crash_reason(done.returncode, done.stderr, limits))
+        if code == _BAD_MODULE:
+            raise InvalidModule(stdout.decode(errors="replace").strip())
+        raise InvalidModule(_crash_reason(code, stderr, limits))
+
+
+async def _forked_child(work: Path, cpu_seconds: int, memory_bytes: int, memory_cap: int) -> tuple[int, bytes, bytes]:
+    """`_child` in a fork of this process: its return code, stdout and stderr."""
+    out, err = work / "stdout", work / "stderr"
+    pid = os.fork()
+    if pid == 0:  # the child: never return into the caller's event loop
+        code = 1
+        try:
+            os.setsid()
+            for fd, path in ((1, out), (2, err)):
+                os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), fd)
+            code = _child(work, cpu_seconds, memory_bytes, memory_cap)
+        finally:
+            sys.stdout.flush()
+            os._exit(code)
+    try:
+        status = await anyio.to_thread.run_sync(os.waitpid, pid, 0, abandon_on_cancel=True)
+    except BaseException:
+        with anyio.CancelScope(shield=True), contextlib.suppress(ProcessLookupError, ChildProcessError):
+            os.killpg(pid, signal.SIGKILL)
+            await anyio.to_thread.run_sync(os.waitpid, pid, 0)  # unless the abandoned wait reaped it first
+        raise
+    return os.waitstatus_to_exitcode(status[1]), out.read_bytes(), err.read_bytes()
 
 
 def _crash_reason(code: int, stderr: bytes, limits: CompileLimits) -> str:

@@ -17,7 +17,8 @@ progress at all: a busy machine delays the server but never gets it restarted. A
 waiting (a deadline, a cancellation) is killed when its `started` arrives, so no fork runs unsupervised.
 
 The server has no threads and no event loop (so forking it is safe): it waits in `select` on its stdin and on a
-SIGCHLD wake-up pipe. Each child starts its own session, sends its output to its log file, takes the requested
+SIGCHLD wake-up pipe. Each child starts its own session, sends its output to its log file (opened 0600 by the
+server: a program that drops its privileges keeps writing to it), takes the requested
 environment and runs the entry point. When its parent (the hub) goes away, or its stdin closes, the server kills
 every child's process group and exits, so nothing outlives the hub.
 
@@ -252,7 +253,8 @@ def _fork(request: dict[str, Any], entry: Callable[[], object], wakeup: tuple[in
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         for fd in wakeup:
             os.close(fd)
-        out = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        # Opened before the program runs: one that drops its privileges keeps writing to a log it could not open.
+        out = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)
         os.dup2(out, 1)

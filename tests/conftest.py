@@ -153,9 +153,16 @@ class HubFactory:
 
 
 @pytest.fixture
-def hub_factory(services: Services, database_url: str, tmp_path: Path) -> HubFactory:
-    return HubFactory(services=services, database_url=database_url, prefix=f"t{secrets.token_hex(4)}.",
-                      tmp_path=tmp_path)
+def hub_factory(services: Services, database_url: str) -> Iterator[HubFactory]:
+    # Not under pytest's 0700 tmp root: as root, agent processes run as users of their own, which must reach their
+    # homes in the hub's data directory.
+    root = Path(tempfile.mkdtemp(prefix="agenthub-hub-"))
+    root.chmod(0o755)
+    try:
+        yield HubFactory(services=services, database_url=database_url, prefix=f"t{secrets.token_hex(4)}.",
+                         tmp_path=root)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture

@@ -8,8 +8,9 @@ Contract:
   `{prompt}` in the arguments, or appended as the last argument when none has `{prompt}`. No shell is involved.
 * Process: `config.argv` runs in a process group of its own; when the work item ends (for any reason) whatever is
   left of the group is SIGKILLed, so nothing the command spawned outlives it. It gets the agent process's
-  environment without the hub's own `AGENTHUB_*` variables (settings, possibly with credentials, it has no use for);
-  `ANTHROPIC_API_KEY` and the like stay, since CLI agents need them.
+  environment (`agent_pool.confinement`: `PATH`, `HOME`, the locale; `ANTHROPIC_API_KEY` only with
+  `pass_anthropic_key`) without its `AGENTHUB_*` variables (the agent's credentials), and runs as the agent's user
+  with its limits.
 * Limits: past `config.timeout_seconds` the group is killed and `TransientAgentError` raised; stdout beyond
   `config.max_output_bytes` kills it with `LogicalAgentError`. The tail of stderr goes into error messages.
 * Exit: a command that cannot be started (missing, not executable) is a `LogicalAgentError`; a non-zero exit is a
