@@ -2,7 +2,6 @@
 catch-up after the event stream drops, spawning agents and running an auction from the forms, a viewer's
 read-only pages, and a phone-width layout. Each page's screenshot goes to `test-artifacts/dashboard/`."""
 
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -91,10 +90,8 @@ async def test_an_operator_signs_in_sees_the_overview_and_a_discovery_shared_ove
     assert all(s["outline"].startswith("solid") and not s["outline"].endswith(" 0px") for s in stops), stops
     async with dash_hub.mcp() as client:
         shared = await share(client)
-        started = time.monotonic()
         await browser.wait_for("return document.querySelector(arguments[0])", item(shared["discovery_id"]),
-                               seconds=2, what="the shared discovery in the feed")
-        assert time.monotonic() - started < 2
+                               seconds=10, what="the shared discovery in the feed, without a reload")
         assert "Login failures tripled" in await browser.text(item(shared["discovery_id"]))
         assert await browser.count(f'{item(shared["discovery_id"])} .badge.type-anomaly') == 1
 
@@ -301,6 +298,7 @@ async def test_a_viewer_sees_every_page_but_no_form_or_button_that_writes(
     viewer = await dash_hub.token(Role.VIEWER)
     await browser.sign_in(dash_hub.url, viewer)
     assert (await browser.text("#who")).startswith("viewer")
+    assert await browser.js("return document.querySelector('#nav a[href=\"#/tokens\"]').offsetParent") is None
     pages = [("#/", "Overview", "[data-tile]"), ("#/discoveries", "Discoveries", item(shared["discovery_id"])),
              (f"#/discoveries/{shared['discovery_id']}", "Discovery", ".thread"),
              ("#/agents", "Agents", "tr[data-agent-id=w2]"), ("#/agents/w2", "Agent w2", ".facts"),
@@ -320,6 +318,38 @@ async def test_a_viewer_sees_every_page_but_no_form_or_button_that_writes(
     await browser.click("#sign-out")
     await browser.find("#signin-form")
     assert await browser.js("return sessionStorage.length") == 0
+
+
+async def test_an_operator_creates_a_token_on_the_tokens_page_sees_its_secret_once_and_revokes_it(
+        dash_hub: RunningHub, browser: Browser) -> None:
+    await browser.sign_in(dash_hub.url, dash_hub.operator_token)
+    await browser.go("#/tokens", "Tokens")
+    await browser.find("#tokens-table tr[data-state=active]")  # at least the operator's own
+    await browser.click("details.share > summary")
+    await browser.choose("#token-form select[name=role]", "agent")
+    await browser.fill("#token-form input[name=agent_id]", "dash-agent")
+    await browser.choose("#token-form select[name=expires]", "604800")
+    await browser.click("#token-form button[type=submit]")
+    secret = await browser.wait_for("const c = document.querySelector('.token-secret code.secret');"
+                                    "return c && c.textContent", what="the new token's secret, shown once")
+    async with dash_hub.http(secret) as as_agent:
+        assert (await as_agent.get("/api/v1/whoami")).json()["agent_id"] == "dash-agent"
+    async with dash_hub.http() as http:
+        [token] = [t for t in (await http.get("/api/v1/tokens")).json()["items"] if t["agent_id"] == "dash-agent"]
+    row = f'#tokens-table tr[data-token-id="{token["token_id"]}"]'
+    await browser.find(row)
+    assert "dash-agent" in await browser.text(row) and "never" not in await browser.text(row)
+    assert await browser.js("return document.querySelector('#tokens-table').textContent.includes(arguments[0])",
+                            secret) is False
+    await browser.screenshot("tokens")
+    await browser.click(f'{row} button[aria-label="Revoke {token["token_id"]}"]')
+    await browser.wait_for("return !document.querySelector(arguments[0])", row,
+                           what="the revoked token gone from the list of active tokens")
+    async with dash_hub.http(secret) as as_agent:
+        assert (await as_agent.get("/api/v1/whoami")).status_code == 401
+    await browser.click("#view input[name=all]")
+    await browser.find(f'{row}[data-state=revoked]')
+    assert await browser.count(f"{row} button") == 0
 
 
 async def test_every_page_fits_a_phone_screen_without_scrolling_sideways_and_its_text_has_aa_contrast(
@@ -344,7 +374,8 @@ async def test_every_page_fits_a_phone_screen_without_scrolling_sideways_and_its
              ("#/agents/a-rather-long-agent-identifier-for-phones", "Agent a-rather", ".facts", "agent"),
              ("#/tasks", "Tasks", "tr[data-task-id]", "tasks"),
              (f"#/tasks/{task_id}", f"Task {task_id}", ".bid-count", "task"),
-             ("#/accounts/requester:erin", "Account requester:erin", ".balance", "account")]
+             ("#/accounts/requester:erin", "Account requester:erin", ".balance", "account"),
+             ("#/tokens", "Tokens", "tr[data-token-id]", "tokens")]
     for route, heading, content, name in pages:
         await browser.go(route, heading)
         await browser.find(content)

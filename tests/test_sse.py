@@ -421,7 +421,8 @@ async def test_a_discovery_both_replayed_and_delivered_live_reaches_a_replaying_
 
 async def test_a_consumer_that_stops_reading_is_dropped_within_seconds_without_slowing_another(
         hub_factory: HubFactory) -> None:
-    settings = hub_factory.settings(sse={"send_timeout_seconds": 1.0})
+    send_timeout = 5.0  # a reader held behind the stalled client would wait this long for an event
+    settings = hub_factory.settings(sse={"send_timeout_seconds": send_timeout})
     # Escaped as \u00e9 in the event's JSON: about 90 kB per event, so the stalled socket fills fast.
     big = "é" * 15_000
     async with hub_factory.run(settings) as hub, hub.http() as client, hub.http() as sharing, \
@@ -447,8 +448,7 @@ async def test_a_consumer_that_stops_reading_is_dropped_within_seconds_without_s
                 await share_one(f"{next(numbers)} {big}")
                 assert len(shared_at) < 1000, "the stalled client was never dropped"
 
-        started = time.monotonic()
-        with anyio.fail_after(10):
+        with anyio.fail_after(6 * send_timeout):
             async with anyio.create_task_group() as tg:
                 tg.start_soon(read_everything)
                 async with anyio.create_task_group() as sharers:
@@ -459,10 +459,9 @@ async def test_a_consumer_that_stops_reading_is_dropped_within_seconds_without_s
                 await share_one("end")
             # Its response gives up once one send has waited send_timeout_seconds.
             await until(clients_gauge(client, 1))
-        assert time.monotonic() - started < 10
         assert sorted(received_at) == sorted(shared_at) == list(range(1, len(shared_at) + 1))
         lag = max(received_at[s] - shared_at[s] for s in shared_at)
-        assert lag < 1.0, f"the reading client waited {lag:.2f}s for an event"
+        assert lag < send_timeout, f"the reading client waited {lag:.2f}s for an event: held behind the stalled one"
         assert await metric(client, "agenthub_sse_dropped_clients_total") == 1
         # What the server had sent arrives, then the connection ends: the stalled stream was cut short.
         with anyio.fail_after(10):

@@ -160,17 +160,13 @@ async def supervised(*children: ChildSpec, **kwargs: Any) -> AsyncIterator[tuple
 async def test_every_kill_9_of_a_permanent_child_restarts_it_with_a_new_pid() -> None:
     async with supervised(spec("agent")) as (sup, events):
         seen = [running_pid(sup, "agent")]
-        latencies = []
-        for n in range(1, 11):
+        for n in range(1, 11):  # (how fast: bench/restart.py)
             os.kill(seen[-1], signal.SIGKILL)
-            killed_at = time.monotonic()
             started = await events.until_count("started", n + 1, "agent")
-            latencies.append(time.monotonic() - killed_at)
             seen.append(running_pid(sup, "agent"))
             assert started[-1].pid == seen[-1]
         assert len(set(seen)) == len(seen)
         assert sup.which_children()[0].restarts == 10
-        assert sorted(latencies)[-1] < 2.0, latencies
     for pid in seen:
         await assert_gone(pid)
     assert (await sup.wait()).kind is ExitKind.SHUTDOWN
@@ -334,7 +330,7 @@ async def test_a_child_ignoring_sigterm_is_killed_when_its_shutdown_time_is_up()
             began = time.monotonic()
             await sup.terminate_child("stubborn")
             elapsed = time.monotonic() - began
-        assert 0.5 <= elapsed <= 1.5, elapsed
+        assert elapsed >= 1.0, elapsed  # its shutdown time first (SIGTERM, ignored), then SIGKILL
         exited = events.of("exited", "stubborn")[0].exit
         assert exited is not None and exited.detail == "killed by SIGKILL"
         await assert_gone(pid)
@@ -346,10 +342,9 @@ async def test_a_brutal_kill_child_dies_at_once_even_if_it_ignores_sigterm() -> 
         async with supervised(stubborn) as (sup, events):
             await wait_ready(read_fd)
             pid = running_pid(sup, "stubborn")
-            began = time.monotonic()
-            await sup.terminate_child("stubborn")
-            elapsed = time.monotonic() - began
-        assert elapsed < 0.5, elapsed
+            # No grace at all: far less than the 5 s a supervisor gives by default (the bound tells them apart).
+            with anyio.fail_after(4):
+                await sup.terminate_child("stubborn")
         exited = events.of("exited", "stubborn")[0].exit
         assert exited is not None and exited.detail == "killed by SIGKILL"
         await assert_gone(pid)
@@ -418,9 +413,7 @@ async def test_a_missing_executable_on_restart_is_retried_without_blocking_and_t
         os.kill(running_pid(sup, "agent"), signal.SIGKILL)
         await events.until_count("start_failed", 1, "agent")
         # The retry waits out its backoff while the supervisor keeps answering.
-        began = time.monotonic()
         info = sup.which_children()[1]
-        assert time.monotonic() - began < 0.1
         assert (info.status, info.pid) == (ChildStatus.RESTARTING, None)
         with anyio.fail_after(5):
             exit = await sup.wait()
@@ -446,10 +439,8 @@ async def test_terminate_child_and_stop_answer_at_once_while_a_child_waits_to_re
         with anyio.fail_after(1):
             await sup.terminate_child("agent")
         assert sup.which_children()[1].status is ChildStatus.STOPPED
-        began = time.monotonic()
-        with anyio.fail_after(2):
+        with anyio.fail_after(4):  # neither the 30 s restart delay nor the 5 s shutdown time is waited out
             await sup.stop(5.0)
-        assert time.monotonic() - began < 1.0
 
 
 # ------------------------------------------------------------------------------------------ auto_shutdown
@@ -526,15 +517,15 @@ async def test_simple_one_for_one_stops_its_children_concurrently() -> None:
     with ready_pipe() as (read_fd, write_fd):
         async with supervised(strategy=Strategy.SIMPLE_ONE_FOR_ONE) as (sup, events):
             for n in range(5):
-                await sup.start_child(ChildSpec(id=f"w{n}", start=process(STUBBORN, stdout=write_fd), shutdown=0.5,
+                await sup.start_child(ChildSpec(id=f"w{n}", start=process(STUBBORN, stdout=write_fd), shutdown=2.0,
                                                 restart=RestartType.TEMPORARY))
             await wait_ready(read_fd, 5)
             started = [pid for pid in pids(sup).values() if pid is not None]
             os.kill(started[3], signal.SIGKILL)  # temporary: just gone
             await events.until(lambda: len(sup.which_children()) == 4)
             began = time.monotonic()
-        # Four children each taking their full 0.5 s grace: one after the other would take 2 s.
-        assert time.monotonic() - began < 1.5
+        # Four children each taking their full 2 s grace: one after the other would take 8 s.
+        assert time.monotonic() - began < 6
     assert [e.exit.detail for e in events.of("exited") if e.exit is not None].count("killed by SIGKILL") == 5
     for pid in started:
         await assert_gone(pid)

@@ -1,7 +1,6 @@
 """WASM agents through the hub: uploads (accepted, refused, versioned, rolled back), operators' trial runs, and a
 wasm agent process that wins a task auction, runs its binary in the sandbox and gets its result accepted."""
 
-import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -121,7 +120,7 @@ async def test_a_hostile_trial_run_is_stopped_and_the_hub_stays_responsive(wasm_
     async with wasm_hub.http() as http:
         await http.post("/api/v1/agents", json=wasm_agent("spinner"))
         assert (await upload(http, "spinner", wasm("loop"))).status_code == 201
-        health: list[float] = []
+        health: list[int] = []
         outcomes: list[dict[str, Any]] = []
 
         async def trial() -> None:
@@ -132,14 +131,13 @@ async def test_a_hostile_trial_run_is_stopped_and_the_hub_stays_responsive(wasm_
         async with anyio.create_task_group() as tg:
             tg.start_soon(trial)
             tg.start_soon(trial)
-            await anyio.sleep(0.2)
-            for _ in range(5):
-                started = time.monotonic()
-                assert (await http.get("/health")).status_code == 200
-                health.append(time.monotonic() - started)
-                await anyio.sleep(0.1)
+            while not outcomes:  # the hub answers while both modules spin (the trials end at their deadline)
+                status = (await http.get("/health")).status_code
+                if not outcomes:
+                    health.append(status)
+                await anyio.sleep(0.05)
         assert [o["outcome"] for o in outcomes] == ["deadline_exceeded"] * 2
-        assert max(health) < 0.5, health
+        assert len(health) >= 3 and set(health) == {200}, health
 
 
 async def test_a_wasm_agent_wins_a_task_runs_its_binary_and_is_paid(wasm_hub: RunningHub) -> None:
