@@ -1,19 +1,22 @@
-"""Bearer tokens with roles, stored as SHA-256 hashes in PostgreSQL.
+"""Bearer tokens with roles and a lifecycle, stored as SHA-256 hashes in PostgreSQL.
 
 Roles: `operator` (everything), `agent` (acts only as its own agent id), `viewer` (read and stream only).
-A token is `ah_` followed by 32 random bytes in URL-safe base64; only its hash is kept.
+A token is `ah_` followed by 32 random bytes in URL-safe base64; only its hash is kept. A token may expire; it
+can be revoked by id; past either it is refused. Listing shows what a token is, never the secret.
 """
 
 import hashlib
 import os
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 
 import asyncpg
 
-from agenthub.errors import Forbidden, InvalidInput, Unauthenticated
+from agenthub.errors import Forbidden, InvalidInput, TokenNotFound, Unauthenticated
 from agenthub.ids import AgentId, TokenId, is_valid_agent_id, new_token_id
 
 
@@ -30,6 +33,7 @@ class Principal:
     token_id: TokenId | None
     role: Role
     agent_id: AgentId | None = None
+    expires_at: datetime | None = None  # the token is refused from then on
 
     def require_write(self) -> None:
         if self.role is Role.VIEWER:
@@ -54,8 +58,31 @@ def _hash(token: str) -> bytes:
     return hashlib.sha256(token.encode()).digest()
 
 
-async def create_token(pool: asyncpg.Pool, role: Role, agent_id: str | None = None) -> tuple[TokenId, str]:
-    """Mint a token; returns (token id, the secret token, shown once)."""
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TokenInfo:
+    """A token as listed: everything but the secret."""
+
+    token_id: TokenId
+    role: Role
+    agent_id: AgentId | None
+    created_at: datetime
+    expires_at: datetime | None
+    last_used_at: datetime | None  # to the minute: recorded at most once a minute
+    revoked_at: datetime | None
+
+
+_INFO_COLUMNS = "id, role, agent_id, created_at, expires_at, last_used_at, revoked_at"
+
+
+def _info(row: asyncpg.Record) -> TokenInfo:
+    return TokenInfo(token_id=TokenId(row["id"]), role=Role(row["role"]), agent_id=row["agent_id"],
+                     created_at=row["created_at"], expires_at=row["expires_at"], last_used_at=row["last_used_at"],
+                     revoked_at=row["revoked_at"])
+
+
+async def create_token(pool: asyncpg.Pool, role: Role, agent_id: str | None = None, *,
+                       expires_at: datetime | None = None) -> tuple[TokenId, str]:
+    """Mint a token, valid until `expires_at` (or until revoked); returns (token id, the secret, shown once)."""
     if (role is Role.AGENT) != (agent_id is not None):
         raise InvalidInput("an agent token needs --agent-id, and only agent tokens take one")
     if agent_id is not None and not is_valid_agent_id(agent_id):
@@ -63,20 +90,46 @@ async def create_token(pool: asyncpg.Pool, role: Role, agent_id: str | None = No
     token = "ah_" + secrets.token_urlsafe(32)
     token_id = new_token_id()
     await pool.execute(
-        "INSERT INTO tokens (id, token_hash, role, agent_id) VALUES ($1, $2, $3, $4)",
-        token_id, _hash(token), role.value, agent_id,
+        "INSERT INTO tokens (id, token_hash, role, agent_id, expires_at) VALUES ($1, $2, $3, $4, $5)",
+        token_id, _hash(token), role.value, agent_id, expires_at,
     )
     return token_id, token
 
 
 async def resolve_token(pool: asyncpg.Pool, token: str) -> Principal:
     row = await pool.fetchrow(
-        "SELECT id, role, agent_id FROM tokens WHERE token_hash = $1 AND revoked_at IS NULL", _hash(token)
+        "SELECT id, role, agent_id, expires_at FROM tokens WHERE token_hash = $1 AND revoked_at IS NULL "
+        "AND (expires_at IS NULL OR expires_at > now())", _hash(token)
     )
     if row is None:
-        raise Unauthenticated("unknown or revoked token")
+        raise Unauthenticated("unknown, expired or revoked token")
     agent = AgentId(row["agent_id"]) if row["agent_id"] is not None else None
-    return Principal(token_id=TokenId(row["id"]), role=Role(row["role"]), agent_id=agent)
+    return Principal(token_id=TokenId(row["id"]), role=Role(row["role"]), agent_id=agent,
+                     expires_at=row["expires_at"])
+
+
+async def list_tokens(pool: asyncpg.Pool, *, include_inactive: bool = False, limit: int = 100) -> list[TokenInfo]:
+    """Tokens newest first: the usable ones, or with `include_inactive` also the revoked and expired ones."""
+    where = "" if include_inactive else "WHERE revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now()) "
+    rows = await pool.fetch(f"SELECT {_INFO_COLUMNS} FROM tokens {where}ORDER BY created_at DESC, id LIMIT $1",
+                            limit)
+    return [_info(row) for row in rows]
+
+
+async def revoke_token(pool: asyncpg.Pool, token_id: str) -> TokenInfo:
+    """Revoke a token by id (again: no change); the token as it is now. Caches are the caller's to invalidate."""
+    row = await pool.fetchrow(f"UPDATE tokens SET revoked_at = coalesce(revoked_at, now()) WHERE id = $1 "
+                              f"RETURNING {_INFO_COLUMNS}", token_id)
+    if row is None:
+        raise TokenNotFound(token_id)
+    return _info(row)
+
+
+async def record_token_use(pool: asyncpg.Pool, used: Mapping[TokenId, datetime]) -> None:
+    """Set `last_used_at` of several tokens in one statement (it only moves forward)."""
+    await pool.execute(
+        "UPDATE tokens t SET last_used_at = u.at FROM unnest($1::text[], $2::timestamptz[]) AS u(id, at) "
+        "WHERE t.id = u.id AND (t.last_used_at IS NULL OR t.last_used_at < u.at)", list(used), list(used.values()))
 
 
 async def ensure_operator_token_file(pool: asyncpg.Pool, path: Path) -> bool:

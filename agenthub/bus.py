@@ -1,4 +1,5 @@
-"""The hub's NATS connection: JSON publish with failure accounting, and subject naming.
+"""The hub's NATS connection: JSON publish with failure accounting, subject naming, and the shape of a component
+that listens to the other replicas.
 
 Subjects are `{prefix}{name}`; the prefix is empty by default and lets several hubs (or test runs) share one
 NATS server without seeing each other's traffic.
@@ -7,17 +8,24 @@ NATS server without seeing each other's traffic.
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from types import TracebackType
+from typing import Generic, Self, TypeVar
 
+import anyio
 import nats
+from anyio.abc import TaskGroup, TaskStatus
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from agenthub.errors import ServiceUnavailable
 from agenthub.nats_auth import NatsLogin
 
 logger = logging.getLogger(__name__)
+
+_LAST_TICK_SECONDS = 5.0
+M = TypeVar("M", bound=BaseModel)
 
 
 class Bus:
@@ -49,6 +57,59 @@ class Bus:
     @property
     def connected(self) -> bool:
         return bool(self.nc.is_connected)
+
+
+class BusListener(Generic[M]):
+    """A component of one replica that hears one hub-to-hub subject (messages of model `M`; malformed ones are
+    logged and dropped) and does `tick` every `interval` seconds. An async context manager, entered once, owning
+    its task group; on exit it stops listening and ticks once more (shielded and bounded), so what it owed others
+    is sent."""
+
+    def __init__(self, bus: Bus, name: str, payload: type[M], interval: float) -> None:
+        self._bus = bus
+        self._name = name
+        self._payload = payload
+        self._interval = interval
+        self._sub: Subscription | None = None
+        self._tg: TaskGroup | None = None
+
+    async def on_payload(self, payload: M) -> None:
+        raise NotImplementedError
+
+    async def tick(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        if self._tg is not None:
+            raise RuntimeError(f"{type(self).__name__} can be entered only once")
+        self._tg = anyio.create_task_group()
+        self._sub = await self._bus.subscribe(self._name, self._on_message)
+        await self._tg.__aenter__()
+        await self._tg.start(self._ticking)
+        return self
+
+    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+                        ) -> None:
+        assert self._tg is not None and self._sub is not None
+        self._tg.cancel_scope.cancel()
+        await self._tg.__aexit__(et, e, tb)
+        with anyio.CancelScope(shield=True), anyio.move_on_after(_LAST_TICK_SECONDS):
+            await self._sub.unsubscribe()
+            await self.tick()
+
+    async def _on_message(self, msg: Msg) -> None:
+        try:
+            payload = self._payload.model_validate_json(msg.data)
+        except ValidationError:
+            logger.warning("ignored a malformed message on %s", msg.subject)
+            return
+        await self.on_payload(payload)
+
+    async def _ticking(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        while True:
+            await anyio.sleep(self._interval)
+            await self.tick()
 
 
 @asynccontextmanager

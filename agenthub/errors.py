@@ -15,6 +15,7 @@
     │   ├── SubscriptionNotFound
     │   ├── AgentNotFound
     │   ├── AccountNotFound
+    │   ├── TokenNotFound
     │   ├── EscrowNotFound
     │   └── TaskNotFound
     ├── Conflict                     the request does not fit the current state of what it names
@@ -36,6 +37,8 @@
     │   ├── NotEscrowParty           a dispute by someone who is neither the payer nor the payee
     │   └── MissingCapabilities      a bid from an agent without the task's required capabilities
     ├── TooManyConnections           a connection limit is reached
+    ├── RateLimited                  a rate limit is reached: retry after `retry_after` seconds (HTTP 429)
+    ├── QuotaExceeded                an agent holds as many as it may (subscriptions, streams): free one first
     ├── ServiceUnavailable           NATS or PostgreSQL cannot be reached
     │   └── CircuitOpen              a circuit breaker is open: calls are refused until it half-opens
     ├── StartupError                 the hub cannot start; the message is one line for the operator
@@ -142,6 +145,12 @@ class AccountNotFound(NotFound):
         self.account_id = account_id
 
 
+class TokenNotFound(NotFound):
+    def __init__(self, token_id: str) -> None:
+        super().__init__(f"no token with id {token_id!r}")
+        self.token_id = token_id
+
+
 class EscrowNotFound(NotFound):
     def __init__(self, escrow_id: str) -> None:
         super().__init__(f"no escrow with id {escrow_id!r}")
@@ -238,6 +247,23 @@ class NotEscrowParty(Forbidden):
 class TooManyConnections(HubError):
     def __init__(self, limit: int) -> None:
         super().__init__(f"connection limit of {limit} reached; retry later")
+        self.limit = limit
+
+
+class RateLimited(HubError):
+    """`what` is the limit reached (requests of a token, discoveries of an agent); `retry_after` is when the next
+    one will be allowed, in seconds, which HTTP sends as `Retry-After` and MCP tool errors state."""
+
+    def __init__(self, what: str, retry_after: float) -> None:
+        super().__init__(f"rate limit reached: {what}; retry in {max(retry_after, 0.01):.2f} s")
+        self.what = what
+        self.retry_after = retry_after
+
+
+class QuotaExceeded(HubError):
+    def __init__(self, what: str, limit: int, remedy: str) -> None:
+        super().__init__(f"quota reached: {what} (at most {limit}); {remedy}")
+        self.what = what
         self.limit = limit
 
 

@@ -93,10 +93,20 @@ def add_hub_child_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", type=Path, help=argparse.SUPPRESS)
 
 
+# Benchmarks measure capacity, not the limits: every rate and quota is far above what this machine can send. The
+# limiter still runs on every request, so its cost is in every figure.
+BENCH_RATE_LIMITS = {"requests_per_second": 1e6, "request_burst": 10**6, "discoveries_per_second": 1e6,
+                     "discovery_burst": 10**6, "questions_per_minute": 1e6, "question_burst": 10**6,
+                     "max_subscriptions": 10**6, "max_streams": 10**5}
+
+
 def hub_settings(args: argparse.Namespace, **overrides: Any) -> Settings:
-    """The child hub's settings: the services from `args`, defaults otherwise (unless overridden here)."""
+    """The child hub's settings: the services from `args`, benchmark rate limits, defaults otherwise (unless
+    overridden here)."""
+    values: dict[str, Any] = {"rate_limits": BENCH_RATE_LIMITS, "nats": {"authority_dir": args.nats_dir},
+                              **overrides}
     return Settings(data_dir=args.data_dir, port=args.port, nats_url=args.nats_url, database_url=args.database_url,
-                    log_level="warning", nats={"authority_dir": args.nats_dir}, **overrides)
+                    log_level="warning", **values)
 
 
 def bind_loopback(port: int) -> socket.socket:

@@ -13,6 +13,7 @@ from agenthub.auth import Principal, Role
 from agenthub.bus import Bus
 from agenthub.errors import CursorExpired, CursorInFuture, Forbidden
 from agenthub.metrics import HubMetrics
+from agenthub.ratelimit import DISCOVERIES, QUESTIONS, RateLimiter
 from agenthub.settings import RetentionSettings
 from collaboration.archive import Archive, ImportSummary, parse_lines
 from collaboration.context import ContextManager
@@ -43,14 +44,15 @@ from collaboration.subscriptions import Subscription, Subscriptions
 class Collaboration:
     """Owns the live feed; enter it to start the feed, exit to stop it."""
 
-    def __init__(self, pool: asyncpg.Pool, bus: Bus, metrics: HubMetrics, *, base_url: str, ring_size: int,
-                 sync_seconds: float, retention: RetentionSettings) -> None:
+    def __init__(self, pool: asyncpg.Pool, bus: Bus, metrics: HubMetrics, limiter: RateLimiter, *, base_url: str,
+                 ring_size: int, sync_seconds: float, retention: RetentionSettings) -> None:
         self.log = DiscoveryLog(pool, bus, metrics)
         self.feed = DiscoveryFeed(self.log, bus, metrics, ring_size=ring_size, sync_interval=sync_seconds)
         self.subscriptions = Subscriptions(pool, self.log, self.feed)
         self.contexts = ContextManager(pool, bus)
         self.archive = Archive(self.log, self.contexts, bus)
         self.retention = Retention(self.log, retention)
+        self._limiter = limiter
         self._base_url = base_url.rstrip("/")
 
     async def __aenter__(self) -> Self:
@@ -63,11 +65,17 @@ class Collaboration:
 
     async def share_discovery(self, who: Principal, req: ShareDiscoveryInput) -> SharedDiscovery:
         who.require_acting_as(req.agent_id)
+        if who.role is Role.AGENT:  # an agent's quotas (a question refused takes nothing from the other)
+            if req.discovery_type == "question":
+                self._limiter.take(QUESTIONS, req.agent_id)
+            self._limiter.take(DISCOVERIES, req.agent_id)
         return await self.log.share(req)
 
     async def subscribe(self, who: Principal, req: SubscribeInput) -> Subscribed:
         who.require_acting_as(req.subscriber_agent_id)
-        sub = await self.subscriptions.create(req)
+        limits = self._limiter.settings
+        quota = limits.enabled and who.role is Role.AGENT
+        sub = await self.subscriptions.create(req, max_held=limits.max_subscriptions if quota else None)
         return Subscribed(
             subscription_id=sub.subscription_id,
             cursor=sub.cursor,

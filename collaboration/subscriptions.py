@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from agenthub.errors import CursorExpired, CursorInFuture, SubscriptionNotFound
+from agenthub.errors import CursorExpired, CursorInFuture, QuotaExceeded, SubscriptionNotFound
 from agenthub.ids import SubscriptionId, new_subscription_id
 from collaboration.discoveries import DiscoveryLog
 from collaboration.feed import DiscoveryFeed
@@ -32,7 +32,9 @@ class Subscriptions:
         self._log = log
         self._feed = feed
 
-    async def create(self, req: SubscribeInput) -> Subscription:
+    async def create(self, req: SubscribeInput, *, max_held: int | None = None) -> Subscription:
+        """Store a subscription; `QuotaExceeded` when its agent already holds `max_held` (counted under a lock
+        per agent, so concurrent requests on any replica cannot pass it together)."""
         oldest, newest = await self._log.bounds()
         match req.start:
             case "now":
@@ -47,11 +49,20 @@ class Subscriptions:
                 cursor = n
         flt = DiscoveryFilter.of(req)
         sub_id = new_subscription_id()
-        await self._pool.execute(
-            "INSERT INTO subscriptions (id, subscriber_agent_id, discovery_types, agent_roles, agent_ids, "
-            "min_confidence, cursor) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            sub_id, req.subscriber_agent_id, *flt.stored(), cursor,
-        )
+        async with self._pool.acquire() as conn, conn.transaction():
+            if max_held is not None:
+                await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('subscriptions:' || $1, 0))",
+                                   req.subscriber_agent_id)
+                held = await conn.fetchval("SELECT count(*) FROM subscriptions WHERE subscriber_agent_id = $1",
+                                           req.subscriber_agent_id)
+                if held >= max_held:
+                    raise QuotaExceeded("subscriptions held by this agent", max_held,
+                                        "unsubscribe from one it no longer polls first")
+            await conn.execute(
+                "INSERT INTO subscriptions (id, subscriber_agent_id, discovery_types, agent_roles, agent_ids, "
+                "min_confidence, cursor) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                sub_id, req.subscriber_agent_id, *flt.stored(), cursor,
+            )
         return Subscription(subscription_id=sub_id, subscriber_agent_id=req.subscriber_agent_id, flt=flt,
                             cursor=cursor)
 

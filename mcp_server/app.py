@@ -32,7 +32,9 @@ from agenthub.database import open_pool
 from agenthub.errors import StartupError
 from agenthub.metrics import HubMetrics
 from agenthub.nats_auth import NatsAuthority, NatsLogin, NatsUsers, hub_user, login_from
+from agenthub.ratelimit import RateLimiter
 from agenthub.settings import NatsSettings, Settings
+from agenthub.token_cache import TokenCache
 from collaboration.orchestrator import Orchestrator
 from collaboration.service import Collaboration
 from market.service import Market
@@ -42,7 +44,7 @@ from sandbox.runner import Runner
 from sandbox.service import SandboxService
 from sandbox.store import LocalBinaryStore
 from supervisor import INTENSITY_REACHED, ChildSpec, Supervisor, SupervisorEvent, task_child
-from web_ui import agents, api, dashboard, ops, streams
+from web_ui import agents, api, dashboard, ops, streams, tokens
 from web_ui import market as market_api
 from web_ui import sandbox as sandbox_api
 from web_ui.endpoints import openapi
@@ -58,7 +60,7 @@ _GC_THRESHOLDS = (50_000, 20, 20)
 # interpreter's switch interval, and the event loop needs it several times per request: at the default 5 ms, a
 # 10,000-bid solve quadrupled /health's p99 (bench/scale.py). 0.5 ms keeps the loop's wait short.
 _THREAD_SWITCH_SECONDS = 0.0005
-_ENDPOINTS = [*api.ENDPOINTS, *agents.ENDPOINTS, *market_api.ENDPOINTS, *sandbox_api.ENDPOINTS]
+_ENDPOINTS = [*api.ENDPOINTS, *tokens.ENDPOINTS, *agents.ENDPOINTS, *market_api.ENDPOINTS, *sandbox_api.ENDPOINTS]
 
 _STREAM_DOC = {"/discoveries/stream": {"get": {
     "summary": "Discoveries as Server-Sent Events (subscription_id= or type/role/agent_id/min_confidence; "
@@ -114,8 +116,10 @@ async def open_hub(settings: Settings, *, nats_monitor_url: str | None = None) -
         login, nats_users = await _nats_login(settings, stack)
         bus = await stack.enter_async_context(connect_bus(
             settings.nats_url, settings.nats_subject_prefix, metrics.nats_publish_failures.inc, login=login))
+        token_cache = await stack.enter_async_context(TokenCache(pool, bus, ttl=settings.token_cache_seconds))
+        limiter = await stack.enter_async_context(RateLimiter(bus, settings.rate_limits))
         collab = await stack.enter_async_context(
-            Collaboration(pool, bus, metrics, base_url=base_url(settings), ring_size=settings.sse.ring_size,
+            Collaboration(pool, bus, metrics, limiter, base_url=base_url(settings), ring_size=settings.sse.ring_size,
                           sync_seconds=settings.feed_sync_seconds, retention=settings.retention))
         metrics.sse_clients.set_function(lambda: collab.feed.stream_count)
         metrics.feed_sequence.set_function(lambda: collab.feed.frontier)
@@ -146,8 +150,8 @@ async def open_hub(settings: Settings, *, nats_monitor_url: str | None = None) -
         await stack.enter_async_context(root)
         stack.push_async_callback(agents.stop_all)  # runs before the root supervisor stops: agents end as stopped
         await agents.reconcile()
-        state = HubState(settings=settings, pool=pool, bus=bus, metrics=metrics, collab=collab, agents=agents,
-                         market=market, sandbox=sandbox, activity=activity,
+        state = HubState(settings=settings, pool=pool, bus=bus, metrics=metrics, tokens=token_cache, limiter=limiter,
+                         collab=collab, agents=agents, market=market, sandbox=sandbox, activity=activity,
                          snapshots=ops.Snapshots(settings.sse.metrics_seconds), supervisor=root,
                          orchestrator=orchestrator, nats_monitor_url=nats_monitor_url)
         await root.start_child(ChildSpec(id="snapshots", start=task_child(partial(state.snapshots.run, state))))
@@ -227,7 +231,7 @@ def create_app(hub: HubState) -> Starlette:
     app.add_middleware(
         Guard, max_body=settings.limits.max_body_bytes, max_upload=settings.sandbox.max_module_bytes,
         auth=settings.auth, allowed_hosts=settings.allowed_hosts, allowed_origins=settings.allowed_origins,
-        pool=hub.pool,
+        tokens=hub.tokens, limiter=hub.limiter,
     )
     return app
 

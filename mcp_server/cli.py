@@ -1,7 +1,8 @@
 """The `agenthub` command.
 
     agenthub serve [--data-dir D] [--host H] [--port P] [--no-auth]
-    agenthub token create --role operator|agent|viewer [--agent-id X] [--url U] [--data-dir D]
+    agenthub token create --role operator|agent|viewer [--agent-id X] [--expires-in 7d] [--url U] [--data-dir D]
+    agenthub token list [--all] | revoke ID
     agenthub agent spawn --role R [--id X] [--capability C]... (--behaviour B | --command CMD | --executor E)
                          [--config JSON] [--text T] [--prompt P] [--restart TYPE] [--max-restarts N] [--period S]
     agenthub agent list | show ID | stop ID | restart ID      [--url U] [--data-dir D]
@@ -167,14 +168,44 @@ def _hub_request(settings: Settings, url: str | None, method: str, path: str, bo
         return json.load(resp)
 
 
-def run_token_create(settings: Settings, role: str, agent_id: str | None, url: str | None) -> None:
-    body: dict[str, Any] = {"role": role}
-    if agent_id is not None:
-        body["agent_id"] = agent_id
-    created = _hub_request(settings, url, "POST", "/api/v1/tokens", body)
-    print(created["token"])
-    print(f"{created['role']} token {created['token_id']}" + (f" for agent {agent_id}" if agent_id else ""),
-          file=sys.stderr)
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def _duration(value: str) -> int:
+    """`90s`, `15m`, `12h`, `7d`, `2w` (or plain seconds) as seconds."""
+    number, unit = (value[:-1], value[-1]) if value[-1:] in _DURATION_UNITS else (value, "s")
+    if not number.isascii() or not number.isdigit() or int(number) < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a duration: use e.g. 90s, 15m, 12h, 7d or 2w")
+    return int(number) * _DURATION_UNITS[unit]
+
+
+def run_token(settings: Settings, args: argparse.Namespace) -> None:
+    if args.token_command == "create":
+        body: dict[str, Any] = {"role": args.role}
+        if args.agent_id is not None:
+            body["agent_id"] = args.agent_id
+        if args.expires_in is not None:
+            body["expires_in_seconds"] = args.expires_in
+        created = _hub_request(settings, args.url, "POST", "/api/v1/tokens", body)
+        print(created["token"])
+        print(f"{created['role']} token {created['token_id']}"
+              + (f" for agent {args.agent_id}" if args.agent_id else "")
+              + f", expires {created['expires_at'] or 'never'}", file=sys.stderr)
+    elif args.token_command == "list":
+        listed = _hub_request(settings, args.url, "GET", "/api/v1/tokens" + ("?all=true" if args.all else ""))
+        print(f"{'ID':<22} {'ROLE':<8} {'AGENT':<20} {'STATE':<8} {'CREATED':<20} {'EXPIRES':<20} LAST USED")
+        for t in listed["items"]:
+            print(f"{t['token_id']:<22} {t['role']:<8} {t['agent_id'] or '-':<20} {t['state']:<8} "
+                  f"{_stamp(t['created_at']):<20} {_stamp(t['expires_at']):<20} {_stamp(t['last_used_at'])}")
+    else:
+        revoked = _hub_request(settings, args.url, "DELETE", f"/api/v1/tokens/{urllib.parse.quote(args.token_id)}")
+        print(f"revoked token {revoked['token_id']} ({revoked['role']}"
+              + (f" for agent {revoked['agent_id']})" if revoked["agent_id"] else ")"))
+
+
+def _stamp(iso: str | None) -> str:
+    """An ISO timestamp from the API, to the second and without the zone (they are UTC)."""
+    return iso[:19].replace("T", " ") if iso else "-"
 
 
 def _json_arg(name: str, value: str | None, default: Any = None) -> Any:
@@ -411,8 +442,15 @@ def _parser() -> argparse.ArgumentParser:
     create_p = token_sub.add_parser("create", help="mint a token on a running hub")
     create_p.add_argument("--role", required=True, choices=["operator", "agent", "viewer"])
     create_p.add_argument("--agent-id", help="the agent the token acts as (agent tokens only)")
-    create_p.add_argument("--url", help="hub URL (default http://127.0.0.1:8765)")
-    create_p.add_argument("--data-dir", type=Path, help="where the operator token is (default ./.agenthub)")
+    create_p.add_argument("--expires-in", type=_duration, metavar="DURATION",
+                          help="refused after this long: 90s, 15m, 12h, 7d, 2w (default: until revoked)")
+    token_sub.add_parser("list", help="tokens without their secrets: id, role, agent, created, expires, last "
+                         "used").add_argument("--all", action="store_true", help="include revoked and expired ones")
+    token_sub.add_parser("revoke", help="revoke a token by id: refused on every replica at once").add_argument(
+        "token_id")
+    for p in token_sub.choices.values():
+        p.add_argument("--url", help="hub URL (default http://127.0.0.1:8765)")
+        p.add_argument("--data-dir", type=Path, help="where the operator token is (default ./.agenthub)")
     agent_p = sub.add_parser("agent", help="spawn, list, show, stop and restart agents on a running hub")
     agent_sub = agent_p.add_subparsers(dest="agent_command", required=True)
     spawn_p = agent_sub.add_parser("spawn", help="start an agent process")
@@ -525,7 +563,7 @@ def main(argv: list[str] | None = None) -> None:
         elif args.command == "discoveries":
             run_discoveries(settings, args)
         else:
-            run_token_create(settings, args.role, args.agent_id, args.url)
+            run_token(settings, args)
     except HubError as exc:
         print(f"agenthub: error: {exc.message}", file=sys.stderr)
         raise SystemExit(1) from None

@@ -22,9 +22,9 @@ from mcp.shared.exceptions import MCPError
 from starlette.requests import Request
 
 from agenthub.auth import LOCAL_OPERATOR, Principal
-from agenthub.errors import DiscoveryNotFound, Unauthenticated
+from agenthub.errors import DiscoveryNotFound, RateLimited, Unauthenticated
 from collaboration.models import Discovery, collection_uri
-from mcp_server.tools import call_tool, tool_input_schema, visible_tools
+from mcp_server.tools import call_tool, tool_error, tool_input_schema, visible_tools
 from web_ui.state import HubState
 
 logger = logging.getLogger(__name__)
@@ -33,9 +33,21 @@ _DISCOVERY_URI = re.compile(r"^discovery://agents/([A-Za-z0-9_-]{1,64})/discover
 _COLLECTION_LIMIT = 50
 _LISTED_AGENTS = 100
 _NOTIFY_TIMEOUT = 1.0
+RATE_LIMITED = -32029  # JSON-RPC (server error range): over the token's rate; `data.retry_after` says when to retry
+
+
+def _rate_limited(ctx: ServerRequestContext[Any, Any]) -> RateLimited | None:
+    """The guard's refusal of this request's token (over its rate), left for the MCP server to answer."""
+    request = ctx.request
+    limited = request.scope.get("state", {}).get("rate_limited") if isinstance(request, Request) else None
+    assert limited is None or isinstance(limited, RateLimited)
+    return limited
 
 
 def _principal(ctx: ServerRequestContext[Any, Any], hub: HubState) -> Principal:
+    limited = _rate_limited(ctx)
+    if limited is not None:  # a tool call says so as a tool error; other requests as a JSON-RPC error
+        raise MCPError(RATE_LIMITED, limited.message, {"retry_after": round(limited.retry_after, 3)})
     request = ctx.request
     principal = request.scope.get("state", {}).get("principal") if isinstance(request, Request) else None
     if principal is None:
@@ -88,6 +100,9 @@ def build_server(hub: HubState, notifier: ResourceNotifier) -> Server[Any]:
 
     async def on_call_tool(ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
                            ) -> types.CallToolResult:
+        limited = _rate_limited(ctx)
+        if limited is not None:
+            return tool_error(limited)
         return await call_tool(hub, _principal(ctx, hub), params.name, params.arguments)
 
     async def list_resources(ctx: ServerRequestContext[Any, Any], params: Any) -> types.ListResourcesResult:

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ValidationError
 
 from agent_pool.models import AgentInfo, AgentList, AgentRef, ListAgentsInput, SpawnAgentInput
 from agenthub.auth import Principal, Role
-from agenthub.errors import HubError
+from agenthub.errors import HubError, RateLimited
 from agenthub.text import find_unstorable
 from collaboration.models import (
     CollaborationStatus,
@@ -186,8 +186,19 @@ def tool_input_schema(name: str) -> dict[str, Any] | None:
     return definition.input_schema if definition is not None else None
 
 
+RETRY_AFTER_META = "agenthub/retry_after"  # a rate-limited call's `_meta`: seconds until a retry can succeed
+
+
 def _text_result(message: str) -> types.CallToolResult:
     return types.CallToolResult(content=[types.TextContent(type="text", text=message)], is_error=True)
+
+
+def tool_error(exc: HubError) -> types.CallToolResult:
+    """A refusal as a tool error the agent can act on; a rate limit also carries its retry time in `_meta`."""
+    result = _text_result(exc.message)
+    if isinstance(exc, RateLimited):
+        result.meta = {RETRY_AFTER_META: round(exc.retry_after, 3)}
+    return result
 
 
 def _validation_message(exc: ValidationError) -> str:
@@ -219,7 +230,7 @@ async def call_tool(hub: HubState, who: Principal, name: str, arguments: dict[st
         return _text_result(_validation_message(exc))
     except HubError as exc:
         outcome = type(exc).__name__
-        return _text_result(exc.message)
+        return tool_error(exc)
     finally:
         hub.metrics.tool_calls.labels(name, outcome).inc()
         hub.metrics.tool_latency.labels(name).observe(time.perf_counter() - started)

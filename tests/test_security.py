@@ -36,11 +36,14 @@ def mcp_call(arguments: dict[str, Any], request_id: int = 1) -> dict[str, Any]:
 
 @asynccontextmanager
 async def nats_messages(hub: RunningHub) -> AsyncIterator[list[str]]:
-    """The subjects of every message published under the hub's prefix while the block runs."""
+    """The subjects of every message published under the hub's prefix while the block runs, but for the replicas'
+    talk among themselves (`hub.`: what each admitted, for the shared rate limits), which is not data."""
     subjects: list[str] = []
+    between_replicas = f"{hub.state.bus.prefix}hub."
 
     async def on_message(msg: Any) -> None:
-        subjects.append(msg.subject)
+        if not msg.subject.startswith(between_replicas):
+            subjects.append(msg.subject)
 
     nc = hub.state.bus.nc
     sub = await nc.subscribe(f"{hub.state.bus.prefix}>", cb=on_message)

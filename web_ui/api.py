@@ -1,4 +1,4 @@
-"""REST `/api/v1`: the twins of the MCP tools, discovery browsing, and token minting for operators."""
+"""REST `/api/v1`: the twins of the MCP tools and discovery browsing (tokens are in `web_ui.tokens`)."""
 
 import dataclasses
 from typing import Annotated, Any
@@ -7,7 +7,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from agenthub.auth import Role, create_token
+from agenthub.auth import Role
 from agenthub.text import Storable
 from collaboration.filters import DiscoveryFilter
 from collaboration.models import (
@@ -85,19 +85,6 @@ class ContextQuery(Storable):
     min_relevance: Unit = 0.0
 
 
-class TokenRequest(Storable):
-    model_config = ConfigDict(strict=True, extra="forbid")
-    role: Role
-    agent_id: AgentIdField | None = None
-
-
-class TokenCreated(BaseModel):
-    token_id: str
-    token: str
-    role: Role
-    agent_id: str | None
-
-
 async def share_discovery(request: Request, body: ShareDiscoveryInput) -> SharedDiscovery:
     return await hub_of(request).collab.share_discovery(principal_of(request), body)
 
@@ -164,12 +151,6 @@ async def whoami(request: Request, _: None) -> WhoAmI:
     return WhoAmI(role=who.role, agent_id=who.agent_id, auth=hub_of(request).settings.auth)
 
 
-async def create_token_endpoint(request: Request, body: TokenRequest) -> TokenCreated:
-    principal_of(request).require_operator()
-    token_id, token = await create_token(hub_of(request).pool, body.role, body.agent_id)
-    return TokenCreated(token_id=token_id, token=token, role=body.role, agent_id=body.agent_id)
-
-
 ENDPOINTS = [
     Endpoint(method="GET", path="/api/v1/whoami", summary="The caller's role (and agent id), as the dashboard needs "
              "it", handler=whoami, response=WhoAmI),
@@ -196,6 +177,4 @@ ENDPOINTS = [
              "get_context)", handler=get_context, query=ContextQuery, response=ContextList),
     Endpoint(method="GET", path="/api/v1/status", summary="Collaboration status (twin of get_collaboration_status)",
              handler=status, response=CollaborationStatus),
-    Endpoint(method="POST", path="/api/v1/tokens", summary="Mint a token (operator)", handler=create_token_endpoint,
-             body=TokenRequest, response=TokenCreated, status=201),
 ]

@@ -1,21 +1,24 @@
-"""The outermost ASGI layer: Host and Origin checks, body size limit and bearer-token authentication.
+"""The outermost ASGI layer: Host and Origin checks, body size limit, bearer-token authentication and each
+token's request rate.
 
-It runs before any route, so a bad Origin or an oversize body is refused before any work is done. The caller's
-`Principal` is put in `scope["state"]["principal"]` for routes and MCP tools to read.
+It runs before any route, so a bad Origin, an oversize body or a token over its rate is refused before any work
+is done (429 with `Retry-After`; on `/mcp` the refusal is left in `scope["state"]["rate_limited"]` for the MCP
+server to answer in MCP's terms). The caller's `Principal` is put in `scope["state"]["principal"]` for routes and
+MCP tools to read.
 """
 
 import logging
 import re
-import time
 from urllib.parse import parse_qs
 
-import asyncpg
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from agenthub.auth import LOCAL_OPERATOR, Principal, resolve_token
-from agenthub.errors import Unauthenticated
+from agenthub.auth import LOCAL_OPERATOR, Principal
+from agenthub.errors import RateLimited, Unauthenticated
+from agenthub.ratelimit import REQUESTS, RateLimiter
+from agenthub.token_cache import TokenCache
 from web_ui.origins import field_value, host_allowed, origin_allowed
-from web_ui.problems import problem
+from web_ui.problems import problem, problem_for
 
 logger = logging.getLogger(__name__)
 
@@ -26,21 +29,20 @@ QUERY_TOKEN_PATHS = frozenset({"/discoveries/stream", "/events/stream"})
 STATIC_PREFIX = "/ui/"  # the dashboard's own files: public, like the page at `/`
 # Module uploads are the one kind of body allowed past the general limit (up to the sandbox's module limit).
 UPLOAD_PATH = re.compile(r"/api/v1/agents/[^/]+/binary")
-_CACHE_SECONDS = 10.0
-_CACHE_MAX = 4096
+MCP_PATH = "/mcp"  # a rate-limited MCP request is answered by the MCP server: a tool error says when to retry
 
 
 class Guard:
     def __init__(self, app: ASGIApp, *, max_body: int, max_upload: int, auth: bool, allowed_hosts: list[str],
-                 allowed_origins: list[str], pool: asyncpg.Pool) -> None:
+                 allowed_origins: list[str], tokens: TokenCache, limiter: RateLimiter) -> None:
         self.app = app
         self.max_body = max_body
         self.max_upload = max_upload
         self.auth = auth
         self.allowed_hosts = allowed_hosts
         self.allowed_origins = allowed_origins
-        self._pool = pool
-        self._cache: dict[str, tuple[float, Principal]] = {}
+        self._tokens = tokens
+        self._limiter = limiter
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -67,11 +69,20 @@ class Guard:
         except Unauthenticated as exc:
             await problem(401, "Unauthenticated", exc.message)(scope, receive, send)
             return
+        state = scope.setdefault("state", {})
+        if principal is not None and principal.token_id is not None:
+            try:
+                self._limiter.take(REQUESTS, principal.token_id)
+            except RateLimited as exc:
+                if scope["path"] != MCP_PATH:
+                    await problem_for(exc)(scope, receive, send)
+                    return
+                state["rate_limited"] = exc
         # Only an authenticated request gets its body buffered.
         bounded = await self._bounded_body(scope, receive, send, limit)
         if bounded is None:
             return
-        scope.setdefault("state", {})["principal"] = principal
+        state["principal"] = principal
         await self.app(scope, bounded, send)
 
     async def _bounded_body(self, scope: Scope, receive: Receive, send: Send, limit: int) -> Receive | None:
@@ -119,16 +130,5 @@ class Guard:
             if path in PUBLIC_PATHS or path == "/" or path.startswith(STATIC_PREFIX):
                 return None
             raise Unauthenticated("missing bearer token: send 'Authorization: Bearer <token>'")
-        return await self._resolve(token)
-
-    async def _resolve(self, token: str) -> Principal:
-        now = time.monotonic()
-        cached = self._cache.get(token)
-        if cached is not None and cached[0] > now:
-            return cached[1]
-        principal = await resolve_token(self._pool, token)
-        if len(self._cache) >= _CACHE_MAX:
-            self._cache.clear()
-        self._cache[token] = (now + _CACHE_SECONDS, principal)
-        return principal
+        return await self._tokens.resolve(token)
 

@@ -1,5 +1,6 @@
 """HTTP problem JSON (RFC 9457) for every error, and the one mapping from domain errors to HTTP statuses."""
 
+import math
 from typing import Any
 
 from pydantic import ValidationError
@@ -12,6 +13,8 @@ from agenthub.errors import (
     HubError,
     InvalidInput,
     NotFound,
+    QuotaExceeded,
+    RateLimited,
     ServiceUnavailable,
     TooManyConnections,
     Unauthenticated,
@@ -27,6 +30,8 @@ _STATUS: list[tuple[type[HubError], int, str]] = [
     (Unauthenticated, 401, "Unauthenticated"),
     (Forbidden, 403, "Forbidden"),
     (TooManyConnections, 429, "Too many connections"),
+    (RateLimited, 429, "Too many requests"),
+    (QuotaExceeded, 429, "Quota exceeded"),
     (ServiceUnavailable, 503, "Service unavailable"),
 ]
 
@@ -41,6 +46,10 @@ def problem_for(exc: HubError) -> JSONResponse:
     for kind, status, title in _STATUS:
         if isinstance(exc, kind):
             extra = {"oldest_cursor": exc.oldest} if isinstance(exc, CursorExpired) else {}
+            if isinstance(exc, RateLimited):
+                response = problem(status, title, exc.message, retry_after=round(exc.retry_after, 3))
+                response.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))  # whole seconds
+                return response
             return problem(status, title, exc.message, **extra)
     return problem(500, "Internal error", exc.message)
 

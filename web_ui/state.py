@@ -14,7 +14,9 @@ from agenthub.auth import LOCAL_OPERATOR, Principal
 from agenthub.bus import Bus
 from agenthub.errors import Unauthenticated
 from agenthub.metrics import HubMetrics
+from agenthub.ratelimit import RateLimiter
 from agenthub.settings import Settings
+from agenthub.token_cache import TokenCache
 from collaboration.orchestrator import Orchestrator
 from collaboration.service import Collaboration
 from market.service import Market
@@ -37,6 +39,8 @@ class HubState:
     pool: asyncpg.Pool
     bus: Bus
     metrics: HubMetrics
+    tokens: TokenCache
+    limiter: RateLimiter
     collab: Collaboration
     agents: AgentPool
     market: Market

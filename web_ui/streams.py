@@ -14,6 +14,7 @@ import json
 import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
 from typing import Any
 
 import anyio
@@ -24,7 +25,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from agenthub.errors import CursorExpired, CursorInFuture, HubError, InvalidInput, TooManyConnections
+from agenthub.auth import Principal
+from agenthub.errors import CursorExpired, CursorInFuture, HubError, InvalidInput, QuotaExceeded, TooManyConnections
 from collaboration.feed import FeedEvent
 from collaboration.filters import DiscoveryFilter
 from web_ui.api import DiscoveryFilterQuery
@@ -86,21 +88,35 @@ async def discovery_stream(request: Request) -> Response:
         return problem_for(exc)
     if request.method == "HEAD":
         return EventSourceResponse(iter(()))  # headers only
+    try:
+        release = _count_stream(hub, who)
+    except QuotaExceeded as exc:
+        return problem_for(exc)
     hub.collab.feed.add_stream()  # counted now, so concurrent connections cannot all pass the limit
     return _Stream(
         _events(hub, flt, start, newest),
         ping=hub.settings.sse.heartbeat_seconds,
         send_timeout=hub.settings.sse.send_timeout_seconds,
         on_drop=hub.metrics.sse_dropped.inc,
+        on_close=release,
     )
+
+
+def _count_stream(hub: HubState, who: Principal) -> Callable[[], None]:
+    """Count an agent's stream against its quota (`QuotaExceeded` past it); returns what to call when it ends."""
+    if who.agent_id is None:
+        return lambda: None
+    hub.limiter.open_stream(who.agent_id)
+    return partial(hub.limiter.close_stream, who.agent_id)
 
 
 class _Stream(EventSourceResponse):
     """A client that stops reading is dropped when a send times out: expected, so counted and logged quietly."""
 
-    def __init__(self, *args: Any, on_drop: Callable[[], None], **kwargs: Any) -> None:
+    def __init__(self, *args: Any, on_drop: Callable[[], None], on_close: Callable[[], None], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._on_drop = on_drop
+        self._on_close = on_close
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -108,6 +124,8 @@ class _Stream(EventSourceResponse):
         except* SendTimeoutError:
             self._on_drop()
             logger.info("dropped an SSE client that stopped reading")
+        finally:
+            self._on_close()
 
 
 async def _events(hub: HubState, flt: DiscoveryFilter, cursor: int, newest: int
@@ -187,7 +205,7 @@ async def hub_stream(request: Request) -> Response:
     """
     hub = hub_of(request)
     try:
-        principal_of(request)
+        who = principal_of(request)
         (oldest, discoveries), activity = await hub.collab.log.bounds(), await hub.activity.log.newest()
         d, e = _hub_start(request, oldest, discoveries, activity)
         if hub.collab.feed.stream_count >= hub.settings.sse.max_clients:
@@ -196,9 +214,14 @@ async def hub_stream(request: Request) -> Response:
         return problem_for(exc)
     if request.method == "HEAD":
         return EventSourceResponse(iter(()))
+    try:
+        release = _count_stream(hub, who)
+    except QuotaExceeded as exc:
+        return problem_for(exc)
     hub.collab.feed.add_stream()
     return _Stream(_hub_events(hub, d, e), ping=hub.settings.sse.heartbeat_seconds,
-                   send_timeout=hub.settings.sse.send_timeout_seconds, on_drop=hub.metrics.sse_dropped.inc)
+                   send_timeout=hub.settings.sse.send_timeout_seconds, on_drop=hub.metrics.sse_dropped.inc,
+                   on_close=release)
 
 
 async def _hub_events(hub: HubState, d: int, e: int) -> AsyncIterator[ServerSentEvent | bytes]:
