@@ -84,6 +84,15 @@ class AgentSettings(BaseModel):
     breaker_reset_seconds: float = Field(default=30.0, gt=0)
     max_question_depth: int = Field(default=4, ge=0)  # orchestrator loop guard: related_to chain depth
     questions_per_agent_per_minute: int = Field(default=30, ge=1)
+    # Each agent process's resource limits, unless its spawn request sets its own (agent_pool.confinement).
+    memory_bytes: int = Field(default=16 << 30, ge=256 << 20)  # address space: a wasm run reserves about 6 GiB
+    cpu_seconds: int = Field(default=3600, ge=1)  # CPU time of one process; past it, killed and restarted
+    open_files: int = Field(default=1024, ge=64)
+    processes: int = Field(default=256, ge=16)  # processes and threads, with a uid per agent (the hub as root)
+    # When the hub runs as root, agent processes run as uid (and gid) uid_base + n, n < uid_count, one per agent;
+    # uids that have an account are skipped. The range must not be used by anything else on the machine.
+    uid_base: int = Field(default=1_000_000_000, ge=1000)
+    uid_count: int = Field(default=65_536, ge=1)
 
 
 class MarketSettings(BaseModel):
