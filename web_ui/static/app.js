@@ -426,6 +426,7 @@
     [/^\/tasks\/(.+)$/, (m) => taskPage(m[1]), "tasks"],
     [/^\/accounts\/?$/, () => accountsPage(), "accounts"],
     [/^\/accounts\/(.+)$/, (m) => accountPage(m[1]), "accounts"],
+    [/^\/tokens\/?$/, () => tokensPage(), "tokens"],
   ];
 
   function route() {
@@ -1400,6 +1401,85 @@
       }));
   }
 
+  // -- tokens (operators) ------------------------------------------------------------------------------------
+
+  const EXPIRIES = [["", "never (until revoked)"], ["3600", "1 hour"], ["86400", "1 day"], ["604800", "7 days"],
+                    ["2592000", "30 days"], ["7776000", "90 days"]];
+
+  function tokenForm(onCreated) {
+    const secret = h("div", { class: "token-secret", hidden: true });
+    const form = writeForm({ class: "card form-grid", id: "token-form", "aria-label": "Create a token" }, [
+      field("Role", select("role", ["agent", "viewer", "operator"], "agent")),
+      field("Agent id", h("input", { name: "agent_id", autocomplete: "off", pattern: "[A-Za-z0-9_-]{1,64}" }),
+            "agent tokens only: the agent it acts as"),
+      field("Expires", select("expires", EXPIRIES, "2592000")),
+      h("div", { class: "actions" }, h("button", { type: "submit" }, "Create token")),
+    ], async (f) => {
+      const e = f.elements;
+      const body = { role: e.role.value };
+      if (e.agent_id.value.trim()) body.agent_id = e.agent_id.value.trim();
+      if (e.expires.value) body.expires_in_seconds = Number(e.expires.value);
+      const created = await api("POST", "/api/v1/tokens", body);
+      setChildren(secret, h("p", {}, `Token ${created.token_id}: copy it now, it is not shown again.`),
+        h("code", { class: "secret" }, created.token));
+      secret.hidden = false;
+      e.agent_id.value = "";
+      onCreated();
+      return `Created ${created.role} token ${created.token_id}.`;
+    });
+    return h("div", {}, form, secret);
+  }
+
+  function tokensPage() {
+    if (!isOperator()) return { el: pageShell("Tokens", h("p", {}, "Only operators manage tokens.")) };
+    const tbody = h("tbody");
+    const status = h("div");
+    const actionStatus = h("p", { class: "form-status", role: "status", "aria-live": "polite" });
+    const showAll = h("input", { type: "checkbox", name: "all" });
+    const table = h("div", { class: "table-wrap", tabindex: 0, role: "region", "aria-label": "Tokens table" },
+      h("table", { class: "data", id: "tokens-table" },
+        h("caption", { class: "visually-hidden" }, "Tokens, newest first"),
+        h("thead", {}, h("tr", {}, ["Token", "Role", "Agent", "State", "Created", "Expires", "Last used", "Actions"]
+          .map((c) => h("th", { scope: "col" }, c)))),
+        tbody));
+    const el = pageShell("Tokens",
+      h("details", { class: "share" }, h("summary", {}, "Create a token"), tokenForm(() => load())),
+      h("label", { class: "check" }, showAll, "Show revoked and expired tokens"),
+      status, actionStatus, table);
+
+    const row = (t) => h("tr", { "data-token-id": t.token_id, "data-state": t.state },
+      h("th", { scope: "row" }, h("code", {}, t.token_id)),
+      h("td", {}, t.role),
+      h("td", {}, t.agent_id || "—"),
+      h("td", {}, badge("token", t.state)),
+      h("td", { class: "nowrap" }, fmtTime(t.created_at)),
+      h("td", { class: "nowrap" }, t.expires_at ? fmtTime(t.expires_at) : "never"),
+      h("td", { class: "nowrap" }, relTime(t.last_used_at)),
+      h("td", {}, t.state === "active" ? actionButton("Revoke", async () => {
+        await api("DELETE", `/api/v1/tokens/${enc(t.token_id)}`);
+        await load();
+      }, { class: "danger small", "aria-label": `Revoke ${t.token_id}`, "data-focus-key": `revoke:${t.token_id}` },
+      actionStatus) : null));
+
+    async function load() {
+      try {
+        const listed = await api("GET", `/api/v1/tokens${showAll.checked ? "?all=true" : ""}`);
+        setChildren(status);
+        rerender(tbody, () => {
+          setChildren(tbody, ...listed.items.map(row));
+          if (!listed.items.length) tbody.append(h("tr", {}, h("td", { colspan: 8, class: "muted" }, "No tokens.")));
+        });
+      } catch (err) {
+        setChildren(status, errorNote(err));
+      }
+    }
+
+    showAll.addEventListener("change", load);
+    setChildren(tbody, h("tr", {}, h("td", { colspan: 8, class: "muted" }, "Loading…")));
+    load();
+    return { el };
+  }
+
   // -- sign-in -----------------------------------------------------------------------------------------------
 
   function signInPage(message) {
@@ -1452,6 +1532,7 @@
     $("#nav").hidden = false;
     $("#session").hidden = false;
     document.body.dataset.role = who.role;
+    for (const item of $$("#nav [data-operator-only]")) item.hidden = who.role !== "operator";
     $("#who").textContent = who.auth === false ? "operator (no auth)"
       : `${who.role}${who.agent_id ? ` · ${who.agent_id}` : ""}`;
     $("#sign-out").hidden = who.auth === false;
