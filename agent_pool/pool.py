@@ -81,6 +81,7 @@ from agenthub.errors import (
 from agenthub.metrics import HubMetrics
 from agenthub.nats_auth import NATS_LOGIN_ENV, NatsLogin, NatsUsers
 from agenthub.settings import AgentSettings
+from agenthub.token_cache import announce_revoked
 from collaboration.models import Discovery
 from sandbox.models import CompileLimits
 from supervisor import (
@@ -373,8 +374,10 @@ class AgentPool:
         """Revoke the agent's token and (unless a new process is about to replace it) its NATS login."""
         if nats:
             await self.credentials.revoke(info.agent_id)
-        await self._pool.execute("UPDATE tokens SET revoked_at = now() WHERE agent_id = $1 AND revoked_at IS NULL"
-                                 " AND id IN (SELECT token_id FROM agents WHERE id = $1)", info.agent_id)
+        revoked = await self._pool.fetch("UPDATE tokens SET revoked_at = now() WHERE agent_id = $1 AND revoked_at IS "
+                                         "NULL AND id IN (SELECT token_id FROM agents WHERE id = $1) RETURNING id",
+                                         info.agent_id)
+        await announce_revoked(self._bus, [row["id"] for row in revoked])  # refused on every replica at once
 
     async def _start_worker(self, agent_id: str, tg: TaskGroup) -> _Worker:
         """Start one worker for the agent: a fresh token and instance id each time, its process brought up in `tg`

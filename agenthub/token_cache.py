@@ -13,6 +13,7 @@ When a token was last used is recorded without a write per request: a token is m
 
 import logging
 import time
+from collections.abc import Iterable
 from datetime import UTC, datetime
 
 import asyncpg
@@ -32,6 +33,12 @@ class TokenRevoked(BaseModel):
     """Hub to hub: forget this token now."""
 
     token_id: str
+
+
+async def announce_revoked(bus: Bus, token_ids: Iterable[str]) -> None:
+    """Make every replica forget these tokens now (they are revoked in the database already)."""
+    for token_id in token_ids:
+        await bus.publish(bus.subject(REVOKED_SUBJECT), TokenRevoked(token_id=token_id))
 
 
 class TokenCache(BusListener[TokenRevoked]):
@@ -71,7 +78,7 @@ class TokenCache(BusListener[TokenRevoked]):
         """Revoke a token in the database, then make every replica forget it."""
         info = await revoke_token(self._pool, token_id)
         self.forget(info.token_id)
-        await self._bus.publish(self._bus.subject(REVOKED_SUBJECT), TokenRevoked(token_id=info.token_id))
+        await announce_revoked(self._bus, [info.token_id])
         logger.info("revoked token %s", info.token_id)
         return info
 
