@@ -295,12 +295,14 @@ def agent_state(data_dir: Path, url: str, agent_id: str, *states: str, pid_not: 
 
 def test_operators_run_agents_from_the_cli_and_a_killed_one_comes_back(workdir: Path) -> None:
     data_dir = workdir / "data"
-    script = "import json, sys; print(json.dumps({'content': 'echo: ' + sys.stdin.read(), 'confidence': 0.9}))"
+    # As root the agent runs as a uid of its own, so its program must be one that uid can reach (a Python under
+    # /root, as pyenv installs it, is not): /bin/sh echoes the prompt as a JSON result.
+    command = r"""/bin/sh -c 'printf "{\"content\": \"echo: %s\", \"confidence\": 0.9}" "$(cat)"'"""
     with serving(data_dir, workdir / "logs") as hub:
         agent_cli(data_dir, hub.url, "spawn", "--id", "helper", "--role", "responder", "--behaviour", "responder",
                   "--capability", "ops")
-        agent_cli(data_dir, hub.url, "spawn", "--id", "echoer", "--role", "tool", "--command",
-                  f"{sys.executable} -c \"{script}\"", "--prompt", "hello")
+        agent_cli(data_dir, hub.url, "spawn", "--id", "echoer", "--role", "tool", "--command", command,
+                  "--prompt", "hello")
         helper = agent_state(data_dir, hub.url, "helper", "idle")
         agent_state(data_dir, hub.url, "echoer", "idle")
         listing = agent_cli(data_dir, hub.url, "list").splitlines()
