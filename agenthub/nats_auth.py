@@ -58,8 +58,8 @@ class NatsLogin:
     user: str | None = None
     password: str | None = field(default=None, repr=False)
     token: str | None = field(default=None, repr=False)
-    creds_file: str | None = None  # a `.creds` file (user JWT and nkey seed); needs the `nkeys` package
-    nkey_seed_file: str | None = None  # a file holding an nkey seed; needs the `nkeys` package
+    creds_file: str | None = None  # a `.creds` file (user JWT and nkey seed)
+    nkey_seed_file: str | None = None  # a file holding a user nkey seed
     tls_ca_file: str | None = None
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
@@ -100,18 +100,23 @@ def login_from(credentials: "NatsCredentials", tls: "NatsSettings | None" = None
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class NatsUser:
-    """A user of the embedded server, with what it may publish and subscribe to (full subjects)."""
+    """A user of the embedded server, with what it may publish and subscribe to (full subjects). It signs in with
+    its name and password, or, given `nkey` (a public user nkey), by signing the server's challenge with the seed
+    of that key, which the server never sees."""
 
     name: str
     password: str = field(repr=False)
     publish: tuple[str, ...]
     subscribe: tuple[str, ...]
+    nkey: str | None = None
 
     def login(self) -> NatsLogin:
         return NatsLogin(user=self.name, password=self.password)
 
     def config(self) -> dict[str, Any]:
         permissions = {"publish": {"allow": list(self.publish)}, "subscribe": {"allow": list(self.subscribe)}}
+        if self.nkey is not None:
+            return {"nkey": self.nkey, "permissions": permissions}
         return {"user": self.name, "password": self.password, "permissions": permissions}
 
 

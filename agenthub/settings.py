@@ -132,8 +132,8 @@ class NatsCredentials(BaseModel):
     user: str | None = None
     password: SecretStr | None = None
     token: SecretStr | None = None
-    creds_file: Path | None = None  # a `.creds` file: user JWT and nkey seed (nats-py needs the `nkeys` package)
-    nkey_seed_file: Path | None = None  # a file holding an nkey seed (nats-py needs the `nkeys` package)
+    creds_file: Path | None = None  # a `.creds` file: user JWT and nkey seed
+    nkey_seed_file: Path | None = None  # a file holding a user nkey seed
 
 
 class NatsSettings(NatsCredentials):

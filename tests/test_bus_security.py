@@ -9,11 +9,14 @@ import secrets
 import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import anyio
 import nats
+import nkeys
 import pytest
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
@@ -301,6 +304,33 @@ async def test_a_hub_signs_in_to_an_external_nats_with_configured_credentials(hu
         wrong = {"authority_dir": None, "user": operator_made.name, "password": "not-it"}
         with pytest.raises(Exception, match="(?i)authorization|cannot connect"):
             async with hub_factory.run(hub_factory.settings(nats=wrong)):
+                pass
+    finally:
+        await users.close()
+
+
+async def test_a_hub_signs_in_to_an_external_nats_with_an_nkey_seed(hub_factory: HubFactory, tmp_path: Path) -> None:
+    # The operator's NATS knows only the public key; the hub proves it holds the seed by signing a challenge.
+    def seed_file(name: str) -> tuple[Path, str]:
+        seed = nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER)
+        path = tmp_path / name
+        path.write_bytes(seed)
+        path.chmod(0o600)
+        return path, nkeys.from_seed(bytearray(seed)).public_key.decode()
+
+    known, public = seed_file("hub.nk")
+    stranger, _ = seed_file("stranger.nk")
+    users = NatsAuthority(hub_factory.services.nats_dir).owner()
+    await users.update(add=(replace(hub_user(hub_factory.prefix), nkey=public),))
+    try:
+        async with hub_factory.run(hub_factory.settings(nats={"authority_dir": None, "nkey_seed_file": str(known)})
+                                   ) as hub, hub.http() as http, open_stream(http, {"start": "now"}) as (stream, _):
+            await http.post("/api/v1/discoveries", json=share("alice", "signed in with an nkey"))
+            assert [f.content for f in await stream.discoveries_until("signed in with an nkey")] == [
+                "signed in with an nkey"]
+        with pytest.raises(Exception, match="(?i)authorization|cannot connect"):
+            async with hub_factory.run(hub_factory.settings(nats={"authority_dir": None,
+                                                                  "nkey_seed_file": str(stranger)})):
                 pass
     finally:
         await users.close()
