@@ -7,15 +7,21 @@ forget, never believe, so a forged one costs a database read. A replica that mis
 stops believing the token when its entry ends, at most `ttl` seconds later. A resolution that was reading when a
 revocation arrived is not cached, so a read that began before the revocation committed cannot keep the token.
 
+Long responses (SSE streams) run inside `bound_to`: revoking their token on any replica ends them at once, and
+they end at its expiry.
+
 When a token was last used is recorded without a write per request: a token is marked at most once per
 `touch_seconds`, and the marks are written in one statement every `flush_seconds`.
 """
 
 import logging
+import math
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 
+import anyio
 import asyncpg
 from pydantic import BaseModel
 
@@ -54,6 +60,7 @@ class TokenCache(BusListener[TokenRevoked]):
         self._generation = 0  # moves on every revocation heard: a read that spans one is not cached
         self._marked: dict[TokenId, float] = {}
         self._used: dict[TokenId, datetime] = {}
+        self._bound: dict[TokenId, set[anyio.CancelScope]] = {}  # token -> the streams it holds open here
 
     async def resolve(self, token: str) -> Principal:
         """The token's principal; `Unauthenticated` when it is unknown, expired or revoked."""
@@ -86,6 +93,29 @@ class TokenCache(BusListener[TokenRevoked]):
         self._generation += 1
         for token in [t for t, (_, p) in self._cache.items() if p.token_id == token_id]:
             del self._cache[token]
+        for scope in self._bound.get(TokenId(token_id), ()):
+            scope.cancel()
+
+    @contextmanager
+    def bound_to(self, principal: Principal) -> Iterator[anyio.CancelScope]:
+        """Run the block (a stream) only while `principal`'s token holds: cancelled when it is revoked (on any
+        replica) or expires (then the scope yielded has `cancelled_caught`)."""
+        token_id = principal.token_id
+        deadline = math.inf
+        if principal.expires_at is not None:
+            deadline = anyio.current_time() + (principal.expires_at - datetime.now(UTC)).total_seconds()
+        with anyio.CancelScope(deadline=deadline) as scope:
+            if token_id is None:  # authentication is off
+                yield scope
+                return
+            scopes = self._bound.setdefault(token_id, set())
+            scopes.add(scope)
+            try:
+                yield scope
+            finally:
+                scopes.discard(scope)
+                if not scopes:
+                    del self._bound[token_id]
 
     async def on_payload(self, payload: TokenRevoked) -> None:
         self.forget(payload.token_id)

@@ -66,6 +66,44 @@ async def test_a_token_revoked_on_one_replica_is_refused_on_the_other_at_once(hu
         assert (await http_a.delete("/api/v1/tokens/tok_nope")).status_code == 404
 
 
+async def test_streams_of_a_token_end_when_it_is_revoked_on_another_replica_or_expires(
+        hub_factory: HubFactory) -> None:
+    paths = ("/discoveries/stream", "/events/stream")
+    async with hub_factory.run(hub_factory.settings(token_cache_seconds=LONG_CACHE)) as a, \
+            hub_factory.run(hub_factory.settings(token_cache_seconds=LONG_CACHE)) as b, a.http() as http_a:
+        revoked = await mint(http_a, role="viewer")
+        expiring = await mint(http_a, role="viewer", expires_in_seconds=3)
+        kept = await mint(http_a, role="viewer")
+        ended: set[tuple[str, str]] = set()
+
+        async def follow(token: str, path: str) -> None:
+            async with b.http(token) as http, http.stream("GET", path, params={"start": "now"}) as r:
+                assert r.status_code == 200
+                async for _ in r.aiter_bytes():
+                    pass
+            ended.add((token, path))
+
+        async def open_on_b() -> bool:
+            return b.state.collab.feed.stream_count == 6
+
+        def streams_of(created: dict[str, Any]) -> Callable[[], Any]:
+            async def check() -> bool:
+                return all((created["token"], path) in ended for path in paths)
+            return check
+
+        async with anyio.create_task_group() as tg:
+            for created in (revoked, expiring, kept):
+                for path in paths:
+                    tg.start_soon(follow, created["token"], path)
+            await until(open_on_b, seconds=10, what="six streams open on replica b")
+            assert not ended
+            assert (await http_a.delete(f"/api/v1/tokens/{revoked['token_id']}")).status_code == 200
+            await until(streams_of(revoked), seconds=3, what="the revoked token's streams on b ended")
+            await until(streams_of(expiring), seconds=10, what="the expired token's streams on b ended")
+            assert b.state.collab.feed.stream_count == 2 and not any(t == kept["token"] for t, _ in ended)
+            tg.cancel_scope.cancel()
+
+
 async def test_a_revocation_nobody_announced_ends_with_the_cache_entry(hub_factory: HubFactory) -> None:
     async with hub_factory.run(hub_factory.settings(token_cache_seconds=1.0)) as hub:
         token_id, token = await create_token(hub.state.pool, Role.VIEWER)

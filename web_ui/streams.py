@@ -7,13 +7,15 @@ min_confidence). The stream starts after `Last-Event-ID` (header, or `last_event
 the log, then follows the live feed, writing whatever is waiting in one go; an event id is a sequence, so a
 client that drops resumes exactly where it was. A client that stops reading is disconnected when a write times
 out, and can resume. A position the retention policy deleted is refused (410, naming the oldest one left), or,
-when retention overtakes a replay, ends the stream with an `expired` event saying the same.
+when retention overtakes a replay, ends the stream with an `expired` event saying the same. Both streams end when
+their token is revoked (on any replica) or expires.
 """
 
 import json
 import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractContextManager
 from functools import partial
 from typing import Any
 
@@ -23,7 +25,7 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from sse_starlette.sse import SendTimeoutError
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from agenthub.auth import Principal
 from agenthub.errors import CursorExpired, CursorInFuture, HubError, InvalidInput, QuotaExceeded, TooManyConnections
@@ -97,6 +99,7 @@ async def discovery_stream(request: Request) -> Response:
         _events(hub, flt, start, newest),
         ping=hub.settings.sse.heartbeat_seconds,
         send_timeout=hub.settings.sse.send_timeout_seconds,
+        hold=hub.tokens.bound_to(who),
         on_drop=hub.metrics.sse_dropped.inc,
         on_close=release,
     )
@@ -113,14 +116,26 @@ def _count_stream(hub: HubState, who: Principal) -> Callable[[], None]:
 class _Stream(EventSourceResponse):
     """A client that stops reading is dropped when a send times out: expected, so counted and logged quietly."""
 
-    def __init__(self, *args: Any, on_drop: Callable[[], None], on_close: Callable[[], None], **kwargs: Any) -> None:
+    def __init__(self, *args: Any, hold: AbstractContextManager[anyio.CancelScope], on_drop: Callable[[], None],
+                 on_close: Callable[[], None], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self._hold = hold  # the stream runs inside it: its token's lifetime (`TokenCache.bound_to`)
         self._on_drop = on_drop
         self._on_close = on_close
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            started = True
+            await send(message)
+
         try:
-            await super().__call__(scope, receive, send)
+            with self._hold as held:
+                await super().__call__(scope, receive, tracked)
+            if held.cancelled_caught and started:  # its token was revoked or expired: end the response properly
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
         except* SendTimeoutError:
             self._on_drop()
             logger.info("dropped an SSE client that stopped reading")
@@ -220,8 +235,8 @@ async def hub_stream(request: Request) -> Response:
         return problem_for(exc)
     hub.collab.feed.add_stream()
     return _Stream(_hub_events(hub, d, e), ping=hub.settings.sse.heartbeat_seconds,
-                   send_timeout=hub.settings.sse.send_timeout_seconds, on_drop=hub.metrics.sse_dropped.inc,
-                   on_close=release)
+                   send_timeout=hub.settings.sse.send_timeout_seconds, hold=hub.tokens.bound_to(who),
+                   on_drop=hub.metrics.sse_dropped.inc, on_close=release)
 
 
 async def _hub_events(hub: HubState, d: int, e: int) -> AsyncIterator[ServerSentEvent | bytes]:
