@@ -43,6 +43,8 @@ class HubMetrics:
                                     "back them (forged, out_of_range, replayed, malformed, overflow)", ["kind"],
                                     registry=r)
 
+        self.limits_refused = Counter("agenthub_limits_refused", "Requests refused by a rate limit or quota (requests, "
+                                      "discoveries, questions, streams, subscriptions)", ["limit"], registry=r)
         self.questions_routed = Counter("agenthub_questions_routed", "Questions the orchestrator sent to agents",
                                         registry=r)
         self.questions_unrouted = Counter("agenthub_questions_unrouted", "Questions (or deliveries) not routed",

@@ -38,6 +38,8 @@ USAGE_SUBJECT = "hub.limits"
 REQUESTS = "requests"  # per token
 DISCOVERIES = "discoveries"  # per agent
 QUESTIONS = "questions"  # per agent
+STREAMS = "streams"  # per agent, counted
+SUBSCRIPTIONS = "subscriptions"  # per agent, counted (in PostgreSQL, by `collaboration.subscriptions`)
 _STREAMS_REFRESH = 1.0  # a replica holding streams says so at least this often
 _STREAMS_FORGET = 3.0  # counts of a replica not heard from for this long are forgotten
 _SWEEP_SECONDS = 10.0  # how often full (idle) buckets are dropped
@@ -95,11 +97,12 @@ class LimitUsage(BaseModel):
 class RateLimiter(BusListener[LimitUsage]):
     """One replica's side of the limits. Enter it to exchange usage with the other replicas (once only)."""
 
-    def __init__(self, bus: Bus, settings: RateLimitSettings, *,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, bus: Bus, settings: RateLimitSettings, *, clock: Callable[[], float] = time.monotonic,
+                 on_refused: Callable[[str], None] = lambda limit: None) -> None:
         super().__init__(bus, USAGE_SUBJECT, LimitUsage, settings.sync_seconds)
         self.settings = settings
         self._clock = clock
+        self.refused = on_refused  # called with the limit's name on each refusal (the hub counts them)
         self.replica = secrets.token_hex(8)  # per process: replicas may share a data directory and its name
         s = settings
         self._rates = {
@@ -133,6 +136,7 @@ class RateLimiter(BusListener[LimitUsage]):
             bucket = self._buckets[name] = self._new_bucket(kind, now)
         wait = bucket.take(now)
         if wait > 0.0:
+            self.refused(kind)
             raise RateLimited(self._rates[kind].what, wait)
         self._used[name] = self._used.get(name, 0) + 1
 
@@ -157,6 +161,7 @@ class RateLimiter(BusListener[LimitUsage]):
     def open_stream(self, agent_id: str) -> None:
         """Count a stream the agent opens, or raise `QuotaExceeded`; pair with `close_stream`."""
         if self.settings.enabled and self.streams_open(agent_id) >= self.settings.max_streams:
+            self.refused(STREAMS)
             raise QuotaExceeded("streams open at once by this agent", self.settings.max_streams,
                                 "close one of its streams first")
         self._streams[agent_id] = self._streams.get(agent_id, 0) + 1

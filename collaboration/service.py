@@ -11,9 +11,9 @@ import asyncpg
 
 from agenthub.auth import Principal, Role
 from agenthub.bus import Bus
-from agenthub.errors import CursorExpired, CursorInFuture, Forbidden
+from agenthub.errors import CursorExpired, CursorInFuture, Forbidden, QuotaExceeded
 from agenthub.metrics import HubMetrics
-from agenthub.ratelimit import DISCOVERIES, QUESTIONS, RateLimiter
+from agenthub.ratelimit import DISCOVERIES, QUESTIONS, SUBSCRIPTIONS, RateLimiter
 from agenthub.settings import RetentionSettings
 from collaboration.archive import Archive, ImportSummary, parse_lines
 from collaboration.context import ContextManager
@@ -75,7 +75,11 @@ class Collaboration:
         who.require_acting_as(req.subscriber_agent_id)
         limits = self._limiter.settings
         quota = limits.enabled and who.role is Role.AGENT
-        sub = await self.subscriptions.create(req, max_held=limits.max_subscriptions if quota else None)
+        try:
+            sub = await self.subscriptions.create(req, max_held=limits.max_subscriptions if quota else None)
+        except QuotaExceeded:
+            self._limiter.refused(SUBSCRIPTIONS)
+            raise
         return Subscribed(
             subscription_id=sub.subscription_id,
             cursor=sub.cursor,

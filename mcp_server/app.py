@@ -117,7 +117,8 @@ async def open_hub(settings: Settings, *, nats_monitor_url: str | None = None) -
         bus = await stack.enter_async_context(connect_bus(
             settings.nats_url, settings.nats_subject_prefix, metrics.nats_publish_failures.inc, login=login))
         token_cache = await stack.enter_async_context(TokenCache(pool, bus, ttl=settings.token_cache_seconds))
-        limiter = await stack.enter_async_context(RateLimiter(bus, settings.rate_limits))
+        limiter = await stack.enter_async_context(RateLimiter(
+            bus, settings.rate_limits, on_refused=lambda limit: metrics.limits_refused.labels(limit).inc()))
         collab = await stack.enter_async_context(
             Collaboration(pool, bus, metrics, limiter, base_url=base_url(settings), ring_size=settings.sse.ring_size,
                           sync_seconds=settings.feed_sync_seconds, retention=settings.retention))

@@ -12,12 +12,21 @@ import anyio
 import httpx2
 import pytest
 from mcp.shared.exceptions import MCPError
+from prometheus_client.parser import text_string_to_metric_families
 
 from agenthub.ratelimit import DISCOVERIES, REQUESTS, TokenBucket
 from agenthub.settings import Settings
 from mcp_server.server import RATE_LIMITED
 from mcp_server.tools import RETRY_AFTER_META
 from tests.conftest import HubFactory, RunningHub
+
+
+async def refused(hub: RunningHub, limit: str) -> float:
+    """`agenthub_limits_refused_total{limit=...}` on `hub`'s /metrics."""
+    async with hub.http() as http:
+        text = (await http.get("/metrics")).text
+    return sum(sample.value for family in text_string_to_metric_families(text) for sample in family.samples
+               if sample.name == "agenthub_limits_refused_total" and sample.labels.get("limit") == limit)
 
 SLOW = 1 / 600  # per second: one token per ten minutes
 SHARE = {"agent_role": "Analyzer", "discovery_type": "pattern", "content": "a pattern", "confidence": 0.5}
@@ -92,6 +101,7 @@ async def test_a_token_over_its_rate_gets_429_with_retry_after_and_other_tokens_
             assert_rate_limited(await http.get("/discoveries/stream"), "requests of this token")
         async with hub.http() as operator:
             assert (await operator.get("/api/v1/whoami")).status_code == 200
+        assert await refused(hub, "requests") == 2
 
 
 async def test_an_mcp_client_over_its_rate_gets_a_tool_error_saying_when_to_retry(hub_factory: HubFactory) -> None:
@@ -205,6 +215,7 @@ async def test_subscriptions_held_are_capped_per_agent_across_replicas(hub_facto
             for i in range(10):
                 tg.start_soon(subscribe, a if i % 2 else b)
         assert sorted(codes) == [201] * 3 + [429] * 7
+        assert await refused(a, "subscriptions") + await refused(b, "subscriptions") == 7
         async with b.http(token) as on_b:
             assert (await on_b.delete(f"/api/v1/subscriptions/{ids[0]}")).status_code == 200
         await subscribe(a)
