@@ -150,7 +150,9 @@ class Subscribed(Output):
 class PollInput(Strict):
     subscription_id: ShortText
     cursor: Annotated[int, Field(ge=0)] | None = Field(
-        default=None, description="Return discoveries after this sequence; omitted = where your last poll ended."
+        default=None, description="The cursor the previous poll returned: discoveries after it come back. Omitted: "
+        "after where the subscription's last poll ended, even if its answer never reached you (then those are lost "
+        "to you)."
     )
     wait_seconds: Annotated[float, Field(ge=0, le=30)] = Field(
         default=0, description="Wait up to this long when nothing matches yet."
@@ -161,6 +163,13 @@ class PollInput(Strict):
 class PollResult(Output):
     discoveries: list[Discovery]
     cursor: int
+    next: str = Field(description="What to pass next time, and why.")
+
+    @classmethod
+    def of(cls, discoveries: list[Discovery], cursor: int) -> "PollResult":
+        return cls(discoveries=discoveries, cursor=cursor,
+                   next=f"Pass cursor={cursor} in your next poll: without a cursor a poll starts after the last one "
+                        "the hub answered, so discoveries in an answer you did not receive would be skipped.")
 
 
 class UnsubscribeInput(Strict):

@@ -99,7 +99,7 @@ class Collaboration:
         who.require_write()  # a poll moves the subscription's stored cursor
         sub = await self.own_subscription(who, req.subscription_id)
         items, cursor = await self.subscriptions.poll(sub, req)
-        return PollResult(discoveries=items, cursor=cursor)
+        return PollResult.of(items, cursor)
 
     async def unsubscribe(self, who: Principal, req: UnsubscribeInput) -> Unsubscribed:
         who.require_write()

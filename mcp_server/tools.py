@@ -92,8 +92,9 @@ TOOLS: list[ToolSpec] = [
     ToolSpec(
         name="poll_discoveries",
         description="Get the discoveries of a subscription that arrived after the cursor, oldest first, and the "
-        "cursor to pass next time. With wait_seconds > 0 it waits for new ones when there are none yet. Passing "
-        "back the returned cursor never skips or repeats a discovery.",
+        "cursor to pass next time. With wait_seconds > 0 it waits for new ones when there are none yet. Always pass "
+        "back the returned cursor: then no discovery is skipped or repeated, even when an answer is lost. Without "
+        "one, a poll starts after the last poll the hub answered, whether or not you received that answer.",
         input=PollInput, output=PollResult, roles=AGENT_PROFILE,
         run=lambda h, who, req: h.collab.poll(who, req),
     ),

@@ -190,7 +190,8 @@ async def test_a_stateless_mcp_client_subscribes_on_one_replica_and_polls_on_ano
                  ).structured_content
     assert [d["content"] for d in page["discoveries"]] == [SHARE["content"]]
     assert page["cursor"] == 2
-    assert again == {"discoveries": [], "cursor": 2}
+    assert again is not None and again["discoveries"] == [] and again["cursor"] == 2
+    assert "Pass cursor=2 in your next poll" in again["next"]
     assert (port_of(a), "tools/call:subscribe_discoveries") in router.served
     assert (port_of(b), "tools/call:poll_discoveries") in router.served
     assert router.session_ids == set()
