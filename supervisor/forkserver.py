@@ -149,7 +149,8 @@ class ForkServer:
         answer = reply[0]
         if "pid" not in answer:
             raise ServiceUnavailable(f"the fork server could not start the child: {answer['error']}")
-        return self._children[answer["pid"]]
+        child: ForkedChild = answer["child"]
+        return child
 
     def _on_message(self, message: dict[str, Any]) -> None:
         if "exit" in message:
@@ -165,6 +166,8 @@ class ForkServer:
             if pending is None:  # its requester gave up: nobody would supervise it
                 logger.warning("fork server: killing child %d, started after its request was abandoned", child.pid)
                 child.kill()
+            # The requester gets this object even when the child's exit is read before the requester resumes.
+            message = {**message, "child": child}
         if pending is not None:
             pending[1].append(message)
             pending[0].set()
