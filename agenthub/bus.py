@@ -6,6 +6,7 @@ NATS server without seeing each other's traffic.
 """
 
 import logging
+from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from types import TracebackType
@@ -59,7 +60,7 @@ class Bus:
         return bool(self.nc.is_connected)
 
 
-class BusListener(Generic[M]):
+class BusListener(ABC, Generic[M]):
     """A component of one replica that hears one hub-to-hub subject (messages of model `M`; malformed ones are
     logged and dropped) and does `tick` every `interval` seconds. An async context manager, entered once, owning
     its task group; on exit it stops listening and ticks once more (shielded and bounded), so what it owed others
@@ -73,11 +74,13 @@ class BusListener(Generic[M]):
         self._sub: Subscription | None = None
         self._tg: TaskGroup | None = None
 
+    @abstractmethod
     async def on_payload(self, payload: M) -> None:
-        raise NotImplementedError
+        """One well-formed message from another replica."""
 
+    @abstractmethod
     async def tick(self) -> None:
-        raise NotImplementedError
+        """The periodic work (and the last, on exit)."""
 
     async def __aenter__(self) -> Self:
         if self._tg is not None:

@@ -517,15 +517,15 @@ async def test_simple_one_for_one_stops_its_children_concurrently() -> None:
     with ready_pipe() as (read_fd, write_fd):
         async with supervised(strategy=Strategy.SIMPLE_ONE_FOR_ONE) as (sup, events):
             for n in range(5):
-                await sup.start_child(ChildSpec(id=f"w{n}", start=process(STUBBORN, stdout=write_fd), shutdown=2.0,
+                await sup.start_child(ChildSpec(id=f"w{n}", start=process(STUBBORN, stdout=write_fd), shutdown=3.0,
                                                 restart=RestartType.TEMPORARY))
             await wait_ready(read_fd, 5)
             started = [pid for pid in pids(sup).values() if pid is not None]
             os.kill(started[3], signal.SIGKILL)  # temporary: just gone
             await events.until(lambda: len(sup.which_children()) == 4)
             began = time.monotonic()
-        # Four children each taking their full 2 s grace: one after the other would take 8 s.
-        assert time.monotonic() - began < 6
+        # Four children each taking their full 3 s grace: one after the other cannot take less than 12 s.
+        assert time.monotonic() - began < 4 * 3.0
     assert [e.exit.detail for e in events.of("exited") if e.exit is not None].count("killed by SIGKILL") == 5
     for pid in started:
         await assert_gone(pid)
