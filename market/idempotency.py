@@ -1,8 +1,8 @@
 """Idempotency keys for money-moving requests, in the manner of Stripe's.
 
-A request is `(scope, key, request)`: the scope is the caller (a token or principal id), the key is the caller's
-(1..255 characters, a UUID4 suggested), the request is the operation's name and arguments. `run_once` runs the
-effect in ONE transaction that first claims the key with the request's hash:
+A request is `(scope, key, request)`: the scope is who acts (`scope_of`), the key is the caller's (1..255
+characters, a UUID4 suggested), the request is the operation's name and arguments. `run_once` runs the effect in
+ONE transaction that first claims the key with the request's hash:
 
 - a new key: the effect runs and its result is stored as the response, committed with the effect;
 - the same key and the same request: the stored response comes back and nothing else happens, including when
@@ -10,9 +10,16 @@ effect in ONE transaction that first claims the key with the request's hash:
 - the same key and a different request: `IdempotencyKeyReused`, nothing happens;
 - an effect that raises rolls the claim back with everything else, so nothing is stored and a retry runs anew.
 
+Scopes belong to principals, not to credentials: an agent's keys are `agent:{agent_id}` whatever token it holds,
+so an agent restarted by its supervisor (which gets a new token, the old one revoked) and retrying a request it
+made before finds the first answer. An operator has no identity but its token, so its keys are the token's id
+(stable across hub and client restarts; a new token is a new key space); with authentication off the single local
+user is `local-operator`; the hub's own actions use `hub` with keys derived from the task.
+
 Results are frozen dataclasses; responses are stored as their JSON (pydantic `TypeAdapter`) and read back into
-the same type, so a replay equals the first answer. Keys may be pruned once older than a day (`prune`): a retry
-after that runs again, as with Stripe.
+the same type, so a replay equals the first answer. Keys are kept at least `KEEP_AT_LEAST` (24 hours; longer if
+`MarketSettings.idempotency_retention_seconds` says so), then pruned (`prune`): a retry after that runs again,
+as with Stripe. `CONTRACT` says all this to callers, in tool descriptions and the OpenAPI.
 """
 
 import hashlib
@@ -24,6 +31,7 @@ from typing import Any, TypeVar
 import asyncpg
 from pydantic import TypeAdapter
 
+from agenthub.auth import Principal, Role
 from agenthub.database import Connection
 from agenthub.errors import IdempotencyKeyReused, ValueOutOfRange
 
@@ -32,6 +40,26 @@ T = TypeVar("T")
 MAX_KEY_LENGTH = 255
 MAX_SCOPE_LENGTH = 255
 KEEP_AT_LEAST = timedelta(hours=24)
+LOCAL_SCOPE = "local-operator"  # authentication off: the one local user
+
+# What a caller needs to know about `idempotency_key`: the field's description in every request schema (MCP tools
+# and REST bodies) and the OpenAPI's word on each operation that takes one.
+CONTRACT = (
+    f"Your key for this request (1-{MAX_KEY_LENGTH} characters; a fresh UUID each time). A retry with the same key "
+    "and the same request does what the first did (the same task, transfer or settlement, as it stands now) and has "
+    "no second effect; the same key with a different request is refused (409 Conflict; over MCP a tool error). Keys "
+    "belong to who acts, not to the token: an agent's to its agent id, so an agent restarted with a new token still "
+    "gets its first answers; an operator's to its token. Keys are kept at least "
+    f"{KEEP_AT_LEAST // timedelta(hours=1)} hours, then forgotten: a retry after that acts again. A request that "
+    "failed stored nothing, so its retry runs anew.")
+
+
+def scope_of(who: Principal) -> str:
+    """The idempotency scope of the principal acting: `agent:{id}` for an agent token, whichever token it is; the
+    token id for an operator (or viewer); `local-operator` with authentication off."""
+    if who.role is Role.AGENT and who.agent_id is not None:
+        return f"agent:{who.agent_id}"
+    return who.token_id or LOCAL_SCOPE
 
 
 def check_key(scope: str, key: str) -> None:
@@ -108,7 +136,7 @@ async def _claim(conn: Connection, scope: str, key: str, digest: str) -> str | N
 
 
 async def prune(pool: asyncpg.Pool, older_than: timedelta = KEEP_AT_LEAST) -> int:
-    """Forget keys older than `older_than` (at least 24 hours); returns how many went."""
+    """Forget keys older than `older_than` (at least `KEEP_AT_LEAST`, 24 hours); returns how many went."""
     if older_than < KEEP_AT_LEAST:
         raise ValueOutOfRange("idempotency key retention in hours", int(older_than / timedelta(hours=1)), 24)
     status: str = await pool.execute("DELETE FROM idempotency_keys WHERE created_at < now() - $1::interval",

@@ -269,7 +269,7 @@ class Ledger:
             account: an agent or requester account; created if new.
             amount: 1..MAX_AMOUNT credits.
             key: the idempotency key; a retry with the same key and arguments returns the first transfer.
-            scope: who is asking (the operator's token or principal id).
+            scope: who is asking (`market.idempotency.scope_of`: for an operator, its token's id).
             memo: up to 1,000 characters for the ledger.
         """
         require_kind(account, PARTY_KINDS)

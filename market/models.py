@@ -2,7 +2,7 @@
 
 Inputs are strict and reject unexpected fields and text PostgreSQL cannot store (`agenthub.text`). Credits are
 integers. Every money-moving request carries an idempotency key (1..255 characters): a retry with the same key and
-body returns the first answer.
+body returns the first answer (`market.idempotency.CONTRACT`, the field's description in every schema).
 """
 
 from datetime import datetime
@@ -12,10 +12,11 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from agenthub.ids import AGENT_ID_PATTERN
 from agenthub.text import Storable
+from market.idempotency import CONTRACT, MAX_KEY_LENGTH
 
 AgentIdField = Annotated[str, StringConstraints(pattern=AGENT_ID_PATTERN)]
 Capability = Annotated[str, StringConstraints(min_length=1, max_length=64, strip_whitespace=True)]
-IdempotencyKey = Annotated[str, StringConstraints(min_length=1, max_length=255)]
+IdempotencyKey = Annotated[str, StringConstraints(min_length=1, max_length=MAX_KEY_LENGTH), Field(description=CONTRACT)]
 Credits = Annotated[int, Field(gt=0, le=10**12)]
 TaskState = Literal["bidding", "assigned", "running", "completed", "failed", "cancelled", "expired"]
 TASK_STATES: tuple[str, ...] = ("bidding", "assigned", "running", "completed", "failed", "cancelled", "expired")

@@ -21,9 +21,9 @@ stalls the replica's event loop nor holds a lock while it is solved:
    clearing the same auctions), nothing is written and the next round starts again from step 1. So each auction
    is cleared once, from the bids it closed with; replicas may solve the same batch, and only one commits it.
 It also auto-accepts completed tasks after `accept_after_seconds`, fails tasks still unfinished
-`work_timeout_seconds` after their award, and forgets idempotency keys older than a day. NATS:
-`tasks.{id}.auction` when an auction opens, `.assignment` at award, `.progress` while running, `.result` when a
-task ends.
+`work_timeout_seconds` after their award, and forgets idempotency keys older than `idempotency_retention_seconds`
+(a day or more; `market.idempotency` says whose keys they are). NATS: `tasks.{id}.auction` when an auction opens,
+`.assignment` at award, `.progress` while running, `.result` when a task ends.
 """
 
 import logging
@@ -47,7 +47,7 @@ from agenthub.metrics import HubMetrics
 from agenthub.settings import MarketSettings
 from market import escrow as escrows
 from market.clearing import Bid, Clearing, TaskAuction, clear
-from market.idempotency import prune, run_once
+from market.idempotency import prune, run_once, scope_of
 from market.ledger import (
     AccountId,
     AccountKind,
@@ -96,10 +96,6 @@ _FINISHED = ("SELECT t.winner, t.state, t.estimated_seconds, extract(epoch FROM 
              " WHERE t.winner = ANY({winners}) AND t.state IN ('completed', 'failed')")
 _PRUNE_EVERY = 3600.0
 _DISPUTABLE = ("assigned", "running", "completed")
-
-
-def _scope(who: Principal) -> str:
-    return who.token_id or "local-operator"
 
 
 def _new_task_id() -> str:
@@ -189,7 +185,7 @@ class Market:
     async def deposit(self, who: Principal, req: DepositInput) -> AccountInfo:
         who.require_operator()
         account = parse_account_id(req.account_id)
-        await self.ledger.deposit(account, req.amount, key=req.idempotency_key, scope=_scope(who))
+        await self.ledger.deposit(account, req.amount, key=req.idempotency_key, scope=scope_of(who))
         return await self.account(who, req.account_id)
 
     async def account(self, who: Principal, account_id: str) -> AccountInfo:
@@ -222,12 +218,13 @@ class Market:
 
         async def effect(conn: Connection) -> str:
             task_id = _new_task_id()
-            held = await escrows.hold(conn, payer, req.budget, task_id, scope=_scope(who), key=req.idempotency_key)
+            held = await escrows.hold(conn, payer, req.budget, task_id, scope=scope_of(who),
+                                      key=req.idempotency_key)
             closes = datetime.now(UTC) + timedelta(seconds=req.bidding_seconds)
             await self.tasks.create(conn, req, task_id=task_id, escrow_id=held.id, closes_at=closes)
             return task_id
 
-        task_id = await run_once(self._pool, scope=_scope(who), key=req.idempotency_key,
+        task_id = await run_once(self._pool, scope=scope_of(who), key=req.idempotency_key,
                                  request={"op": "submit_task", **req.model_dump(mode="json")}, result_type=str,
                                  effect=effect)
         task = await self.tasks.get(task_id, with_events=True)
@@ -285,14 +282,14 @@ class Market:
         task = await self.tasks.get(req.task_id)
         who.require_acting_as(task.requester_id)
         await self._end(req.task_id, "cancelled", "cancelled by the requester", key=req.idempotency_key,
-                        scope=_scope(who))
+                        scope=scope_of(who))
         return await self._result_of(who, req.task_id)
 
     async def accept(self, who: Principal, req: SettleInput) -> TaskInfo:
         task = await self.tasks.get(req.task_id)
         who.require_acting_as(task.requester_id)
         await self._release(req.task_id, task.escrow_id, "accepted by the requester", key=req.idempotency_key,
-                            scope=_scope(who))
+                            scope=scope_of(who))
         return await self.get_task(who, TaskRef(task_id=req.task_id))
 
     async def dispute(self, who: Principal, req: DisputeInput) -> TaskInfo:
@@ -310,7 +307,7 @@ class Market:
             await self.tasks.record(req.task_id, "dispute", f"disputed by {req.by}: {req.evidence[:500]}", conn=conn)
             return str(task["escrow_id"])
 
-        await run_once(self._pool, scope=_scope(who), key=req.idempotency_key,
+        await run_once(self._pool, scope=scope_of(who), key=req.idempotency_key,
                        request={"op": "dispute", **req.model_dump(mode="json")}, result_type=str, effect=effect)
         return await self.get_task(who, TaskRef(task_id=req.task_id))
 
@@ -319,7 +316,7 @@ class Market:
 
         async def effect(conn: Connection) -> str:
             task = await self.tasks.lock(conn, req.task_id)
-            await escrows.resolve(conn, task["escrow_id"], req.outcome, arbiter=_scope(who),
+            await escrows.resolve(conn, task["escrow_id"], req.outcome, arbiter=scope_of(who),
                                   fee_percent=self.settings.fee_percent,
                                   payee_share_percent=req.agent_share_percent if req.outcome == "split" else None)
             await self.tasks.record(req.task_id, "resolution", f"resolved by an arbiter: {req.outcome}"
@@ -327,7 +324,7 @@ class Market:
                                     conn=conn)
             return str(task["escrow_id"])
 
-        await run_once(self._pool, scope=_scope(who), key=req.idempotency_key,
+        await run_once(self._pool, scope=scope_of(who), key=req.idempotency_key,
                        request={"op": "resolve", **req.model_dump(mode="json")}, result_type=str, effect=effect)
         return await self.get_task(who, TaskRef(task_id=req.task_id))
 
@@ -394,9 +391,9 @@ class Market:
             try:
                 await self.close_due()
                 await self._sweep()
-                if time.monotonic() - pruned > _PRUNE_EVERY:  # idempotency keys are kept a day, then forgotten
+                if time.monotonic() - pruned > _PRUNE_EVERY:  # keys are kept their retention, then forgotten
                     pruned = time.monotonic()
-                    await prune(self._pool)
+                    await prune(self._pool, timedelta(seconds=self.settings.idempotency_retention_seconds))
             except (OSError, asyncpg.PostgresError):  # PostgreSQL away for a moment: the next round retries
                 logger.exception("the auction closer failed; retrying")
 

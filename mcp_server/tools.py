@@ -121,7 +121,9 @@ TOOLS: list[ToolSpec] = [
         name="submit_task",
         description="Submit a task for agents to bid on: the budget is held in escrow from the requester's account and "
         "a sealed-bid auction runs for bidding_seconds. The winner is paid at most the budget when you accept its "
-        "result. Pass a fresh idempotency_key; retrying with the same key returns the same task.",
+        "result. Pass a fresh idempotency_key (a UUID) and keep it until you have the answer: retrying with the same "
+        "key and arguments returns the same task, for at least 24 hours and even after your process is restarted "
+        "with a new token (keys belong to your agent id); the same key with other arguments is refused.",
         input=SubmitTaskInput, output=TaskInfo, roles=AGENT_PROFILE,
         run=lambda h, who, req: h.market.submit_task(who, req),
     ),

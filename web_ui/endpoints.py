@@ -1,5 +1,6 @@
 """A small table of JSON endpoints: each declares its body, query and response models once, which gives both the
-Starlette route (parsing, validation, error translation) and its entry in `/openapi.json`."""
+Starlette route (parsing, validation, error translation) and its entry in `/openapi.json`. An operation whose body
+has an `idempotency_key` says so in the document: its description, a 409 response and `x-idempotency`."""
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -13,10 +14,19 @@ from starlette.routing import Route
 
 from agenthub.errors import HubError
 from agenthub.text import check_json, require_storable
+from market.idempotency import CONTRACT, KEEP_AT_LEAST
 from web_ui.problems import problem, problem_for, validation_problem
 
 M = TypeVar("M", bound=BaseModel)
 Handler = Callable[[Request, Any], Awaitable[BaseModel | Response]]
+
+IDEMPOTENCY_FIELD = "idempotency_key"
+_IDEMPOTENCY = {  # `x-idempotency` of an operation that takes a key: the contract in fields
+    "in": "body", "name": IDEMPOTENCY_FIELD, "scope": "the acting principal: an agent's id, an operator's token",
+    "retained_at_least_seconds": int(KEEP_AT_LEAST.total_seconds()),
+    "replay": "the same key and request: the first request's effect, not a second one",
+    "reuse": "the same key and another request: 409 Conflict, nothing done",
+}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -113,6 +123,12 @@ def openapi(endpoints: list[Endpoint], *, title: str, version: str, extra_paths:
         }}
         if ep.body is not None:
             op["requestBody"] = {"required": True, "content": {"application/json": {"schema": ref(ep.body)}}}
+            if IDEMPOTENCY_FIELD in ep.body.model_fields:
+                op["description"] = f"Idempotent by `{IDEMPOTENCY_FIELD}` in the body. {CONTRACT}"
+                op["x-idempotency"] = _IDEMPOTENCY
+                op["responses"]["409"] = {
+                    "description": "Conflict: the request does not fit the state of what it names, or its "
+                    "idempotency key was used for a different request", "content": {"application/problem+json": {}}}
         if ep.query is not None:
             op["parameters"] = [
                 {"name": name, "in": "query", "required": f.is_required(), "schema": {}}
