@@ -11,6 +11,8 @@ import logging
 import re
 from urllib.parse import parse_qs
 
+from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
+from mcp.server.auth.provider import AccessToken
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from agenthub.auth import LOCAL_OPERATOR, Principal
@@ -83,7 +85,32 @@ class Guard:
         if bounded is None:
             return
         state["principal"] = principal
+        if scope["path"] == MCP_PATH and principal is not None and principal.token_id is not None:
+            scope["user"] = session_owner(principal.token_id)
+            if scope["method"] == "GET":
+                await self._stream_while_valid(principal, scope, bounded, send)
+                return
         await self.app(scope, bounded, send)
+
+    async def _stream_while_valid(self, principal: Principal, scope: Scope, receive: Receive, send: Send) -> None:
+        """Serve a session's MCP GET stream only while its token holds (`TokenCache.bound_to`): revoked or expired,
+        the stream ends with a complete response, and the session, which nobody can use any more, idles out."""
+        started = ended = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal started, ended
+            started = True
+            ended = message["type"] == "http.response.body" and not message.get("more_body", False)
+            await send(message)
+
+        with self._tokens.bound_to(principal) as held:
+            await self.app(scope, receive, tracked)
+        if not held.cancelled_caught:
+            return
+        if not started:
+            await problem(401, "Unauthenticated", "the token was revoked or expired")(scope, receive, send)
+        elif not ended:
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _bounded_body(self, scope: Scope, receive: Receive, send: Send, limit: int) -> Receive | None:
         """Read a body of unknown length up to the limit; None (after answering 413) when it is larger."""
@@ -132,3 +159,10 @@ class Guard:
             raise Unauthenticated("missing bearer token: send 'Authorization: Bearer <token>'")
         return await self._tokens.resolve(token)
 
+
+def session_owner(token_id: str) -> AuthenticatedUser:
+    """A token as the MCP SDK's user. The SDK's session manager binds each 2025-11-25 session to the user whose
+    request opened it, answers another user's request for it (POST, GET stream, DELETE) with 404 as if it did not
+    exist, and forgets the owner however the session ends (DELETE, idle timeout, shutdown). Only the token's id is
+    given: the SDK compares `client_id`, and the secret has no business in another object."""
+    return AuthenticatedUser(AccessToken(token=token_id, client_id=token_id, scopes=[]))
