@@ -49,6 +49,7 @@ from pydantic import ValidationError
 from agent_pool import worker
 from agent_pool.confinement import Confinement, agent_environment, agent_uid, check_reachable, open_log, prepare_files
 from agent_pool.credentials import AgentCredentials
+from agent_pool.heartbeats import Judgement, Silence
 from agent_pool.models import (
     AdvertisedAgent,
     AgentInfo,
@@ -70,6 +71,7 @@ from agent_pool.registry import AgentRegistry
 from agent_pool.states import LIVE, AgentState, is_working
 from agenthub.auth import Principal, Role, create_token
 from agenthub.bus import Bus
+from agenthub.database import log_failure
 from agenthub.errors import (
     AgentNotFound,
     Conflict,
@@ -104,6 +106,8 @@ from supervisor.forkserver import ForkServer
 from supervisor.process import GroupLeader
 
 logger = logging.getLogger(__name__)
+
+_BUS_PROBE_SECONDS = 1  # how long the heartbeat watcher waits for NATS to answer its PING (nats-py takes int)
 
 WORKER_ARGV = (sys.executable, "-m", "agent_pool.worker")
 WORKER_ENTRY = "agent_pool.worker:main"
@@ -209,6 +213,7 @@ class AgentPool:
         self._anthropic_api_key = anthropic_api_key
         self._compile_limits = compile_limits
         self._live: dict[str, _Live] = {}
+        self.heartbeats = Judgement()  # whether silence is judged now (not while the bus is out)
         self._breakers: dict[str, Breaker] = {}
         self._breaker_views: dict[str, str] = {}
         self._ops: TaskGroup | None = None
@@ -560,8 +565,8 @@ class AgentPool:
                 async for msg in events.messages:
                     try:
                         await self._dispatch(msg)
-                    except Exception:  # one bad message or failed write must not stop the pool's ears
-                        logger.exception("handling %s failed", msg.subject)
+                    except Exception as exc:  # one bad message or failed write must not stop the pool's ears
+                        log_failure(logger, f"handling {msg.subject} failed", exc)
         finally:
             self._ops = None
             with anyio.CancelScope(shield=True), anyio.move_on_after(2):
@@ -659,16 +664,25 @@ class AgentPool:
         while True:
             interval = min([live.heartbeat_seconds for live in self._live.values()] or [1.0])
             await anyio.sleep(min(1.0, interval / 2))
-            now = time.monotonic()
-            for agent_id, live in list(self._live.items()):
+            for agent_id in list(self._live):
                 await self._sync_breaker(agent_id)
+            watched = {agent_id: Silence(live.last_beat, self._silence_limit(live))
+                       for agent_id, live in self._live.items() if live.process is not None}
+            now = time.monotonic()
+            late = [a for a, s in watched.items() if now - s.last_beat > s.limit]
+            # Ask NATS (a round trip) only when someone is late or judgement is suspended: that is when it matters.
+            reachable = not (late or self.heartbeats.suspension) or await self._bus_reachable()
+            was = self.heartbeats.describe()
+            overdue, beat_at = self.heartbeats.overdue(watched, time.monotonic(), bus_reachable=reachable)
+            if (now_says := self.heartbeats.describe()) != was:
+                logger.warning("heartbeat judgement %s", f"suspended: {now_says}" if now_says else "resumed")
+            for live in self._live.values():
+                live.last_beat = max(live.last_beat, beat_at)
+            for agent_id in overdue:
+                live = self._live[agent_id]
                 if live.process is None:
                     continue
-                limit = (live.heartbeat_seconds * self._settings.missed_beats if live.announced
-                         else self._announce_limit(live))
-                silent = now - live.last_beat
-                if silent <= limit:
-                    continue
+                silent, limit = time.monotonic() - live.last_beat, watched[agent_id].limit
                 process, live.process = live.process, None
                 what = "heartbeat" if live.announced else "announcement"
                 detail = f"no {what} for {silent:.1f} s (limit {limit:.1f} s): killing process {process.pid}"
@@ -677,6 +691,20 @@ class AgentPool:
                 self._metrics.agent_failures.labels("heartbeat").inc()
                 live.heartbeat_lost = True
                 process.kill()
+
+    def _silence_limit(self, live: "_Live") -> float:
+        return (live.heartbeat_seconds * self._settings.missed_beats if live.announced
+                else self._announce_limit(live))
+
+    async def _bus_reachable(self) -> bool:
+        """Whether NATS answers the hub's PING now (within a second)."""
+        if not self._bus.connected:
+            return False
+        try:
+            await self._bus.nc.flush(timeout=_BUS_PROBE_SECONDS)
+        except Exception:  # nats-py raises several kinds (a flush timeout, a closed or stale connection)
+            return False
+        return True
 
     # -- routing ---------------------------------------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ import asyncpg
 from anyio.abc import TaskStatus
 from sse_starlette import ServerSentEvent
 
-from agenthub.database import Connection
+from agenthub.database import DATABASE_ERRORS, Connection, log_failure
 from agenthub.ring import Ring
 
 logger = logging.getLogger(__name__)
@@ -86,5 +86,5 @@ class ActivityFeed:
                 while events := await self.log.read(self.ring.frontier):
                     for event in events:
                         self.ring.push(event)
-            except (asyncpg.PostgresError, OSError, TimeoutError):  # briefly unreachable: the next poll retries
-                logger.warning("activity feed: reading the log failed", exc_info=True)
+            except DATABASE_ERRORS as exc:  # the next poll retries
+                log_failure(logger, "activity feed: reading the log failed", exc)

@@ -8,6 +8,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib import resources
+from typing import Any
 
 import asyncpg
 
@@ -55,17 +56,72 @@ async def _no_reset(conn: asyncpg.Connection) -> None:
     LISTEN, no session settings, advisory locks are released where they are taken)."""
 
 
+# What asyncpg raises when the server cannot be reached, went away, is starting or stopping, or did not answer
+# within the statement timeout: the request could not be served now, and nothing it did was committed.
+UNAVAILABLE: tuple[type[BaseException], ...] = (
+    ConnectionError, TimeoutError, asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError, asyncpg.AdminShutdownError, asyncpg.CrashShutdownError,
+    asyncpg.InternalClientError,  # a statement begun on a connection the server just dropped
+)
+
+
+# What a statement may raise besides a bug: a background round catching these logs them and tries again later.
+DATABASE_ERRORS: tuple[type[BaseException], ...] = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError,
+                                                    *UNAVAILABLE)
+
+
+def unavailable(exc: BaseException) -> ServiceUnavailable | None:
+    """`exc` as the 503 it means when PostgreSQL is down, restarting or frozen; None for any other error."""
+    if isinstance(exc, ServiceUnavailable):
+        return exc
+    if isinstance(exc, UNAVAILABLE):
+        return ServiceUnavailable(f"PostgreSQL is unavailable ({type(exc).__name__}); nothing was changed, retry "
+                                  "shortly")
+    return None
+
+
+def log_failure(log: logging.Logger, what: str, exc: BaseException) -> None:
+    """A background round (a poll, a sweep) that failed and will be tried again: one line while PostgreSQL is
+    unavailable (`/ready` and the service supervisor say why), the traceback for anything else."""
+    if unavailable(exc) is not None:
+        log.warning("%s: PostgreSQL unavailable (%s); retrying", what, type(exc).__name__)
+    else:
+        log.error("%s; retrying", what, exc_info=exc)
+
+
+class _BoundedPool(asyncpg.Pool):
+    """A pool whose `acquire` (and so `fetch`, `execute` ...) waits at most `acquire_timeout` for a connection, and
+    whose release waits as long at most: after a statement timed out, asyncpg's release waits for the server to
+    confirm the cancellation, which a frozen server never does; bounded, the connection is dropped instead."""
+
+    def __init__(self, url: str, *, acquire_timeout: float, **kwargs: Any) -> None:
+        super().__init__(url, **kwargs)
+        self._acquire_timeout = acquire_timeout
+
+    def acquire(self, *, timeout: float | None = None) -> Any:
+        return super().acquire(timeout=self._acquire_timeout if timeout is None else timeout)
+
+
 @asynccontextmanager
-async def open_pool(url: str, *, size: int) -> AsyncIterator[asyncpg.Pool]:
-    """Connect, migrate, and yield a pool; closes it on exit."""
+async def open_pool(url: str, *, size: int, connect_timeout: float = 10,
+                    statement_timeout: float = 30) -> AsyncIterator[asyncpg.Pool]:
+    """Connect, migrate, and yield a pool; closes it on exit. Waiting for a connection (opening one, or a free one)
+    longer than `connect_timeout`, or for a statement longer than `statement_timeout`, raises TimeoutError; the
+    pool opens new connections in place of ones that broke (a restarted server)."""
+    # min_size=0: no connection floor to restore (with a traceback each time) while the server is down.
+    pool = await _BoundedPool(
+        url, acquire_timeout=connect_timeout, min_size=0, max_size=size, max_queries=50_000,
+        max_inactive_connection_lifetime=300.0, reset=_no_reset, loop=None, connection_class=asyncpg.Connection,
+        record_class=asyncpg.Record, timeout=connect_timeout, command_timeout=statement_timeout)
     try:
-        pool = await asyncpg.create_pool(url, min_size=1, max_size=size, timeout=10, command_timeout=30,
-                                         reset=_no_reset)
-    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-        raise ServiceUnavailable(f"cannot connect to PostgreSQL: {exc}") from exc
-    try:
-        async with pool.acquire() as conn:
+        try:
+            conn = await pool.acquire()
+        except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+            raise ServiceUnavailable(f"cannot connect to PostgreSQL: {exc}") from exc
+        try:
             await apply_migrations(conn)
+        finally:
+            await pool.release(conn)
         yield pool
     finally:
         await pool.close()

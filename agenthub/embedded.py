@@ -12,6 +12,10 @@ data directory changes permissions (the wheel's own launcher chmods every parent
 
 Both are synchronous (they start processes and poll); async callers run them in a worker thread. Each
 records its pid in the data directory, so a server orphaned by a killed hub is stopped at the next start.
+
+Once started, a service can `restart()` after its server died: on the same port (the hub's clients reconnect to
+the URL they know) and, for NATS, with the users registered so far. `alive()` says whether the server still runs
+(and reaps a nats-server that exited, which is our child). `supervisor.service` supervises them through these.
 """
 
 import contextlib
@@ -70,10 +74,25 @@ def _stop_pid(pid: int, timeout: float) -> None:
 
 
 class _Service(ABC):
-    """Shared context-manager protocol: `start()` on enter, `stop()` on exit."""
+    """Shared context-manager protocol: `start()` on enter, `stop()` on exit; `restart()` and `alive()` once
+    started."""
+
+    name: str
 
     @abstractmethod
     def start(self) -> str: ...
+
+    @abstractmethod
+    def restart(self) -> None:
+        """Start the server again, as it was, after it died (a no-op while it runs)."""
+
+    @abstractmethod
+    def alive(self) -> bool:
+        """Whether the server process runs (False before start, after stop, and once it died)."""
+
+    @property
+    @abstractmethod
+    def pid(self) -> int | None: ...
 
     @abstractmethod
     def stop(self) -> None: ...
@@ -93,11 +112,14 @@ class _Service(ABC):
 class EmbeddedNats(_Service):
     """nats-server with JetStream under `<root>`; `url` and `monitor_url` are set once started."""
 
+    name = "nats-server"
+
     def __init__(self, root: Path) -> None:
         self.root = root.absolute()
         self.url = ""
         self.monitor_url = ""
         self._proc: subprocess.Popen[bytes] | None = None
+        self._ports: tuple[str, str] = ("-1", "-1")  # client and monitoring ports; fixed once first started
 
     @property
     def authority(self) -> NatsAuthority:
@@ -125,18 +147,37 @@ class EmbeddedNats(_Service):
                 logger.warning("stopping orphaned nats-server pid %d", stale)
                 _stop_pid(stale, 5)
             pidfile.unlink(missing_ok=True)
+        # Users registered for an earlier server are stale: their owners register again with this one.
+        shutil.rmtree(self.root / OWNERS_DIR, ignore_errors=True)
+        write_auth_conf(self.root, [])
+        (self.root / "nats.conf").write_text(f'include "{AUTH_CONF}"\n')
+        return self._launch()
+
+    def restart(self) -> None:
+        if not self.url:
+            raise RuntimeError("EmbeddedNats was never started")
+        if self.alive():
+            return
+        self._proc = None
+        self._launch()
+
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None  # poll() reaps it once it exited
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def _launch(self) -> str:
         ports_dir = self.root / "ports"
         shutil.rmtree(ports_dir, ignore_errors=True)
         ports_dir.mkdir()
-        # Users registered for an earlier server are stale: their owners register again with this one.
-        shutil.rmtree(self.root / OWNERS_DIR, ignore_errors=True)
         (self.root / MONITOR_FILE).unlink(missing_ok=True)
-        write_auth_conf(self.root, [])
-        config = self.root / "nats.conf"
-        config.write_text(f'include "{AUTH_CONF}"\n')
         log = (self.root / "nats-server.log").open("ab")
-        args = [str(self.binary()), "-c", str(config), "-a", "127.0.0.1", "-p", "-1", "-m", "-1", "-js",
-                "-sd", str(self.root / "jetstream"), "--ports_file_dir", str(ports_dir), "-P", str(pidfile)]
+        port, monitor_port = self._ports
+        args = [str(self.binary()), "-c", str(self.root / "nats.conf"), "-a", "127.0.0.1", "-p", port,
+                "-m", monitor_port, "-js", "-sd", str(self.root / "jetstream"), "--ports_file_dir", str(ports_dir),
+                "-P", str(self.root / PID_FILE)]
         self._proc = subprocess.Popen(args, stdout=log, stderr=log, start_new_session=True)
         log.close()
         deadline = time.monotonic() + 15
@@ -150,6 +191,7 @@ class EmbeddedNats(_Service):
                     ports: dict[str, list[str]] = json.loads(portfile.read_text())
                     self.url = ports["nats"][0]
                     self.monitor_url = ports["monitoring"][0]
+                    self._ports = (self.url.rsplit(":", 1)[1], self.monitor_url.rsplit(":", 1)[1])
                     (self.root / MONITOR_FILE).write_text(self.monitor_url + "\n")
                     logger.info("nats-server pid %d ready at %s", self._proc.pid, self.url)
                     return self.url
@@ -175,11 +217,14 @@ class EmbeddedNats(_Service):
 class EmbeddedPostgres(_Service):
     """A PostgreSQL cluster in `<root>/data`, served on a free loopback port; `url` is set once started."""
 
+    name = "postgres"
+
     def __init__(self, root: Path) -> None:
         self.root = root.absolute()
         self.url = ""
         self._started = False
         self._run_as: pwd.struct_passwd | None = None
+        self._port = 0
 
     # -- where the binaries are and who runs them ------------------------------------------------------------
 
@@ -272,18 +317,50 @@ class EmbeddedPostgres(_Service):
             staging.rename(data)
         password = password_file.read_text().strip()
         self._stop_stale(bin_dir, data)
+        self._bin = bin_dir
+        self._port = free_port()
+        self._pg_start()
+        self._started = True
+        self.url = f"postgresql://postgres:{quote(password)}@127.0.0.1:{self._port}/postgres"
+        logger.info("postgres ready on 127.0.0.1:%d (data %s)", self._port, data)
+        return self.url
+
+    def _pg_start(self) -> None:
         log_dir = self.root / "log"
         log_dir.mkdir(exist_ok=True)
         self._chown(log_dir)
-        port = free_port()
-        options = f"-h 127.0.0.1 -p {port} -k '' -c max_connections=200"
-        self._run([str(bin_dir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(log_dir / "postgres.log"),
-                   "-w", "-t", "60", "start"], timeout=90)
-        self._started = True
-        self._bin = bin_dir
-        self.url = f"postgresql://postgres:{quote(password)}@127.0.0.1:{port}/postgres"
-        logger.info("postgres ready on 127.0.0.1:%d (data %s)", port, data)
-        return self.url
+        options = f"-h 127.0.0.1 -p {self._port} -k '' -c max_connections=200"
+        self._run([str(self._bin / "pg_ctl"), "-D", str(self.root / "data"), "-o", options, "-l",
+                   str(log_dir / "postgres.log"), "-w", "-t", "60", "start"], timeout=90)
+
+    def restart(self) -> None:
+        if not self._started:
+            raise RuntimeError("EmbeddedPostgres is not started")
+        if self.alive():
+            return
+        # The dead postmaster's pid must be gone (reaped by its parent) before a new one starts: postgres takes a
+        # pid that still exists for a running server. Its backends notice its death and exit; until they have, the
+        # new one refuses to start (their shared memory is still attached) and this raises: the supervisor tries
+        # again after its backoff.
+        dead = self.pid
+        deadline = time.monotonic() + 5
+        while dead is not None and _exists(dead) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self._pg_start()
+        logger.info("postgres restarted on 127.0.0.1:%d", self._port)
+
+    @property
+    def pid(self) -> int | None:
+        """The postmaster's pid, from its lock file (it is not our child: pg_ctl daemonizes it)."""
+        try:
+            first = (self.root / "data" / "postmaster.pid").read_text().splitlines()[:1]
+        except OSError:
+            return None
+        return int(first[0]) if first and first[0].strip().isdigit() else None
+
+    def alive(self) -> bool:
+        pid = self.pid
+        return self._started and pid is not None and pid_alive(pid)
 
     def _check_reachable(self) -> None:
         """The unprivileged user must be able to reach the data directory; say so clearly when it cannot."""
@@ -297,11 +374,7 @@ class EmbeddedPostgres(_Service):
             )
 
     def _stop_stale(self, bin_dir: Path, data: Path) -> None:
-        pidfile = data / "postmaster.pid"
-        if not pidfile.exists():
-            return
-        first = pidfile.read_text().splitlines()[:1]
-        pid = int(first[0]) if first and first[0].strip().isdigit() else 0
+        pid = self.pid
         if pid and pid_alive(pid):
             logger.warning("stopping orphaned postgres pid %d", pid)
             with contextlib.suppress(StartupError):
@@ -310,6 +383,9 @@ class EmbeddedPostgres(_Service):
     def stop(self) -> None:
         if not self._started:
             return
+        if not self.alive():  # it died (and its supervisor gave up, or the hub stops meanwhile): nothing to stop
+            self._started = False
+            return
         self._started = False
         try:
             self._run([str(self._bin / "pg_ctl"), "-D", str(self.root / "data"), "-m", "fast", "-w", "-t", "30",
@@ -317,6 +393,17 @@ class EmbeddedPostgres(_Service):
             logger.info("postgres stopped")
         except (StartupError, subprocess.TimeoutExpired):
             logger.exception("postgres did not stop cleanly")
+
+
+def _exists(pid: int) -> bool:
+    """Whether the kernel still has process `pid`, running or a zombie."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _package_version() -> str:

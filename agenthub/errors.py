@@ -268,14 +268,17 @@ class QuotaExceeded(HubError):
 
 
 class ServiceUnavailable(HubError):
-    pass
+    """`retry_after`: seconds after which a retry may succeed (HTTP `Retry-After`; MCP tool errors state it)."""
+
+    def __init__(self, message: str, *, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class CircuitOpen(ServiceUnavailable):
     def __init__(self, name: str, retry_after: float) -> None:
-        super().__init__(f"circuit breaker {name!r} is open; retry in {retry_after:.1f} s")
+        super().__init__(f"circuit breaker {name!r} is open; retry in {retry_after:.1f} s", retry_after=retry_after)
         self.name = name
-        self.retry_after = retry_after
 
 
 class StartupError(HubError):

@@ -53,6 +53,8 @@ class HubMetrics:
         self.agent_errors = Counter("agenthub_agent_errors", "Errors agents reported", ["category"], registry=r)
         self.agent_alerts = Counter("agenthub_agent_alerts", "Agents stopped as failed, needing an operator",
                                     ["reason"], registry=r)
+        self.service_restarts = Counter("agenthub_service_restarts", "Embedded NATS or PostgreSQL servers the hub "
+                                        "restarted after they died", ["service"], registry=r)
         self.agent_restarts = Counter("agenthub_agent_restarts", "Agent processes started again", registry=r)
         self.open_breakers = Gauge("agenthub_open_breakers",
                                    "Agent circuit breakers that are open (read at scrape time)", registry=r)

@@ -269,6 +269,7 @@ def _config_load_time(monitor_url: str) -> str:
 
 
 def pid_alive(pid: int) -> bool:
+    """Whether process `pid` runs; a zombie (dead, waiting for its parent to reap it) does not."""
     if pid <= 0:
         return False
     try:
@@ -276,5 +277,9 @@ def pid_alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    return True
+        pass
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:  # gone meanwhile, or no /proc: the signal said it exists
+        return Path("/proc").is_dir() is False
+    return stat[stat.rindex(")") + 2:][:1] != "Z"  # the state follows the command name, which may hold ')'

@@ -32,6 +32,18 @@ class SSESettings(BaseModel):
     metrics_seconds: float = Field(default=5.0, gt=0)  # the interval of `metrics_update` on the hub-wide stream
 
 
+class DatabaseSettings(BaseModel):
+    """How long the hub waits on PostgreSQL before it answers 503 (with `Retry-After`) instead of hanging."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Opening a connection, or waiting for a free one from the pool (or for a timed-out one to be given back).
+    connect_timeout_seconds: float = Field(default=5.0, gt=0, le=300)
+    # A statement taking longer than this fails: with the above, bounds how long a request waits on a frozen server.
+    # Long work (imports, retention, clearing) is done in statements well under it.
+    statement_timeout_seconds: float = Field(default=10.0, gt=0, le=3600)
+
+
 class RetentionSettings(BaseModel):
     """How much of the discovery log a long-lived hub keeps (off by default: everything is kept)."""
 
@@ -171,6 +183,10 @@ class Settings(BaseSettings):
     allowed_hosts: list[str] = Field(default_factory=list)
     allowed_origins: list[str] = Field(default_factory=list)
     db_pool_size: int = Field(default=10, ge=1)
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    # Embedded NATS / PostgreSQL servers that die are restarted; more than this many restarts within a minute and
+    # the hub stops trying (/ready says so) and an operator restarts it.
+    service_restarts_per_minute: int = Field(default=10, ge=1, le=1000)
     # A resolved token is believed this long without asking PostgreSQL again; revocations reach every replica at
     # once over NATS, and this bounds how long one whose message was lost stays usable.
     token_cache_seconds: float = Field(default=2.0, gt=0, le=60)

@@ -27,6 +27,7 @@ from pydantic import BaseModel
 
 from agenthub.auth import Principal, TokenInfo, record_token_use, resolve_token, revoke_token
 from agenthub.bus import Bus, BusListener
+from agenthub.database import DATABASE_ERRORS, log_failure, unavailable
 from agenthub.ids import TokenId
 
 logger = logging.getLogger(__name__)
@@ -70,7 +71,12 @@ class TokenCache(BusListener[TokenRevoked]):
             principal = cached[1]
         else:
             generation = self._generation
-            principal = await resolve_token(self._pool, token)
+            try:
+                principal = await resolve_token(self._pool, token)
+            except Exception as exc:
+                if (down := unavailable(exc)) is None:
+                    raise
+                raise down from exc
             if generation == self._generation:
                 deadline = now + self.ttl
                 if principal.expires_at is not None:
@@ -139,5 +145,5 @@ class TokenCache(BusListener[TokenRevoked]):
         used, self._used = self._used, {}
         try:
             await record_token_use(self._pool, used)
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError):  # marks only: go on
-            logger.exception("could not record when %d tokens were last used", len(used))
+        except DATABASE_ERRORS as exc:  # marks only: go on
+            log_failure(logger, f"could not record when {len(used)} tokens were last used", exc)

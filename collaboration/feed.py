@@ -32,6 +32,7 @@ from pydantic import ValidationError
 from sse_starlette import ServerSentEvent
 
 from agenthub.bus import Bus
+from agenthub.database import log_failure
 from agenthub.metrics import HubMetrics
 from agenthub.ring import Ring
 from collaboration.discoveries import DiscoveryLog
@@ -198,8 +199,8 @@ class DiscoveryFeed:
             await anyio.sleep(self._sync_interval)
             try:
                 self._log_reaches = max(self._log_reaches, await self._log.newest_sequence())
-            except Exception:  # the database may be briefly unreachable; the next tick tries again
-                logger.exception("discovery feed sync failed")
+            except Exception as exc:  # the database may be briefly unreachable; the next tick tries again
+                log_failure(logger, "discovery feed sync failed", exc)
                 continue
             if self._log_reaches > self.frontier:
                 self._wake.set()
@@ -212,8 +213,8 @@ class DiscoveryFeed:
             claims, self._claims, self._claimed = self._claims, {}, 0
             try:
                 await self._catch_up(claims)
-            except Exception:  # the database may be briefly unreachable: these hints are dropped, the sync retries
-                logger.exception("discovery feed could not read the log (%d NATS hints dropped)", len(claims))
+            except Exception as exc:  # these hints are dropped; the sync retries
+                log_failure(logger, f"discovery feed could not read the log ({len(claims)} NATS hints dropped)", exc)
 
     async def _catch_up(self, claims: dict[int, list[Discovery]]) -> None:
         """Deliver up to the furthest sequence known or claimed: this replica's writes as they are, the rest read

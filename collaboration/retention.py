@@ -11,9 +11,9 @@ import logging
 
 import anyio
 import anyio.lowlevel
-import asyncpg
 from anyio.abc import TaskStatus
 
+from agenthub.database import DATABASE_ERRORS, log_failure
 from agenthub.settings import RetentionSettings
 from collaboration.discoveries import DiscoveryLog
 
@@ -31,8 +31,8 @@ class Retention:
             await anyio.sleep(self._settings.interval_seconds)
             try:
                 await self.apply()
-            except (OSError, asyncpg.PostgresError):  # PostgreSQL away for a moment: the next round retries
-                logger.exception("applying the retention policy failed; retrying next round")
+            except DATABASE_ERRORS as exc:  # PostgreSQL away for a moment: the next round retries
+                log_failure(logger, "applying the retention policy failed", exc)
 
     async def apply(self) -> int:
         """Apply the policy once; returns how many discoveries were deleted."""

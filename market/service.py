@@ -41,7 +41,7 @@ from anyio.abc import TaskStatus
 
 from agenthub.auth import Principal, Role
 from agenthub.bus import Bus
-from agenthub.database import Connection
+from agenthub.database import DATABASE_ERRORS, Connection, log_failure
 from agenthub.errors import Conflict, Forbidden, MissingCapabilities, TaskNotFound, WrongTaskState
 from agenthub.metrics import HubMetrics
 from agenthub.settings import MarketSettings
@@ -394,8 +394,8 @@ class Market:
                 if time.monotonic() - pruned > _PRUNE_EVERY:  # keys are kept their retention, then forgotten
                     pruned = time.monotonic()
                     await prune(self._pool, timedelta(seconds=self.settings.idempotency_retention_seconds))
-            except (OSError, asyncpg.PostgresError):  # PostgreSQL away for a moment: the next round retries
-                logger.exception("the auction closer failed; retrying")
+            except DATABASE_ERRORS as exc:  # PostgreSQL away for a moment: the next round retries
+                log_failure(logger, "the auction closer failed", exc)
 
     async def close_due(self) -> int:
         """Clear the auctions past their closing time (module docstring: read, solve in a thread, lock, re-check and

@@ -6,11 +6,12 @@ uvicorn until a signal. Shutdown runs in reverse: HTTP and MCP sessions, then th
 import contextlib
 import gc
 import logging
+import math
 import secrets
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from functools import partial
 from typing import Any
@@ -28,7 +29,7 @@ from agent_pool.pool import AgentPool
 from agenthub.activity import ActivityFeed, ActivityLog
 from agenthub.auth import ensure_operator_token_file
 from agenthub.bus import connect_bus
-from agenthub.database import open_pool
+from agenthub.database import UNAVAILABLE, open_pool
 from agenthub.errors import StartupError
 from agenthub.metrics import HubMetrics
 from agenthub.nats_auth import NatsAuthority, NatsLogin, NatsUsers, hub_user, login_from
@@ -43,8 +44,9 @@ from sandbox.modules import ModuleCache
 from sandbox.runner import Runner
 from sandbox.service import SandboxService
 from sandbox.store import LocalBinaryStore
-from supervisor import INTENSITY_REACHED, ChildSpec, Supervisor, SupervisorEvent, task_child
-from web_ui import agents, api, dashboard, ops, streams, tokens
+from supervisor import INTENSITY_REACHED, Backoff, ChildSpec, Supervisor, SupervisorEvent, task_child
+from supervisor.service import Service, service_child
+from web_ui import agents, api, dashboard, ops, problems, streams, tokens
 from web_ui import market as market_api
 from web_ui import sandbox as sandbox_api
 from web_ui.endpoints import openapi
@@ -60,6 +62,8 @@ _GC_THRESHOLDS = (50_000, 20, 20)
 # interpreter's switch interval, and the event loop needs it several times per request: at the default 5 ms, a
 # 10,000-bid solve quadrupled /health's p99 (bench/scale.py). 0.5 ms keeps the loop's wait short.
 _THREAD_SWITCH_SECONDS = 0.0005
+# A dead embedded server is started again at once, then after 0.5, 1, 2 ... up to 10 s while it keeps dying.
+_SERVICE_BACKOFF = Backoff(initial=0.5, maximum=10.0)
 _ENDPOINTS = [*api.ENDPOINTS, *tokens.ENDPOINTS, *agents.ENDPOINTS, *market_api.ENDPOINTS, *sandbox_api.ENDPOINTS]
 
 _STREAM_DOC = {"/discoveries/stream": {"get": {
@@ -104,14 +108,38 @@ async def _log_root_event(event: SupervisorEvent) -> None:
         logger.critical("hub components keep failing; the root supervisor gave up (%s)", event.exit.detail)
 
 
+def _services_listener(metrics: HubMetrics) -> Callable[[SupervisorEvent], Awaitable[None]]:
+    async def listen(event: SupervisorEvent) -> None:
+        if event.kind == "restarting" and event.child_id is not None:
+            metrics.service_restarts.labels(event.child_id).inc()
+            logger.error("embedded %s died; restarting it in %.2f s", event.child_id, event.delay or 0)
+        elif event.kind == "start_failed":
+            logger.error("embedded %s did not start again: %s", event.child_id, event.exit.detail if event.exit else "")
+        elif event.kind == "started" and event.child_id is not None:
+            logger.info("embedded %s running (pid %s)", event.child_id, event.pid)
+        elif event.kind == "shutdown" and event.exit is not None and event.exit.detail == INTENSITY_REACHED:
+            logger.critical("embedded services keep dying; no more restarts: restart the hub (%s)", event.exit.detail)
+
+    return listen
+
+
 @asynccontextmanager
-async def open_hub(settings: Settings, *, nats_monitor_url: str | None = None) -> AsyncIterator[HubState]:
-    """Connect to PostgreSQL (migrating it) and NATS, and run the live discovery feed."""
+async def open_hub(settings: Settings, *, nats_monitor_url: str | None = None,
+                   services: Sequence[Service] = ()) -> AsyncIterator[HubState]:
+    """Connect to PostgreSQL (migrating it) and NATS, and run the live discovery feed. `services` are the embedded
+    servers already started for this hub: a supervisor restarts them when they die (and stops them last)."""
     if not settings.database_url or not settings.nats_url:
         raise ValueError("open_hub needs settings.database_url and settings.nats_url")
     metrics = HubMetrics()
     async with AsyncExitStack() as stack:
-        pool = await stack.enter_async_context(open_pool(settings.database_url, size=settings.db_pool_size))
+        embedded = await stack.enter_async_context(Supervisor(
+            "services", [ChildSpec(id=s.name, start=service_child(s), shutdown=math.inf, backoff=_SERVICE_BACKOFF)
+                         for s in services],
+            max_restarts=settings.service_restarts_per_minute, period=60, listener=_services_listener(metrics)))
+        db = settings.database
+        pool = await stack.enter_async_context(open_pool(
+            settings.database_url, size=settings.db_pool_size, connect_timeout=db.connect_timeout_seconds,
+            statement_timeout=db.statement_timeout_seconds))
         metrics.watch_pool(lambda: (pool.get_size(), pool.get_idle_size(), pool.get_max_size()))
         login, nats_users = await _nats_login(settings, stack)
         bus = await stack.enter_async_context(connect_bus(
@@ -154,7 +182,7 @@ async def open_hub(settings: Settings, *, nats_monitor_url: str | None = None) -
         state = HubState(settings=settings, pool=pool, bus=bus, metrics=metrics, tokens=token_cache, limiter=limiter,
                          collab=collab, agents=agents, market=market, sandbox=sandbox, activity=activity,
                          snapshots=ops.Snapshots(settings.sse.metrics_seconds), supervisor=root,
-                         orchestrator=orchestrator, nats_monitor_url=nats_monitor_url)
+                         orchestrator=orchestrator, services=embedded, nats_monitor_url=nats_monitor_url)
         await root.start_child(ChildSpec(id="snapshots", start=task_child(partial(state.snapshots.run, state))))
         yield state
 
@@ -226,7 +254,8 @@ def create_app(hub: HubState) -> Starlette:
         *(ep.route() for ep in _ENDPOINTS),
         Mount("/", app=mcp_app),  # MCP at /mcp; must stay last, it matches every path
     ]
-    app = Starlette(routes=routes, lifespan=lifespan)
+    app = Starlette(routes=routes, lifespan=lifespan,
+                    exception_handlers=dict.fromkeys(UNAVAILABLE, problems.unavailable_problem))
     app.state.hub = hub
     app.state.mcp_server = server
     app.add_middleware(

@@ -48,6 +48,7 @@ from agenthub.errors import HubError, InvalidInput, ServiceUnavailable, StartupE
 from agenthub.settings import Settings
 from collaboration.archive import MAX_IMPORT_LINES
 from mcp_server.app import OPERATOR_TOKEN_FILE, create_app, open_hub, serve
+from supervisor.service import Service
 
 logger = logging.getLogger("agenthub")
 _IMPORT_CHUNK_BYTES = 512 * 1024
@@ -116,17 +117,22 @@ def run_serve(settings: Settings) -> None:
         if settings.port == 0:
             settings.port = sock.getsockname()[1]
         monitor_url = None
+        services: list[Service] = []
         if not settings.nats_url:
             nats = stack.enter_context(EmbeddedNats(settings.data_dir / "nats"))
             settings.nats_url, monitor_url = nats.url, nats.monitor_url
             settings.nats.authority_dir = nats.root  # the hub registers its users, and its agents', with it
+            services.append(nats)
         if not settings.database_url:
-            settings.database_url = stack.enter_context(EmbeddedPostgres(settings.data_dir / "postgres")).url
-        anyio.run(_serve_async, settings, sock, monitor_url, backend_options={"use_uvloop": True})
+            postgres = stack.enter_context(EmbeddedPostgres(settings.data_dir / "postgres"))
+            settings.database_url = postgres.url
+            services.append(postgres)
+        anyio.run(_serve_async, settings, sock, monitor_url, services, backend_options={"use_uvloop": True})
 
 
-async def _serve_async(settings: Settings, sock: socket.socket, monitor_url: str | None) -> None:
-    async with open_hub(settings, nats_monitor_url=monitor_url) as hub:
+async def _serve_async(settings: Settings, sock: socket.socket, monitor_url: str | None,
+                       services: list[Service]) -> None:
+    async with open_hub(settings, nats_monitor_url=monitor_url, services=services) as hub:
         url = f"http://{settings.host}:{settings.port}"
         print(f"agenthub serving on {url} (MCP at {url}/mcp, dashboard at {url}/)", flush=True)
         if settings.auth:

@@ -17,7 +17,8 @@ from pydantic import BaseModel, ValidationError
 
 from agent_pool.models import AgentInfo, AgentList, AgentRef, ListAgentsInput, SpawnAgentInput
 from agenthub.auth import Principal, Role
-from agenthub.errors import HubError, RateLimited
+from agenthub.database import UNAVAILABLE, unavailable
+from agenthub.errors import HubError, RateLimited, ServiceUnavailable
 from agenthub.text import find_unstorable
 from collaboration.models import (
     CollaborationStatus,
@@ -189,7 +190,7 @@ def tool_input_schema(name: str) -> dict[str, Any] | None:
     return definition.input_schema if definition is not None else None
 
 
-RETRY_AFTER_META = "agenthub/retry_after"  # a rate-limited call's `_meta`: seconds until a retry can succeed
+RETRY_AFTER_META = "agenthub/retry_after"  # `_meta` of a rate-limited or unavailable call: seconds until a retry
 
 
 def _text_result(message: str) -> types.CallToolResult:
@@ -199,7 +200,7 @@ def _text_result(message: str) -> types.CallToolResult:
 def tool_error(exc: HubError) -> types.CallToolResult:
     """A refusal as a tool error the agent can act on; a rate limit also carries its retry time in `_meta`."""
     result = _text_result(exc.message)
-    if isinstance(exc, RateLimited):
+    if isinstance(exc, RateLimited | ServiceUnavailable):
         result.meta = {RETRY_AFTER_META: round(exc.retry_after, 3)}
     return result
 
@@ -234,6 +235,11 @@ async def call_tool(hub: HubState, who: Principal, name: str, arguments: dict[st
     except HubError as exc:
         outcome = type(exc).__name__
         return tool_error(exc)
+    except UNAVAILABLE as exc:  # PostgreSQL down, restarting or frozen: nothing was committed, retry later
+        down = unavailable(exc)
+        assert down is not None
+        outcome = type(down).__name__
+        return tool_error(down)
     finally:
         hub.metrics.tool_calls.labels(name, outcome).inc()
         hub.metrics.tool_latency.labels(name).observe(time.perf_counter() - started)

@@ -141,7 +141,7 @@ def test_serve_runs_embedded_services_mints_tokens_and_stops_cleanly_on_sigterm(
     with serving(data_dir, workdir / "logs") as hub:
         assert httpx2.get(f"{hub.url}/health").json()["status"] == "ok"
         assert httpx2.get(f"{hub.url}/ready").json() == {"status": "ready", "checks": {
-            "nats": "ok", "postgres": "ok", "supervisor": "ok"}}
+            "nats": "ok", "postgres": "ok", "supervisor": "ok"}, "heartbeats": "judged"}
         token_file = data_dir / "operator-token"
         assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
         assert f"operator token: {token_file.resolve()}" in hub.output().splitlines()

@@ -264,7 +264,8 @@ async def test_health_and_readiness_answer_without_a_token(hub: RunningHub) -> N
     assert health.json()["status"] == "ok"
     assert health.json()["uptime_seconds"] >= 0
     assert ready.status_code == 200
-    assert ready.json() == {"status": "ready", "checks": {"nats": "ok", "postgres": "ok", "supervisor": "ok"}}
+    assert ready.json() == {"status": "ready", "checks": {"nats": "ok", "postgres": "ok", "supervisor": "ok"},
+                            "heartbeats": "judged"}
 
 
 async def test_the_hub_is_not_ready_once_its_root_supervisor_has_stopped(hub: RunningHub) -> None:
@@ -316,7 +317,8 @@ async def test_system_metrics_report_agents_nats_and_process_values(hub: Running
     assert r.status_code == 200
     m = r.json()
     assert set(m) == {"timestamp", "agents", "nats", "system", "tasks", "discoveries", "sse_clients", "open_breakers",
-                      "health"}
+                      "health", "heartbeats"}
+    assert m["heartbeats"] == "judged"
     assert m["timestamp"].endswith("Z")
     assert abs(datetime.fromisoformat(m["timestamp"]) - datetime.now(UTC)) < timedelta(minutes=1)
     assert m["agents"] == {"total": 0, "idle": 0, "busy": 0, "by_state": {}}  # tests/test_agents.py spawns some

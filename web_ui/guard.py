@@ -16,7 +16,7 @@ from mcp.server.auth.provider import AccessToken
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from agenthub.auth import LOCAL_OPERATOR, Principal
-from agenthub.errors import RateLimited, Unauthenticated
+from agenthub.errors import RateLimited, ServiceUnavailable, Unauthenticated
 from agenthub.ratelimit import REQUESTS, RateLimiter
 from agenthub.token_cache import TokenCache
 from web_ui.origins import field_value, host_allowed, origin_allowed
@@ -70,6 +70,9 @@ class Guard:
             principal = await self._authenticate(scope, headers)
         except Unauthenticated as exc:
             await problem(401, "Unauthenticated", exc.message)(scope, receive, send)
+            return
+        except ServiceUnavailable as exc:  # the token could not be checked: PostgreSQL is down or frozen
+            await problem_for(exc)(scope, receive, send)
             return
         state = scope.setdefault("state", {})
         if principal is not None and principal.token_id is not None:

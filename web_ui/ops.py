@@ -10,12 +10,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 import anyio
-import asyncpg
 from anyio.abc import TaskStatus
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from agenthub.database import DATABASE_ERRORS, log_failure
 from web_ui.state import HubState, hub_of
 
 logger = logging.getLogger(__name__)
@@ -43,8 +43,18 @@ async def ready(request: Request) -> Response:
     checks = await _health(hub)
     ended = hub.supervisor.exit  # the root of the hub's components gave up: agents are no longer supervised
     checks["supervisor"] = "ok" if ended is None else f"stopped: {ended.detail or ended.kind.value}"
+    gave_up = hub.services.exit  # an embedded NATS or PostgreSQL kept dying: no more restarts
+    if gave_up is not None:
+        checks["services"] = f"stopped: {gave_up.detail or gave_up.kind.value}"
     ok = all(v == "ok" for v in checks.values())
-    return JSONResponse({"status": "ready" if ok else "not ready", "checks": checks}, status_code=200 if ok else 503)
+    # Informational, not a readiness check: the hub serves while it does not judge agents' heartbeats.
+    body = {"status": "ready" if ok else "not ready", "checks": checks, "heartbeats": _heartbeats(hub)}
+    return JSONResponse(body, status_code=200 if ok else 503)
+
+
+def _heartbeats(hub: HubState) -> str:
+    suspended = hub.agents.heartbeats.describe()
+    return "judged" if suspended is None else f"suspended: {suspended}"
 
 
 async def metrics(request: Request) -> Response:
@@ -82,6 +92,7 @@ async def snapshot(hub: HubState) -> dict[str, Any]:
         "sse_clients": hub.collab.feed.stream_count,
         "open_breakers": hub.agents.open_breakers(),
         "health": await _health(hub),
+        "heartbeats": _heartbeats(hub),
     }
 
 
@@ -104,8 +115,8 @@ class Snapshots:
             if hub.collab.feed.stream_count:
                 try:
                     self.latest = json.dumps(await snapshot(hub))
-                except (OSError, TimeoutError, asyncpg.PostgresError):  # briefly unreachable: the next one
-                    logger.warning("metrics snapshot failed", exc_info=True)
+                except DATABASE_ERRORS as exc:  # briefly unreachable: the next one
+                    log_failure(logger, "metrics snapshot failed", exc)
                 else:
                     self.version += 1
                     self._changed.set()

@@ -4,8 +4,10 @@ import math
 from typing import Any
 
 from pydantic import ValidationError
-from starlette.responses import JSONResponse
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
 
+from agenthub.database import unavailable
 from agenthub.errors import (
     Conflict,
     CursorExpired,
@@ -46,12 +48,21 @@ def problem_for(exc: HubError) -> JSONResponse:
     for kind, status, title in _STATUS:
         if isinstance(exc, kind):
             extra = {"oldest_cursor": exc.oldest} if isinstance(exc, CursorExpired) else {}
-            if isinstance(exc, RateLimited):
+            if isinstance(exc, RateLimited | ServiceUnavailable):
                 response = problem(status, title, exc.message, retry_after=round(exc.retry_after, 3))
                 response.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))  # whole seconds
                 return response
             return problem(status, title, exc.message, **extra)
     return problem(500, "Internal error", exc.message)
+
+
+async def unavailable_problem(request: Request, exc: Exception) -> Response:
+    """Starlette's handler for what PostgreSQL raises when it is down, restarting or frozen: 503 with
+    `Retry-After` (registered for the classes in `agenthub.database.UNAVAILABLE`)."""
+    down = unavailable(exc)
+    if down is None:
+        raise exc
+    return problem_for(down)
 
 
 def validation_problem(exc: ValidationError) -> JSONResponse:

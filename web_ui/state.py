@@ -49,6 +49,7 @@ class HubState:
     snapshots: "Snapshots"
     supervisor: Supervisor
     orchestrator: Orchestrator
+    services: Supervisor  # the embedded NATS and PostgreSQL this hub started (none when they are external)
     nats_monitor_url: str | None = None
     started: float = field(default_factory=time.monotonic)
     process: psutil.Process = field(default_factory=_sampled_process)

@@ -599,9 +599,11 @@
       const tasks = (m.tasks && m.tasks.by_state) || {};
       const discoveries = m.discoveries || {};
       const health = m.health || {};
+      const suspended = typeof m.heartbeats === "string" && m.heartbeats.startsWith("suspended");
       setChildren(tiles, 
-        tile("Agents", "agents", fmtNumber(agents.total), `${fmtNumber(agents.busy)} busy, ` +
-             `${fmtNumber(agents.idle)} idle`, stateBars(agents.by_state || {}, AGENT_STATES, "agent")),
+        tile("Agents", "agents", fmtNumber(agents.total), suspended ? `Heartbeats ${m.heartbeats}` :
+             `${fmtNumber(agents.busy)} busy, ${fmtNumber(agents.idle)} idle`,
+             stateBars(agents.by_state || {}, AGENT_STATES, "agent"), suspended ? "warn" : null),
         tile("Discoveries", "discoveries", fmtNumber(discoveries.total), "per minute, by type",
              perMinuteChart(discoveries.per_minute || [], m.timestamp)),
         tile("Tasks", "tasks", fmtNumber(Object.values(tasks).reduce((a, b) => a + b, 0)), "by state",
