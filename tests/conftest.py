@@ -169,3 +169,14 @@ def hub_factory(services: Services, database_url: str) -> Iterator[HubFactory]:
 async def hub(hub_factory: HubFactory) -> AsyncIterator[RunningHub]:
     async with hub_factory.run() as running:
         yield running
+
+
+@pytest.fixture
+def workdir() -> Iterator[Path]:
+    # Not under pytest's 0700 tmp root: as root, PostgreSQL runs as an unprivileged user that must reach it.
+    root = Path(tempfile.mkdtemp(prefix="agenthub-cli-"))
+    root.chmod(0o755)
+    try:
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
