@@ -24,7 +24,8 @@ from wasmtime import Engine, FuncType, MemoryType, Module, WasmtimeError
 
 from agenthub.errors import InvalidModule
 from sandbox.models import CompileLimits, ModuleInfo
-from sandbox.runner import WASI, engine_config, wasi_linker
+from sandbox.runner import engine_config
+from sandbox.wasi import WASI, wasi_linker
 
 WASM_MAGIC = b"\0asm\x01\0\0\0"  # a core module, binary format version 1 (components are version 0x0d)
 _INPUT, _ARTIFACT = "module.wasm", "module.cwasm"

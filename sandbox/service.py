@@ -183,6 +183,10 @@ class SandboxService:
         return SandboxRunResult(**result.model_dump(), agent_id=req.agent_id, version=record.version,
                                 sha256=record.sha256)
 
+    def stop_runs(self) -> None:
+        """Stop the trial runs in progress and refuse new ones (`ServiceUnavailable`): for the start of shutdown."""
+        self._runner.stop()
+
     async def _require_agent(self, agent_id: str) -> None:
         if await self._pool.fetchval("SELECT 1 FROM agents WHERE id = $1", agent_id) is None:
             raise AgentNotFound(agent_id)
