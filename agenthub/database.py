@@ -71,12 +71,21 @@ DATABASE_ERRORS: tuple[type[BaseException], ...] = (asyncpg.PostgresError, async
 
 
 def unavailable(exc: BaseException) -> ServiceUnavailable | None:
-    """`exc` as the 503 it means when PostgreSQL is down, restarting or frozen; None for any other error."""
+    """`exc` as the 503 it means when PostgreSQL is down, restarting or frozen; None for any other error.
+
+    Refused or not yet accepting connections: nothing was sent, nothing changed. A timeout or a connection lost
+    mid-statement is another matter: a server that was frozen may still run what it received once it thaws, so
+    the answer says the outcome is unknown (money-moving requests are safe to retry with the same idempotency key).
+    """
     if isinstance(exc, ServiceUnavailable):
         return exc
-    if isinstance(exc, UNAVAILABLE):
+    if isinstance(exc, ConnectionRefusedError | asyncpg.CannotConnectNowError):
         return ServiceUnavailable(f"PostgreSQL is unavailable ({type(exc).__name__}); nothing was changed, retry "
                                   "shortly")
+    if isinstance(exc, UNAVAILABLE):
+        return ServiceUnavailable(f"PostgreSQL is unavailable ({type(exc).__name__}): it did not answer in time, so "
+                                  "the request may or may not take effect once it recovers; retry shortly (with the "
+                                  "same idempotency key where the request takes one)")
     return None
 
 
