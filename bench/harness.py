@@ -129,7 +129,7 @@ async def serve_hub(settings: Settings, sock: socket.socket,
                     build: Callable[..., Starlette] = create_app) -> None:
     """Serve the hub's app (from `build(hub)`) on `sock` until a signal, as `agenthub serve` does."""
     async with open_hub(settings) as hub:
-        await serve(build(hub), sock, log_level="warning", before_shutdown=hub.collab.feed.end_streams)
+        await serve(build(hub), sock, log_level="warning", before_shutdown=hub.begin_shutdown)
 
 
 class ChildServer:

@@ -268,8 +268,9 @@ def create_app(hub: HubState) -> Starlette:
 
 class _Server(uvicorn.Server):
     """uvicorn re-raises SIGINT/SIGTERM after its own shutdown, which would kill us before the embedded services
-    stop; we handle the signals ourselves instead. On shutdown the SSE streams end first, so open connections
-    close at once instead of holding the graceful-shutdown timeout."""
+    stop; we handle the signals ourselves instead. On shutdown `before_shutdown` runs first (the hub ends its SSE
+    streams and WASM trial runs there), so open connections close at once instead of holding the graceful-shutdown
+    timeout."""
 
     def __init__(self, config: uvicorn.Config, before_shutdown: Callable[[], None]) -> None:
         super().__init__(config)
@@ -287,7 +288,7 @@ class _Server(uvicorn.Server):
 def make_server(app: Starlette, *, log_level: str = "info",
                 before_shutdown: Callable[[], None] = lambda: None) -> uvicorn.Server:
     """A uvicorn server for `app` that leaves signal handling to its caller; stop it with `should_exit`.
-    `before_shutdown` runs when shutdown starts (the hub ends its SSE streams there)."""
+    `before_shutdown` runs when shutdown starts (`HubState.begin_shutdown`)."""
     config = uvicorn.Config(app, lifespan="on", log_level=log_level, access_log=False,
                             timeout_graceful_shutdown=5, limit_concurrency=4096, server_header=False)
     return _Server(config, before_shutdown)

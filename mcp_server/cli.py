@@ -140,7 +140,7 @@ async def _serve_async(settings: Settings, sock: socket.socket, monitor_url: str
             print(f"operator token: {token_file}", flush=True)
             if sys.stdout.isatty():  # a person at a terminal signs in with it; logs never get the secret
                 print(f"sign in with: {token_file.read_text().strip()}", flush=True)
-        await serve(create_app(hub), sock, log_level=settings.log_level, before_shutdown=hub.collab.feed.end_streams)
+        await serve(create_app(hub), sock, log_level=settings.log_level, before_shutdown=hub.begin_shutdown)
 
 
 def _hub_open(settings: Settings, url: str | None, method: str, path: str, data: bytes | None = None,

@@ -11,6 +11,8 @@ import json
 import logging
 import re
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import anyio
@@ -22,6 +24,8 @@ from mcp.shared.exceptions import MCPError
 from starlette.requests import Request
 
 from agenthub.auth import LOCAL_OPERATOR, Principal
+from agenthub.database import UNAVAILABLE as UNAVAILABLE_ERRORS
+from agenthub.database import unavailable
 from agenthub.errors import DiscoveryNotFound, RateLimited, Unauthenticated
 from collaboration.models import Discovery, collection_uri
 from mcp_server.tools import call_tool, tool_error, tool_input_schema, visible_tools
@@ -34,6 +38,19 @@ _COLLECTION_LIMIT = 50
 _LISTED_AGENTS = 100
 _NOTIFY_TIMEOUT = 1.0
 RATE_LIMITED = -32029  # JSON-RPC (server error range): over the token's rate; `data.retry_after` says when to retry
+UNAVAILABLE = -32030  # JSON-RPC: PostgreSQL is down, restarting or frozen; `data.retry_after` says when to retry
+
+
+@contextmanager
+def _answerable() -> Iterator[None]:
+    """A request (other than a tool call, which answers with a tool error) that PostgreSQL could not serve: a
+    JSON-RPC error saying so and when to retry, instead of an internal error."""
+    try:
+        yield
+    except UNAVAILABLE_ERRORS as exc:
+        down = unavailable(exc)
+        assert down is not None
+        raise MCPError(UNAVAILABLE, down.message, {"retry_after": down.retry_after}) from exc
 
 
 def _rate_limited(ctx: ServerRequestContext[Any, Any]) -> RateLimited | None:
@@ -107,7 +124,8 @@ def build_server(hub: HubState, notifier: ResourceNotifier) -> Server[Any]:
 
     async def list_resources(ctx: ServerRequestContext[Any, Any], params: Any) -> types.ListResourcesResult:
         _principal(ctx, hub)
-        agents = await hub.collab.log.agents(_LISTED_AGENTS)
+        with _answerable():
+            agents = await hub.collab.log.agents(_LISTED_AGENTS)
         return types.ListResourcesResult(resources=[
             types.Resource(uri=collection_uri(agent), name=f"discoveries of {agent}", mime_type="application/json",
                            description=f"The latest discoveries shared by {agent} (last at {last.isoformat()})")
@@ -132,11 +150,13 @@ def build_server(hub: HubState, notifier: ResourceNotifier) -> Server[Any]:
             raise MCPError(types.INVALID_PARAMS, f"Resource not found: {uri}", {"uri": uri})
         agent_id, discovery_id = match.groups()
         if discovery_id is None:
-            items = await hub.collab.log.latest_by_agent(agent_id, _COLLECTION_LIMIT)
+            with _answerable():
+                items = await hub.collab.log.latest_by_agent(agent_id, _COLLECTION_LIMIT)
             return _json_contents(uri, {"agent_id": agent_id,
                                         "discoveries": [d.model_dump(mode="json") for d in items]})
         try:
-            d = await hub.collab.log.get(discovery_id)
+            with _answerable():
+                d = await hub.collab.log.get(discovery_id)
         except DiscoveryNotFound:
             d = None
         if d is None or d.agent_id != agent_id:

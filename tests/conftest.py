@@ -140,7 +140,7 @@ class HubFactory:
         settings.port = sock.getsockname()[1]
         async with open_hub(settings, nats_monitor_url=self.services.nats_monitor_url) as state:
             server = make_server(create_app(state), log_level="warning",
-                                 before_shutdown=state.collab.feed.end_streams)
+                                 before_shutdown=state.begin_shutdown)
             async with anyio.create_task_group() as tg:
                 tg.start_soon(server.serve, [sock])
                 with anyio.fail_after(10):

@@ -14,9 +14,12 @@ from typing import Any
 import anyio
 import httpx2
 import psutil
+import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
 
+from mcp_server.server import UNAVAILABLE
 from tests.agents_helpers import eventually, wait_gone
 from tests.served import Served, child_pids, clean_env, serving
 from tests.test_sse import open_stream
@@ -185,6 +188,8 @@ async def test_a_frozen_postgres_is_answered_503_within_the_timeouts_then_writes
                     frozen = await http.post("/api/v1/discoveries", json=_discovery(0, 1))
                     ready = await http.get("/ready")
                     called = await mcp.call_tool("share_discovery", _discovery(0, 2))
+                    with pytest.raises(MCPError) as listed:
+                        await mcp.list_resources()
                 finally:
                     _signal_postgres(data_dir, signal.SIGCONT)
             assert frozen.status_code == 503, frozen.text
@@ -195,6 +200,7 @@ async def test_a_frozen_postgres_is_answered_503_within_the_timeouts_then_writes
             assert called.is_error
             assert "PostgreSQL is unavailable" in called.content[0].text  # type: ignore[union-attr]
             assert called.meta is not None and called.meta["agenthub/retry_after"] == 1.0
+            assert listed.value.code == UNAVAILABLE and listed.value.data == {"retry_after": 1.0}
             await _ready(hub)
             with anyio.fail_after(RECOVERY_SECONDS):
                 while (after := await http.post("/api/v1/discoveries", json=_discovery(0, 3))).status_code != 201:
