@@ -25,6 +25,7 @@ Every agent belongs to the replica that spawned it (`owner`); only that replica 
 process. On start, `reconcile` brings back this replica's agents that were running when it last stopped.
 """
 
+import asyncio
 import json
 import logging
 import os
@@ -107,7 +108,7 @@ from supervisor.process import GroupLeader
 
 logger = logging.getLogger(__name__)
 
-_BUS_PROBE_SECONDS = 1  # how long the heartbeat watcher waits for NATS to answer its PING (nats-py takes int)
+_BUS_PROBE_SECONDS = 1  # how long the heartbeat watcher waits for NATS to answer its PING
 
 WORKER_ARGV = (sys.executable, "-m", "agent_pool.worker")
 WORKER_ENTRY = "agent_pool.worker:main"
@@ -697,14 +698,23 @@ class AgentPool:
                 else self._announce_limit(live))
 
     async def _bus_reachable(self) -> bool:
-        """Whether NATS answers the hub's PING now (within a second)."""
+        """Whether NATS answers the hub's PING now (within a second).
+
+        Not `nc.flush(timeout)`: on a timeout it cancels its PONG future but leaves it queued, and the PONG that
+        arrives when a frozen server resumes then raises in nats-py's read loop, which ends: the hub would hear
+        nothing more on that connection (every agent then looks silent). This PING's future is never cancelled;
+        one whose PONG comes late is resolved then, or dropped with the connection's queue on a reconnect."""
         if not self._bus.connected:
             return False
-        try:
-            await self._bus.nc.flush(timeout=_BUS_PROBE_SECONDS)
-        except Exception:  # nats-py raises several kinds (a flush timeout, a closed or stale connection)
-            return False
-        return True
+        pong: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        with anyio.move_on_after(_BUS_PROBE_SECONDS):
+            try:
+                await self._bus.nc._send_ping(pong)
+                await asyncio.shield(pong)
+            except Exception:  # nats-py raises several kinds (a closed or stale connection)
+                return False
+            return True
+        return False
 
     # -- routing ---------------------------------------------------------------------------------------------------
 
