@@ -25,7 +25,7 @@ Every agent belongs to the replica that spawned it (`owner`); only that replica 
 process. On start, `reconcile` brings back this replica's agents that were running when it last stopped.
 """
 
-import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -108,7 +108,7 @@ from supervisor.process import GroupLeader
 
 logger = logging.getLogger(__name__)
 
-_BUS_PROBE_SECONDS = 1  # how long the heartbeat watcher waits for NATS to answer its PING
+_BUS_PROBE_SECONDS = 1.0  # how long the heartbeat watcher waits for its probe to come back through NATS
 
 WORKER_ARGV = (sys.executable, "-m", "agent_pool.worker")
 WORKER_ENTRY = "agent_pool.worker:main"
@@ -698,22 +698,27 @@ class AgentPool:
                 else self._announce_limit(live))
 
     async def _bus_reachable(self) -> bool:
-        """Whether NATS answers the hub's PING now (within a second).
+        """Whether a message the hub sends itself comes back through NATS now (within a second).
 
         Not `nc.flush(timeout)`: on a timeout it cancels its PONG future but leaves it queued, and the PONG that
         arrives when a frozen server resumes then raises in nats-py's read loop, which ends: the hub would hear
-        nothing more on that connection (every agent then looks silent). This PING's future is never cancelled;
-        one whose PONG comes late is resolved then, or dropped with the connection's queue on a reconnect."""
+        nothing more on that connection (every agent then looks silent). Waiting on a subscription's next message
+        cancels nothing nats-py keeps."""
+        nc = self._bus.nc
         if not self._bus.connected:
             return False
-        pong: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        with anyio.move_on_after(_BUS_PROBE_SECONDS):
+        try:
+            subject = nc.new_inbox()
+            sub = await nc.subscribe(subject)
             try:
-                await self._bus.nc._send_ping(pong)
-                await asyncio.shield(pong)
-            except Exception:  # nats-py raises several kinds (a closed or stale connection)
-                return False
-            return True
+                await nc.publish(subject, b"")
+                await sub.next_msg(timeout=_BUS_PROBE_SECONDS)
+            finally:
+                with contextlib.suppress(Exception):  # a connection that is closing refuses this too
+                    await sub.unsubscribe()
+        except Exception:  # nats-py raises several kinds (a timeout, a closed or stale connection)
+            return False
+        return True
         return False
 
     # -- routing ---------------------------------------------------------------------------------------------------
