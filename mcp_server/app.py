@@ -66,16 +66,6 @@ _THREAD_SWITCH_SECONDS = 0.0005
 _SERVICE_BACKOFF = Backoff(initial=0.5, maximum=10.0)
 _ENDPOINTS = [*api.ENDPOINTS, *tokens.ENDPOINTS, *agents.ENDPOINTS, *market_api.ENDPOINTS, *sandbox_api.ENDPOINTS]
 
-_STREAM_DOC = {"/discoveries/stream": {"get": {
-    "summary": "Discoveries as Server-Sent Events (subscription_id= or type/role/agent_id/min_confidence; "
-               "start=now|beginning|N; Last-Event-ID resumes)",
-    "responses": {"200": {"description": "text/event-stream", "content": {"text/event-stream": {}}}},
-}}, "/events/stream": {"get": {
-    "summary": "Everything in the hub as Server-Sent Events: discovery, agent, task, bid, transfer and "
-               "metrics_update events (start=now|beginning; Last-Event-ID '<discovery>.<activity>' resumes)",
-    "responses": {"200": {"description": "text/event-stream", "content": {"text/event-stream": {}}}},
-}}}
-
 
 def base_url(settings: Settings) -> str:
     return settings.public_url or f"http://{settings.host}:{settings.port}"
@@ -232,7 +222,8 @@ def create_app(hub: HubState) -> Starlette:
         transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False),
     )
     session_manager = server.session_manager
-    document = openapi(_ENDPOINTS, title="agenthub", version="0.1.0", extra_paths=_STREAM_DOC)
+    document = openapi(_ENDPOINTS, ops.DESCRIBED, title="agenthub", version="0.1.0",
+                       max_body=settings.limits.max_body_bytes, max_upload=settings.sandbox.max_module_bytes)
 
     async def openapi_json(request: Request) -> Response:
         return JSONResponse(document)

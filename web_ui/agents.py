@@ -57,13 +57,14 @@ async def restart(request: Request, _: None) -> AgentInfo:
 
 ENDPOINTS = [
     Endpoint(method="POST", path="/api/v1/agents", summary="Spawn an agent process (twin of spawn_agent)",
-             handler=spawn, body=SpawnAgentInput, response=AgentInfo, status=201),
+             handler=spawn, body=SpawnAgentInput, response=AgentInfo, status=201, operation_id="spawn_agent",
+             errors=(409,)),
     Endpoint(method="GET", path="/api/v1/agents", summary="Agents, filtered by state, role or capability (twin of "
              "list_agents)", handler=list_agents, query=AgentsQuery, response=AgentList),
     Endpoint(method="GET", path="/api/v1/agents/{agent_id}", summary="One agent with its recent events and metrics",
              handler=get_agent, response=AgentInfo),
     Endpoint(method="DELETE", path="/api/v1/agents/{agent_id}", summary="Stop an agent gracefully (twin of "
-             "stop_agent)", handler=stop, response=AgentInfo),
+             "stop_agent)", handler=stop, response=AgentInfo, operation_id="stop_agent", errors=(409,)),
     Endpoint(method="POST", path="/api/v1/agents/{agent_id}/restart", summary="Restart an agent's process",
-             handler=restart, response=AgentInfo),
+             handler=restart, response=AgentInfo, operation_id="restart_agent", errors=(409,)),
 ]

@@ -155,26 +155,30 @@ ENDPOINTS = [
     Endpoint(method="GET", path="/api/v1/whoami", summary="The caller's role (and agent id), as the dashboard needs "
              "it", handler=whoami, response=WhoAmI),
     Endpoint(method="POST", path="/api/v1/discoveries", summary="Share a discovery (twin of share_discovery)",
-             handler=share_discovery, body=ShareDiscoveryInput, response=SharedDiscovery, status=201),
+             handler=share_discovery, body=ShareDiscoveryInput, response=SharedDiscovery, status=201,
+             errors=(404,)),
     Endpoint(method="GET", path="/api/v1/discoveries", summary="List discoveries after a cursor, filtered",
-             handler=list_discoveries, query=DiscoveryQuery, response=DiscoveryPage),
+             handler=list_discoveries, query=DiscoveryQuery, response=DiscoveryPage, errors=(410,)),
     Endpoint(method="GET", path="/api/v1/discoveries/export", summary="The discovery log after a cursor (and, with "
-             "context=true, live context) as JSON Lines (operator)", handler=export_discoveries, query=ExportQuery),
+             "context=true, live context) as JSON Lines (operator)", handler=export_discoveries, query=ExportQuery,
+             media_type="application/x-ndjson", errors=(410,)),
     Endpoint(method="POST", path="/api/v1/discoveries/import", summary="Import JSON Lines from an export, up to "
              "5,000 lines a request; ids already stored are skipped (operator)", handler=import_discoveries,
-             response=ImportSummaryOut),
+             raw_body="application/x-ndjson", response=ImportSummaryOut),
     Endpoint(method="GET", path="/api/v1/discoveries/{discovery_id}", summary="One discovery",
              handler=get_discovery, response=Discovery),
     Endpoint(method="POST", path="/api/v1/subscriptions", summary="Subscribe to discoveries (twin of "
-             "subscribe_discoveries)", handler=subscribe, body=SubscribeInput, response=Subscribed, status=201),
+             "subscribe_discoveries)", handler=subscribe, body=SubscribeInput, response=Subscribed, status=201,
+             operation_id="subscribe_discoveries", errors=(410,)),
     Endpoint(method="POST", path="/api/v1/subscriptions/{subscription_id}/poll", summary="Long-poll a subscription "
-             "(twin of poll_discoveries)", handler=poll, body=PollBody, response=PollResult),
+             "(twin of poll_discoveries)", handler=poll, body=PollBody, response=PollResult,
+             operation_id="poll_discoveries", errors=(410,)),
     Endpoint(method="DELETE", path="/api/v1/subscriptions/{subscription_id}", summary="Unsubscribe",
-             handler=unsubscribe, response=Unsubscribed),
+             handler=unsubscribe, response=Unsubscribed, operation_id="unsubscribe_discoveries"),
     Endpoint(method="POST", path="/api/v1/context", summary="Share context (twin of share_context)",
              handler=share_context, body=ShareContextInput, response=SharedContext, status=201),
     Endpoint(method="GET", path="/api/v1/context/{agent_id}", summary="Unexpired context for an agent (twin of "
              "get_context)", handler=get_context, query=ContextQuery, response=ContextList),
     Endpoint(method="GET", path="/api/v1/status", summary="Collaboration status (twin of get_collaboration_status)",
-             handler=status, response=CollaborationStatus),
+             handler=status, response=CollaborationStatus, operation_id="get_collaboration_status"),
 ]

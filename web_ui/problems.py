@@ -1,11 +1,13 @@
-"""HTTP problem JSON (RFC 9457) for every error, and the one mapping from domain errors to HTTP statuses."""
+"""HTTP problem JSON (RFC 9457) for every error, its schema (`Problem`, for `/openapi.json`), and the one mapping
+from domain errors to HTTP statuses."""
 
 import math
-from typing import Any
+from typing import Annotated, Any, NotRequired
 
-from pydantic import ValidationError
+from pydantic import Field, ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from typing_extensions import TypedDict  # pydantic cannot describe typing's before Python 3.12
 
 from agenthub.database import unavailable
 from agenthub.errors import (
@@ -36,6 +38,25 @@ _STATUS: list[tuple[type[HubError], int, str]] = [
     (QuotaExceeded, 429, "Quota exceeded"),
     (ServiceUnavailable, 503, "Service unavailable"),
 ]
+
+
+class FieldError(TypedDict):
+    loc: Annotated[str, Field(description="The field's path, dots between the parts ('' for the body as a whole).")]
+    msg: str
+    type: Annotated[str, Field(description="What kind of fault: pydantic's error type, or 'unstorable_text'.")]
+
+
+class Problem(TypedDict):
+    """Problem details (RFC 9457): the body of every error answer, as `application/problem+json`."""
+
+    type: Annotated[str, Field(description="Always 'about:blank': `title` and `status` say what kind of problem.")]
+    title: str
+    status: int
+    detail: Annotated[str, Field(description="What went wrong with this request, and how to fix it.")]
+    errors: NotRequired[Annotated[list[FieldError], Field(description="400 and 422: each field at fault.")]]
+    retry_after: NotRequired[Annotated[float, Field(description="429 and 503 when waiting helps: seconds to wait "
+                                                                "before retrying (`Retry-After` rounds them up).")]]
+    oldest_cursor: NotRequired[Annotated[int, Field(description="410: the oldest position still available.")]]
 
 
 def problem(status: int, title: str, detail: str, **extra: Any) -> JSONResponse:

@@ -52,15 +52,19 @@ _BINARY = "/api/v1/agents/{agent_id}/binary"
 ENDPOINTS = [
     Endpoint(method="POST", path=_BINARY, summary="Upload a WASM module (the raw body, application/wasm) as the "
              "agent's next binary version; it is compiled and checked under limits first", handler=upload,
-             response=BinaryVersion, status=201),
+             raw_body="application/wasm", response=BinaryVersion, status=201, operation_id="upload_binary",
+             errors=(409,)),
     Endpoint(method="GET", path=_BINARY, summary="The agent's current binary version (or ?version=N)",
-             handler=current, query=VersionQuery, response=BinaryVersion),
+             handler=current, query=VersionQuery, response=BinaryVersion, operation_id="get_binary"),
     Endpoint(method="GET", path=_BINARY + "/versions", summary="Every binary version of the agent, newest first",
-             handler=versions, response=BinaryVersions),
+             handler=versions, response=BinaryVersions, operation_id="list_binary_versions"),
     Endpoint(method="GET", path=_BINARY + "/module", summary="The module's bytes (application/wasm) of the current "
-             "version (or ?version=N); operators and the agent itself", handler=module, query=VersionQuery),
+             "version (or ?version=N); operators and the agent itself", handler=module, query=VersionQuery,
+             media_type="application/wasm", operation_id="download_module",
+             headers={"ETag": "The module's SHA-256, quoted", "X-Binary-Version": "The version served"}),
     Endpoint(method="POST", path=_BINARY + "/rollback", summary="Make an earlier binary version current again",
-             handler=rollback, body=RollbackBody, response=BinaryVersion),
+             handler=rollback, body=RollbackBody, response=BinaryVersion, operation_id="rollback_binary"),
     Endpoint(method="POST", path="/api/v1/sandbox/run", summary="Run an agent's binary on an input under the hub's "
-             "trial-run limits (operators)", handler=run, body=SandboxRunInput, response=SandboxRunResult),
+             "trial-run limits (operators)", handler=run, body=SandboxRunInput, response=SandboxRunResult,
+             operation_id="run_sandbox", errors=(404,)),
 ]

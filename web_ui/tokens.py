@@ -87,9 +87,11 @@ async def revoke(request: Request, _: None) -> TokenOut:
 
 ENDPOINTS = [
     Endpoint(method="POST", path="/api/v1/tokens", summary="Mint a token, optionally expiring (operator); the "
-             "secret is in this answer only", handler=create, body=TokenRequest, response=TokenCreated, status=201),
+             "secret is in this answer only", handler=create, body=TokenRequest, response=TokenCreated, status=201,
+             operation_id="create_token"),
     Endpoint(method="GET", path="/api/v1/tokens", summary="Tokens newest first, without secrets: role, agent, "
-             "created, expires, last used (operator)", handler=listed, query=TokenQuery, response=TokenList),
+             "created, expires, last used (operator)", handler=listed, query=TokenQuery, response=TokenList,
+             operation_id="list_tokens"),
     Endpoint(method="DELETE", path="/api/v1/tokens/{token_id}", summary="Revoke a token: refused on every replica "
-             "within a second (operator)", handler=revoke, response=TokenOut),
+             "within a second (operator)", handler=revoke, response=TokenOut, operation_id="revoke_token"),
 ]
