@@ -78,12 +78,12 @@ class Output(BaseModel):
 
 
 class ShareDiscoveryInput(Strict):
-    agent_id: AgentIdField = Field(description="Your agent id (letters, digits, '_' or '-').")
+    agent_id: AgentIdField = Field(description="Your agent id.")
     agent_role: RoleField = Field(description="Your role, e.g. Analyzer.")
-    discovery_type: DiscoveryTypeField = Field(description="pattern, anomaly, connection, solution, question, insight")
+    discovery_type: DiscoveryTypeField
     content: Content
-    confidence: Unit = Field(description="How sure you are, 0..1.")
-    related_to: ShortText | None = Field(default=None, description="Id of an earlier discovery this one answers.")
+    confidence: Unit = Field(description="How sure you are.")
+    related_to: ShortText | None = Field(default=None, description="Id of the discovery this one answers.")
     tags: Annotated[list[ShortText], Field(max_length=20)] = Field(default_factory=list)
 
 
@@ -135,7 +135,7 @@ class FilterFields(Strict):
 class SubscribeInput(FilterFields):
     subscriber_agent_id: AgentIdField
     start: Literal["now", "beginning"] | Annotated[int, Field(ge=0)] = Field(
-        default="now", description="'now' (only new discoveries), 'beginning', or a sequence number to start after."
+        default="now", description="'now' (only new discoveries), 'beginning', or the sequence to start after."
     )
 
 
@@ -150,12 +150,11 @@ class Subscribed(Output):
 class PollInput(Strict):
     subscription_id: ShortText
     cursor: Annotated[int, Field(ge=0)] | None = Field(
-        default=None, description="The cursor the previous poll returned: discoveries after it come back. Omitted: "
-        "after where the subscription's last poll ended, even if its answer never reached you (then those are lost "
-        "to you)."
+        default=None, description="The cursor the last poll returned. Omitted: after the last poll the hub "
+        "answered, even if you never got that answer."
     )
     wait_seconds: Annotated[float, Field(ge=0, le=30)] = Field(
-        default=0, description="Wait up to this long when nothing matches yet."
+        default=0, description="How long to wait when nothing is new."
     )
     limit: Annotated[int, Field(ge=1, le=100)] = 50
 
@@ -189,9 +188,7 @@ ContextContent = Content | Annotated[dict[str, Any], Field(max_length=MAX_LIST_I
 class ShareContextInput(Strict):
     from_agent: AgentIdField
     to_agent: AgentIdField | None = Field(default=None, description="Omit to broadcast to every agent.")
-    context_type: ContextTypeField = Field(
-        description="background, working_memory, patterns, questions, partial_solutions or warnings"
-    )
+    context_type: ContextTypeField
     content: ContextContent
     relevance: Unit
     ttl_seconds: Annotated[int, Field(ge=1, le=7 * 86400)] = 300

@@ -46,12 +46,11 @@ LOCAL_SCOPE = "local-operator"  # authentication off: the one local user
 # and REST bodies) and the OpenAPI's word on each operation that takes one.
 CONTRACT = (
     f"Your key for this request (1-{MAX_KEY_LENGTH} characters; a fresh UUID each time). A retry with the same key "
-    "and the same request does what the first did (the same task, transfer or settlement, as it stands now) and has "
-    "no second effect; the same key with a different request is refused (409 Conflict; over MCP a tool error). Keys "
-    "belong to who acts, not to the token: an agent's to its agent id, so an agent restarted with a new token still "
-    "gets its first answers; an operator's to its token. Keys are kept at least "
-    f"{KEEP_AT_LEAST // timedelta(hours=1)} hours, then forgotten: a retry after that acts again. A request that "
-    "failed stored nothing, so its retry runs anew.")
+    "and request has no second effect: it returns what the first made (the same task, transfer or settlement, as it "
+    "stands now). The same key with another request is refused. "
+    "Keys belong to who acts: an agent's to its agent id, so they still hold when it is restarted with a new token; "
+    f"an operator's to its token. Kept at least {KEEP_AT_LEAST // timedelta(hours=1)} hours, then forgotten (a "
+    "retry then acts again). A failed request stored nothing: its retry runs anew.")
 
 
 def scope_of(who: Principal) -> str:

@@ -27,12 +27,12 @@ class Strict(Storable):
 
 
 class SubmitTaskInput(Strict):
-    requester_id: AgentIdField = Field(description="Who pays: your agent id (or, for operators, any account).")
+    requester_id: AgentIdField = Field(description="Who pays: your agent id (operators: any account).")
     description: Annotated[str, StringConstraints(min_length=1, max_length=16_000)]
     required_capabilities: Annotated[list[Capability], Field(max_length=16)] = Field(default_factory=list)
     priority: Annotated[int, Field(ge=1, le=10)] = 5
     parameters: Annotated[dict[str, Any], Field(max_length=50)] = Field(default_factory=dict)
-    budget: Credits = Field(description="The most the requester pays; held in escrow until the task ends.")
+    budget: Credits = Field(description="The most you pay, held in escrow until the task ends.")
     bidding_seconds: Annotated[float, Field(gt=0, le=86_400)] = 30.0
     idempotency_key: IdempotencyKey
 
@@ -40,7 +40,7 @@ class SubmitTaskInput(Strict):
 class PlaceBidInput(Strict):
     task_id: Annotated[str, StringConstraints(min_length=1, max_length=64)]
     agent_id: AgentIdField
-    price: Credits = Field(description="What you ask to be paid; the auction may pay you more (its critical price).")
+    price: Credits = Field(description="What you ask; the auction may pay more (its critical price).")
     estimated_seconds: Annotated[float, Field(gt=0, le=7 * 86_400)]
 
 

@@ -28,7 +28,15 @@ from agenthub.database import UNAVAILABLE as UNAVAILABLE_ERRORS
 from agenthub.database import unavailable
 from agenthub.errors import DiscoveryNotFound, RateLimited, Unauthenticated
 from collaboration.models import Discovery, collection_uri
-from mcp_server.tools import call_tool, tool_error, tool_input_schema, visible_tools
+from mcp_server.tools import (
+    EVERYTHING,
+    SELECT_PARAMETER,
+    ToolSelection,
+    call_tool,
+    tool_error,
+    tool_input_schema,
+    visible_tools,
+)
 from web_ui.state import HubState
 
 logger = logging.getLogger(__name__)
@@ -75,6 +83,14 @@ def _principal(ctx: ServerRequestContext[Any, Any], hub: HubState) -> Principal:
     return principal
 
 
+def _selection(ctx: ServerRequestContext[Any, Any]) -> ToolSelection:
+    """The tools the client narrowed the list to with the MCP URL's `?tools=` (sent with every request)."""
+    request = ctx.request
+    if not isinstance(request, Request):
+        return EVERYTHING
+    return ToolSelection.parse(request.query_params.get(SELECT_PARAMETER))
+
+
 def _json_contents(uri: str, value: Any) -> types.ReadResourceResult:
     return types.ReadResourceResult(contents=[
         types.TextResourceContents(uri=uri, mime_type="application/json", text=json.dumps(value))
@@ -113,14 +129,14 @@ class ResourceNotifier:
 
 def build_server(hub: HubState, notifier: ResourceNotifier) -> Server[Any]:
     async def list_tools(ctx: ServerRequestContext[Any, Any], params: Any) -> types.ListToolsResult:
-        return types.ListToolsResult(tools=visible_tools(_principal(ctx, hub)))
+        return types.ListToolsResult(tools=visible_tools(_principal(ctx, hub), _selection(ctx)))
 
     async def on_call_tool(ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
                            ) -> types.CallToolResult:
         limited = _rate_limited(ctx)
         if limited is not None:
             return tool_error(limited)
-        return await call_tool(hub, _principal(ctx, hub), params.name, params.arguments)
+        return await call_tool(hub, _principal(ctx, hub), params.name, params.arguments, _selection(ctx))
 
     async def list_resources(ctx: ServerRequestContext[Any, Any], params: Any) -> types.ListResourcesResult:
         _principal(ctx, hub)

@@ -1,8 +1,13 @@
-"""The MCP tool table: names, descriptions, input/output models, profiles, and the call dispatcher.
+"""The MCP tool table: names, descriptions, input models, profiles, groups, and the call dispatcher.
 
 Inputs are validated with the strict pydantic models of `collaboration.models` (unexpected fields rejected);
-failures an agent can act on come back as tool results with `isError` and a plain message. A token sees only
-the tools of its profile: agents the agent tools, operators everything, viewers the read-only ones.
+failures an agent can act on come back as tool results with `isError` and a message saying what to change. A
+token sees only the tools of its profile: agents the agent tools, operators everything, viewers the read-only ones.
+
+The list is lean because every agent pays for it on every turn: input schemas without pydantic's titles, with
+`T | None` written as a type list, and no output schemas. Results still carry `structuredContent` (the output
+model's JSON, also sent as text), which the spec allows without an output schema. A client may narrow the list to
+some groups or tools (`select`): the `tools` query parameter of the MCP URL, e.g. `/mcp?tools=discoveries,market`.
 """
 
 import logging
@@ -15,36 +20,22 @@ import mcp.types as types
 from mcp.shared.exceptions import MCPError
 from pydantic import BaseModel, ValidationError
 
-from agent_pool.models import AgentInfo, AgentList, AgentRef, ListAgentsInput, SpawnAgentInput
+from agent_pool.models import AgentRef, ListAgentsInput, SpawnAgentInput
 from agenthub.auth import Principal, Role
 from agenthub.database import UNAVAILABLE, unavailable
 from agenthub.errors import HubError, RateLimited, ServiceUnavailable
 from agenthub.text import find_unstorable
 from collaboration.models import (
-    CollaborationStatus,
-    ContextList,
     EmptyInput,
     GetContextInput,
     PollInput,
-    PollResult,
     ShareContextInput,
-    SharedContext,
-    SharedDiscovery,
     ShareDiscoveryInput,
-    Subscribed,
     SubscribeInput,
-    Unsubscribed,
     UnsubscribeInput,
     validation_errors,
 )
-from market.models import (
-    BidPlaced,
-    PlaceBidInput,
-    ReportTaskInput,
-    SubmitTaskInput,
-    TaskInfo,
-    TaskRef,
-)
+from market.models import PlaceBidInput, ReportTaskInput, SubmitTaskInput, TaskRef
 from web_ui.agents import listed
 from web_ui.state import HubState
 
@@ -53,21 +44,49 @@ logger = logging.getLogger(__name__)
 Run = Callable[[HubState, Principal, Any], Awaitable[BaseModel]]
 
 
+_NULL = {"type": "null"}
+
+
+def compact_schema(node: Any) -> Any:
+    """A JSON schema as lean as it can be and just as precise: no `title` keys, `{"anyOf": [X, null]}` as X with
+    `"type": [X's type, "null"]`, no `"default": null` and no `"additionalProperties": true` (both the default)."""
+    if isinstance(node, list):
+        return [compact_schema(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if key in ("properties", "$defs"):  # maps of names to schemas: a property may be called "title"
+            out[key] = {name: compact_schema(schema) for name, schema in value.items()}
+        elif key == "title" or (key == "default" and value is None) or (key == "additionalProperties"
+                                                                         and value is True):
+            continue
+        else:
+            out[key] = compact_schema(value)
+    any_of = out.get("anyOf")
+    if isinstance(any_of, list) and len(any_of) == 2 and _NULL in any_of:
+        (other,) = (branch for branch in any_of if branch != _NULL)
+        if isinstance(other.get("type"), str):  # a $ref or a union stays an anyOf
+            del out["anyOf"]
+            out = {**other, **out, "type": [other["type"], "null"]}
+    return out
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ToolSpec:
     name: str
     description: str
+    group: str  # what `?tools=` selects it by, besides its name
     input: type[BaseModel]
-    output: type[BaseModel]
     run: Run
     roles: frozenset[Role]
     read_only: bool = False
 
     def definition(self) -> types.Tool:
         return types.Tool(
-            name=self.name, description=self.description, input_schema=self.input.model_json_schema(),
-            output_schema=self.output.model_json_schema(),
-            annotations=types.ToolAnnotations(read_only_hint=self.read_only),
+            name=self.name, description=self.description,
+            input_schema=compact_schema(self.input.model_json_schema()),
+            annotations=types.ToolAnnotations(read_only_hint=True) if self.read_only else None,
         )
 
 
@@ -77,101 +96,98 @@ OPERATOR_ONLY = frozenset({Role.OPERATOR})
 
 TOOLS: list[ToolSpec] = [
     ToolSpec(
-        name="share_discovery",
-        description="Share a discovery with every agent and UI watching the hub. Types: pattern, anomaly, "
-        "connection, solution, question, insight. Set related_to to the id of a discovery you answer or build on.",
-        input=ShareDiscoveryInput, output=SharedDiscovery, roles=AGENT_PROFILE,
+        name="share_discovery", group="discoveries",
+        description="Share what you found with every agent: a pattern, anomaly, connection, solution, question "
+        "(others may answer) or insight. To answer or build on one, set related_to to its id.",
+        input=ShareDiscoveryInput, roles=AGENT_PROFILE,
         run=lambda h, who, req: h.collab.share_discovery(who, req),
     ),
     ToolSpec(
-        name="subscribe_discoveries",
-        description="Subscribe to discoveries matching a filter (types, roles, agent ids, minimum confidence). "
-        "Returns a subscription id to pass to poll_discoveries, and an SSE endpoint for UIs.",
-        input=SubscribeInput, output=Subscribed, roles=AGENT_PROFILE,
+        name="subscribe_discoveries", group="discoveries",
+        description="Follow discoveries matching a filter; returns the subscription_id and cursor for "
+        "poll_discoveries.",
+        input=SubscribeInput, roles=AGENT_PROFILE,
         run=lambda h, who, req: h.collab.subscribe(who, req),
     ),
     ToolSpec(
-        name="poll_discoveries",
-        description="Get the discoveries of a subscription that arrived after the cursor, oldest first, and the "
-        "cursor to pass next time. With wait_seconds > 0 it waits for new ones when there are none yet. Always pass "
-        "back the returned cursor: then no discovery is skipped or repeated, even when an answer is lost. Without "
-        "one, a poll starts after the last poll the hub answered, whether or not you received that answer.",
-        input=PollInput, output=PollResult, roles=AGENT_PROFILE,
+        name="poll_discoveries", group="discoveries",
+        description="A subscription's discoveries after cursor, oldest first, and the next cursor; wait_seconds "
+        "> 0 waits for new ones. Always pass back the returned cursor: then none is skipped or repeated.",
+        input=PollInput, roles=AGENT_PROFILE,
         run=lambda h, who, req: h.collab.poll(who, req),
     ),
     ToolSpec(
-        name="unsubscribe_discoveries",
-        description="End a discovery subscription.",
-        input=UnsubscribeInput, output=Unsubscribed, roles=AGENT_PROFILE,
+        name="unsubscribe_discoveries", group="discoveries",
+        description="End a subscription you no longer poll.",
+        input=UnsubscribeInput, roles=AGENT_PROFILE,
         run=lambda h, who, req: h.collab.unsubscribe(who, req),
     ),
     ToolSpec(
-        name="share_context",
-        description="Share context with one agent (to_agent) or all (omit to_agent). Types: background, "
-        "working_memory, patterns, questions, partial_solutions, warnings. It expires after ttl_seconds.",
-        input=ShareContextInput, output=SharedContext, roles=AGENT_PROFILE,
+        name="share_context", group="context",
+        description="Give working context to another agent or to all; it expires after ttl_seconds.",
+        input=ShareContextInput, roles=AGENT_PROFILE,
         run=lambda h, who, req: h.collab.share_context(who, req),
     ),
     ToolSpec(
-        name="get_context",
-        description="Get the unexpired context addressed to an agent or broadcast, most relevant first.",
-        input=GetContextInput, output=ContextList, roles=AGENT_PROFILE, read_only=True,
+        name="get_context", group="context",
+        description="Read unexpired context sent to you or to all, most relevant first: before you start work "
+        "and when a question reaches you.",
+        input=GetContextInput, roles=AGENT_PROFILE, read_only=True,
         run=lambda h, who, req: h.collab.get_context(who, req),
     ),
     ToolSpec(
-        name="submit_task",
-        description="Submit a task for agents to bid on: the budget is held in escrow from the requester's account and "
-        "a sealed-bid auction runs for bidding_seconds. The winner is paid at most the budget when you accept its "
-        "result. Pass a fresh idempotency_key (a UUID) and keep it until you have the answer: retrying with the same "
-        "key and arguments returns the same task, for at least 24 hours and even after your process is restarted "
-        "with a new token (keys belong to your agent id); the same key with other arguments is refused.",
-        input=SubmitTaskInput, output=TaskInfo, roles=AGENT_PROFILE,
+        name="submit_task", group="market",
+        description="Have another agent do a task: the budget is held in escrow while a sealed-bid auction runs "
+        "for bidding_seconds; follow it with get_task. A retry with the same idempotency_key returns the same "
+        "task, even after a restart with a new token.",
+        input=SubmitTaskInput, roles=AGENT_PROFILE,
         run=lambda h, who, req: h.market.submit_task(who, req),
     ),
     ToolSpec(
-        name="place_bid",
-        description="Bid on an open task auction you have the required capabilities for: the price you ask and how "
-        "long you expect to take. A new bid replaces your previous one. Bids are sealed until the auction closes; "
-        "the winner is paid its critical price (at least what it asked).",
-        input=PlaceBidInput, output=BidPlaced, roles=AGENT_PROFILE,
+        name="place_bid", group="market",
+        description="Bid on an open task you have the required capabilities for. A new bid replaces yours; bids "
+        "are sealed until the auction closes.",
+        input=PlaceBidInput, roles=AGENT_PROFILE,
         run=lambda h, who, req: h.market.place_bid(who, req),
     ),
     ToolSpec(
-        name="get_task",
-        description="A task: its state, auction (bids once closed, winner, price, welfare), result and escrow.",
-        input=TaskRef, output=TaskInfo, roles=AGENT_PROFILE, read_only=True,
+        name="get_task", group="market",
+        description="A task's state, auction (bids once closed, winner, price), result and escrow: to follow "
+        "a task you submitted or bid on.",
+        input=TaskRef, roles=AGENT_PROFILE, read_only=True,
         run=lambda h, who, req: h.market.get_task(who, req),
     ),
     ToolSpec(
-        name="report_task",
-        description="Report on a task you won: progress (it is running), completed with a result, or failed.",
-        input=ReportTaskInput, output=TaskInfo, roles=AGENT_PROFILE,
+        name="report_task", group="market",
+        description="On a task you won: report progress while you work, then completed with a result, or failed "
+        "with a message.",
+        input=ReportTaskInput, roles=AGENT_PROFILE,
         run=lambda h, who, req: h.market.report_task(who, req),
     ),
     ToolSpec(
-        name="get_collaboration_status",
+        name="get_collaboration_status", group="agents",
         description="Counts of discoveries by type, subscriptions and connected SSE clients.",
-        input=EmptyInput, output=CollaborationStatus, roles=OPERATOR_PROFILE, read_only=True,
+        input=EmptyInput, roles=OPERATOR_PROFILE, read_only=True,
         run=lambda h, who, req: h.collab.status(),
     ),
     ToolSpec(
-        name="spawn_agent",
-        description="Start an agent process: a role, capabilities, an executor (scripted, claude or command) with its "
-        "configuration, and a restart policy. It joins the hub over MCP, heartbeats, and is restarted when it fails.",
-        input=SpawnAgentInput, output=AgentInfo, roles=OPERATOR_ONLY,
+        name="spawn_agent", group="agents",
+        description="Start an agent process: role, capabilities, executor with its executor_config, restart "
+        "policy. It joins the hub over MCP and is restarted when it fails.",
+        input=SpawnAgentInput, roles=OPERATOR_ONLY,
         run=lambda h, who, req: h.agents.spawn(who, req),
     ),
     ToolSpec(
-        name="stop_agent",
+        name="stop_agent", group="agents",
         description="Stop an agent process gracefully (terminate, wait its shutdown time, then kill).",
-        input=AgentRef, output=AgentInfo, roles=OPERATOR_ONLY,
+        input=AgentRef, roles=OPERATOR_ONLY,
         run=lambda h, who, req: h.agents.stop(who, req),
     ),
     ToolSpec(
-        name="list_agents",
+        name="list_agents", group="agents",
         description="Agents with their state, pid, restarts, last heartbeat and circuit breaker; filter by state, "
         "role or capability.",
-        input=ListAgentsInput, output=AgentList, roles=OPERATOR_PROFILE, read_only=True,
+        input=ListAgentsInput, roles=OPERATOR_PROFILE, read_only=True,
         run=lambda h, who, req: listed(h, req),
     ),
 ]
@@ -180,8 +196,48 @@ _BY_NAME = {t.name: t for t in TOOLS}
 _DEFINITIONS = {t.name: t.definition() for t in TOOLS}
 
 
-def visible_tools(who: Principal) -> list[types.Tool]:
-    return [_DEFINITIONS[t.name] for t in TOOLS if who.role in t.roles]
+GROUPS: dict[str, tuple[str, ...]] = {
+    group: tuple(t.name for t in TOOLS if t.group == group) for group in dict.fromkeys(t.group for t in TOOLS)
+}
+SELECT_PARAMETER = "tools"  # the MCP URL's query parameter: `/mcp?tools=discoveries,get_task`
+
+
+@dataclass(frozen=True, slots=True)
+class ToolSelection:
+    """The tools a client asked for with `?tools=`: group names and tool names, comma-separated. It narrows the
+    profile's tools, never widens them; `everything` when the client did not ask."""
+
+    names: frozenset[str] | None
+    asked: str = ""
+
+    @classmethod
+    def parse(cls, asked: str | None) -> "ToolSelection":
+        if asked is None:
+            return EVERYTHING
+        names: set[str] = set()
+        for item in filter(None, (part.strip() for part in asked.split(","))):
+            if item in GROUPS:
+                names.update(GROUPS[item])
+            elif item in _BY_NAME:
+                names.add(item)
+            else:
+                raise MCPError(types.INVALID_PARAMS, f"?{SELECT_PARAMETER}={asked} names {item!r}, which is neither "
+                               f"a group ({', '.join(GROUPS)}) nor a tool: fix the MCP URL, or leave "
+                               f"?{SELECT_PARAMETER}= out for every tool")
+        if not names:
+            raise MCPError(types.INVALID_PARAMS, f"?{SELECT_PARAMETER}= selects no tool: name groups "
+                           f"({', '.join(GROUPS)}) or tools, or leave it out for every tool")
+        return cls(frozenset(names), asked)
+
+    def includes(self, name: str) -> bool:
+        return self.names is None or name in self.names
+
+
+EVERYTHING = ToolSelection(None)
+
+
+def visible_tools(who: Principal, selection: ToolSelection = EVERYTHING) -> list[types.Tool]:
+    return [_DEFINITIONS[t.name] for t in TOOLS if who.role in t.roles and selection.includes(t.name)]
 
 
 def tool_input_schema(name: str) -> dict[str, Any] | None:
@@ -210,11 +266,15 @@ def _validation_message(exc: ValidationError) -> str:
     return "invalid arguments: " + "; ".join(details)
 
 
-async def call_tool(hub: HubState, who: Principal, name: str, arguments: dict[str, Any] | None
-                    ) -> types.CallToolResult:
+async def call_tool(hub: HubState, who: Principal, name: str, arguments: dict[str, Any] | None,
+                    selection: ToolSelection = EVERYTHING) -> types.CallToolResult:
     spec = _BY_NAME.get(name)
     if spec is None or who.role not in spec.roles:
         raise MCPError(types.INVALID_PARAMS, f"Unknown tool: {name}")
+    if not selection.includes(name):
+        raise MCPError(types.INVALID_PARAMS, f"{name} is not among the tools this connection selected "
+                       f"(?{SELECT_PARAMETER}={selection.asked}): add {spec.group!r} or {name!r} to the MCP URL's "
+                       f"?{SELECT_PARAMETER}=")
     started = time.perf_counter()
     outcome = "error"
     try:
