@@ -28,6 +28,7 @@ from agenthub.database import UNAVAILABLE as UNAVAILABLE_ERRORS
 from agenthub.database import unavailable
 from agenthub.errors import DiscoveryNotFound, RateLimited, Unauthenticated
 from collaboration.models import Discovery, collection_uri
+from mcp_server.prompts import get_prompt, visible_prompts
 from mcp_server.tools import (
     EVERYTHING,
     SELECT_PARAMETER,
@@ -138,6 +139,16 @@ def build_server(hub: HubState, notifier: ResourceNotifier) -> Server[Any]:
             return tool_error(limited)
         return await call_tool(hub, _principal(ctx, hub), params.name, params.arguments, _selection(ctx))
 
+    def tool_names(ctx: ServerRequestContext[Any, Any]) -> set[str]:
+        return {t.name for t in visible_tools(_principal(ctx, hub), _selection(ctx))}
+
+    async def list_prompts(ctx: ServerRequestContext[Any, Any], params: Any) -> types.ListPromptsResult:
+        return types.ListPromptsResult(prompts=visible_prompts(tool_names(ctx)))
+
+    async def on_get_prompt(ctx: ServerRequestContext[Any, Any], params: types.GetPromptRequestParams
+                            ) -> types.GetPromptResult:
+        return get_prompt(_principal(ctx, hub), tool_names(ctx), params.name, params.arguments)
+
     async def list_resources(ctx: ServerRequestContext[Any, Any], params: Any) -> types.ListResourcesResult:
         _principal(ctx, hub)
         with _answerable():
@@ -191,9 +202,12 @@ def build_server(hub: HubState, notifier: ResourceNotifier) -> Server[Any]:
 
     return Server(
         "agenthub", version="0.1.0",
-        instructions="agenthub: share discoveries and context with other agents; subscribe and poll for theirs.",
+        instructions="agenthub: share discoveries and context with other agents, follow theirs, ask and answer "
+        "questions, and trade tasks for credits. The prompts join_and_share, ask_and_answer and bid_and_deliver show "
+        "how. A tool error says what to change in the call; a rate limit or an outage says when to retry.",
         get_tool_input_schema=tool_input_schema,
-        on_list_tools=list_tools, on_call_tool=on_call_tool, on_list_resources=list_resources,
+        on_list_tools=list_tools, on_call_tool=on_call_tool, on_list_prompts=list_prompts,
+        on_get_prompt=on_get_prompt, on_list_resources=list_resources,
         on_list_resource_templates=list_templates, on_read_resource=read_resource,
         on_subscribe_resource=subscribe, on_unsubscribe_resource=unsubscribe,
         on_subscriptions_listen=ListenHandler(notifier.bus),
