@@ -26,29 +26,28 @@ import fcntl
 import ipaddress
 import json
 import logging
+import os
 import shlex
 import signal
 import socket
 import sys
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import anyio
+from agenthub.errors import HubError, InvalidInput, StartupError
+from mcp_server.remote import OPERATOR_TOKEN_FILE, Remote, advertised, find_token, find_url, local_url
 
-from agenthub.embedded import EmbeddedNats, EmbeddedPostgres
-from agenthub.errors import HubError, InvalidInput, ServiceUnavailable, StartupError
-from agenthub.settings import Settings
-from collaboration.archive import MAX_IMPORT_LINES
-from mcp_server.app import OPERATOR_TOKEN_FILE, create_app, open_hub, serve
-from supervisor.service import Service
+if TYPE_CHECKING:  # the server's modules are imported by the commands that run it: `--help` stays fast
+    from pydantic import ValidationError
+
+    from agenthub.settings import Settings
+    from supervisor.service import Service
 
 logger = logging.getLogger("agenthub")
 _IMPORT_CHUNK_BYTES = 512 * 1024
@@ -105,7 +104,11 @@ def _raise_terminated(signum: int, frame: FrameType | None) -> None:
     raise _Terminated
 
 
-def run_serve(settings: Settings) -> None:
+def run_serve(settings: "Settings") -> None:
+    import anyio
+
+    from agenthub.embedded import EmbeddedNats, EmbeddedPostgres
+
     if not settings.auth and not _is_loopback(settings.host):
         raise StartupError(f"refusing to serve on non-loopback address {settings.host} without authentication")
     # The default action would kill us mid-start and orphan the embedded servers (they run in their own sessions);
@@ -130,8 +133,10 @@ def run_serve(settings: Settings) -> None:
         anyio.run(_serve_async, settings, sock, monitor_url, services, backend_options={"use_uvloop": True})
 
 
-async def _serve_async(settings: Settings, sock: socket.socket, monitor_url: str | None,
-                       services: list[Service]) -> None:
+async def _serve_async(settings: "Settings", sock: socket.socket, monitor_url: str | None,
+                       services: list["Service"]) -> None:
+    from mcp_server.app import create_app, open_hub, serve
+
     async with open_hub(settings, nats_monitor_url=monitor_url, services=services) as hub:
         url = f"http://{settings.host}:{settings.port}"
         print(f"agenthub serving on {url} (MCP at {url}/mcp, dashboard at {url}/)", flush=True)
@@ -140,38 +145,8 @@ async def _serve_async(settings: Settings, sock: socket.socket, monitor_url: str
             print(f"operator token: {token_file}", flush=True)
             if sys.stdout.isatty():  # a person at a terminal signs in with it; logs never get the secret
                 print(f"sign in with: {token_file.read_text().strip()}", flush=True)
-        await serve(create_app(hub), sock, log_level=settings.log_level, before_shutdown=hub.begin_shutdown)
-
-
-def _hub_open(settings: Settings, url: str | None, method: str, path: str, data: bytes | None = None,
-              content_type: str = "application/json", timeout: float = 30) -> Any:
-    """Open a request to the running hub's REST API with the operator token from the data directory; the
-    response, to read (a refusal becomes StartupError with the hub's reason)."""
-    token_file = settings.data_dir / OPERATOR_TOKEN_FILE
-    try:
-        operator = token_file.read_text().strip()
-    except OSError as exc:
-        raise StartupError(f"cannot read the operator token at {token_file}: start the hub once first") from exc
-    target = (url or f"http://{settings.host}:{settings.port}").rstrip("/") + path
-    req = urllib.request.Request(target, data=data, method=method, headers={
-        "Authorization": f"Bearer {operator}", "Content-Type": content_type})
-    try:
-        return urllib.request.urlopen(req, timeout=timeout)  # noqa: S310 - the operator's own hub URL
-    except urllib.error.HTTPError as exc:
-        detail = json.loads(exc.read() or b"{}").get("detail", exc.reason)
-        raise StartupError(f"the hub refused: {detail}") from exc
-    except urllib.error.URLError as exc:
-        raise ServiceUnavailable(f"cannot reach the hub at {target}: {exc.reason}") from exc
-
-
-def _hub_request(settings: Settings, url: str | None, method: str, path: str, body: dict[str, Any] | None = None,
-                 *, raw: bytes | None = None, content_type: str = "application/wasm") -> Any:
-    """Call the running hub's REST API: a JSON body, or `raw` bytes (a module by default); the JSON answer."""
-    data, kind = raw, content_type
-    if raw is None:
-        data, kind = (json.dumps(body).encode() if body is not None else None), "application/json"
-    with _hub_open(settings, url, method, path, data, kind) as resp:
-        return json.load(resp)
+        with advertised(settings.data_dir, local_url(settings.host, settings.port)):  # clients find it there
+            await serve(create_app(hub), sock, log_level=settings.log_level, before_shutdown=hub.begin_shutdown)
 
 
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -185,28 +160,43 @@ def _duration(value: str) -> int:
     return int(number) * _DURATION_UNITS[unit]
 
 
-def run_token(settings: Settings, args: argparse.Namespace) -> None:
+def _show(args: argparse.Namespace, data: Any, lines: Callable[[], Iterable[str]]) -> None:
+    """The hub's answer as JSON with `--json` (for scripts), else as the lines a person reads."""
+    if getattr(args, "json", False):
+        print(json.dumps(data, indent=2))
+        return
+    for line in lines():
+        print(line)
+
+
+def _progress(message: str) -> None:
+    """What a command that may take seconds is doing, on stderr (stdout stays the command's answer)."""
+    print(f"agenthub: {message}", file=sys.stderr, flush=True)
+
+
+def run_token(remote: Remote, args: argparse.Namespace) -> None:
     if args.token_command == "create":
         body: dict[str, Any] = {"role": args.role}
         if args.agent_id is not None:
             body["agent_id"] = args.agent_id
         if args.expires_in is not None:
             body["expires_in_seconds"] = args.expires_in
-        created = _hub_request(settings, args.url, "POST", "/api/v1/tokens", body)
-        print(created["token"])
+        created = remote.request("POST", "/api/v1/tokens", body)
+        _show(args, created, lambda: [created["token"]])
         print(f"{created['role']} token {created['token_id']}"
               + (f" for agent {args.agent_id}" if args.agent_id else "")
               + f", expires {created['expires_at'] or 'never'}", file=sys.stderr)
     elif args.token_command == "list":
-        listed = _hub_request(settings, args.url, "GET", "/api/v1/tokens" + ("?all=true" if args.all else ""))
-        print(f"{'ID':<22} {'ROLE':<8} {'AGENT':<20} {'STATE':<8} {'CREATED':<20} {'EXPIRES':<20} LAST USED")
-        for t in listed["items"]:
-            print(f"{t['token_id']:<22} {t['role']:<8} {t['agent_id'] or '-':<20} {t['state']:<8} "
-                  f"{_stamp(t['created_at']):<20} {_stamp(t['expires_at']):<20} {_stamp(t['last_used_at'])}")
+        listed = remote.request("GET", "/api/v1/tokens" + ("?all=true" if args.all else ""))
+        _show(args, listed, lambda: [
+            f"{'ID':<22} {'ROLE':<8} {'AGENT':<20} {'STATE':<8} {'CREATED':<20} {'EXPIRES':<20} LAST USED",
+            *(f"{t['token_id']:<22} {t['role']:<8} {t['agent_id'] or '-':<20} {t['state']:<8} "
+              f"{_stamp(t['created_at']):<20} {_stamp(t['expires_at']):<20} {_stamp(t['last_used_at'])}"
+              for t in listed["items"])])
     else:
-        revoked = _hub_request(settings, args.url, "DELETE", f"/api/v1/tokens/{urllib.parse.quote(args.token_id)}")
-        print(f"revoked token {revoked['token_id']} ({revoked['role']}"
-              + (f" for agent {revoked['agent_id']})" if revoked["agent_id"] else ")"))
+        revoked = remote.request("DELETE", f"/api/v1/tokens/{urllib.parse.quote(args.token_id)}")
+        _show(args, revoked, lambda: [f"revoked token {revoked['token_id']} ({revoked['role']}"
+                                      + (f" for agent {revoked['agent_id']})" if revoked["agent_id"] else ")")])
 
 
 def _stamp(iso: str | None) -> str:
@@ -256,28 +246,27 @@ def _agent_line(agent: dict[str, Any]) -> str:
             f"{agent['breaker_state']:<9} {agent['executor']:<8} {agent['role']}")
 
 
-def run_agent(settings: Settings, args: argparse.Namespace) -> None:
+def run_agent(remote: Remote, args: argparse.Namespace) -> None:
     command = args.agent_command
     if command == "spawn":
-        agent = _hub_request(settings, args.url, "POST", "/api/v1/agents", _spawn_body(args))
+        agent = remote.request("POST", "/api/v1/agents", _spawn_body(args))
     elif command == "list":
-        listed = _hub_request(settings, args.url, "GET", "/api/v1/agents")
-        print(f"{'AGENT':<24} {'STATE':<9} {'PID':>7} {'RESTARTS':>8}  {'LAST HEARTBEAT':<19}  {'BREAKER':<9} "
-              f"{'EXECUTOR':<8} ROLE")
-        for agent in listed["agents"]:
-            print(_agent_line(agent))
+        listed = remote.request("GET", "/api/v1/agents")
+        _show(args, listed, lambda: [
+            f"{'AGENT':<24} {'STATE':<9} {'PID':>7} {'RESTARTS':>8}  {'LAST HEARTBEAT':<19}  {'BREAKER':<9} "
+            f"{'EXECUTOR':<8} ROLE", *map(_agent_line, listed["agents"])])
         return
     elif command == "show":
-        print(json.dumps(_hub_request(settings, args.url, "GET", f"/api/v1/agents/{args.agent_id}"), indent=2))
+        print(json.dumps(remote.request("GET", f"/api/v1/agents/{args.agent_id}"), indent=2))
         return
     elif command == "binary":
-        run_binary(settings, args)
+        run_binary(remote, args)
         return
     elif command == "stop":
-        agent = _hub_request(settings, args.url, "DELETE", f"/api/v1/agents/{args.agent_id}")
+        agent = remote.request("DELETE", f"/api/v1/agents/{args.agent_id}")
     else:
-        agent = _hub_request(settings, args.url, "POST", f"/api/v1/agents/{args.agent_id}/restart")
-    print(_agent_line(agent))
+        agent = remote.request("POST", f"/api/v1/agents/{args.agent_id}/restart")
+    _show(args, agent, lambda: [_agent_line(agent)])
 
 
 def _module_bytes(path: Path) -> bytes:
@@ -302,49 +291,60 @@ def _binary_line(binary: dict[str, Any]) -> str:
             f"{binary['uploaded_at'][:19]}")
 
 
-def run_binary(settings: Settings, args: argparse.Namespace) -> None:
+def run_binary(remote: Remote, args: argparse.Namespace) -> None:
     path = f"/api/v1/agents/{args.agent_id}/binary"
     if args.binary_command == "upload":
-        binary = _hub_request(settings, args.url, "POST", path, raw=_module_bytes(args.file))
+        started = time.monotonic()
+        if args.file.suffix == ".wat":
+            _progress(f"compiling {args.file} to WebAssembly")
+        module = _module_bytes(args.file)
+        _progress(f"uploading {len(module):,} bytes to agent {args.agent_id}; the hub compiles and checks the module "
+                  "(seconds for a large one)")
+        binary = remote.request("POST", path, raw=module, timeout=300)
+        _progress(f"version {binary['version']} is current ({time.monotonic() - started:.1f} s)")
     elif args.binary_command == "rollback":
-        binary = _hub_request(settings, args.url, "POST", f"{path}/rollback", {"version": args.version})
+        binary = remote.request("POST", f"{path}/rollback", {"version": args.version})
     else:
-        listed = _hub_request(settings, args.url, "GET", f"{path}/versions")
-        print(f"  {'VER':>4}  {'SHA-256':<16}  {'BYTES':>10}  UPLOADED")
-        for binary in listed["versions"]:
-            print(_binary_line(binary))
+        listed = remote.request("GET", f"{path}/versions")
+        _show(args, listed, lambda: [f"  {'VER':>4}  {'SHA-256':<16}  {'BYTES':>10}  UPLOADED",
+                                     *map(_binary_line, listed["versions"])])
         return
-    print(_binary_line(binary))
+    _show(args, binary, lambda: [_binary_line(binary)])
 
 
-def run_sandbox(settings: Settings, args: argparse.Namespace) -> None:
+def run_sandbox(remote: Remote, args: argparse.Namespace) -> None:
     body: dict[str, Any] = {"agent_id": args.agent_id, "input": _json_arg("--input", args.input)}
     if args.version is not None:
         body["version"] = args.version
     if args.limits is not None:
         body["limits"] = _json_arg("--limits", args.limits)
-    result = _hub_request(settings, args.url, "POST", "/api/v1/sandbox/run", body)
+    _progress(f"running agent {args.agent_id}'s module on the hub under its trial-run limits")
+    result = remote.request("POST", "/api/v1/sandbox/run", body, timeout=300)
     print(json.dumps(result, indent=2))
     if result["outcome"] != "ok":
         raise SystemExit(2)
 
 
-def run_discoveries(settings: Settings, args: argparse.Namespace) -> None:
+def run_discoveries(remote: Remote, args: argparse.Namespace) -> None:
     if args.discoveries_command == "export":
         query = urllib.parse.urlencode({"after": args.after, "context": "true" if args.context else "false"})
         out = args.output.open("wb") if args.output else sys.stdout.buffer
         lines = 0
-        with _hub_open(settings, args.url, "GET", f"/api/v1/discoveries/export?{query}", timeout=300) as resp, out:
+        with remote.open("GET", f"/api/v1/discoveries/export?{query}", timeout=300) as resp, out:
             while chunk := resp.read(1 << 16):
                 out.write(chunk)
                 lines += chunk.count(b"\n")
         print(f"exported {lines} lines", file=sys.stderr)
         return
+    from collaboration.archive import MAX_IMPORT_LINES
+
+    if args.chunk_lines > MAX_IMPORT_LINES:
+        raise InvalidInput(f"--chunk-lines must be between 1 and {MAX_IMPORT_LINES}")
     imported = skipped = context = sent = 0
     started = time.monotonic()
     for chunk in _import_chunks(args.file, args.chunk_lines):
-        summary = _hub_request(settings, args.url, "POST", "/api/v1/discoveries/import", raw=chunk,
-                               content_type="application/x-ndjson")
+        summary = remote.request("POST", "/api/v1/discoveries/import", raw=chunk,
+                                 content_type="application/x-ndjson")
         imported += summary["discoveries_imported"]
         skipped += summary["discoveries_skipped"]
         context += summary["context_imported"]
@@ -378,10 +378,10 @@ def _import_chunks(path: Path, max_lines: int) -> Iterator[bytes]:
 
 
 def _chunk_lines(value: str) -> int:
-    n = int(value)
-    if not 1 <= n <= MAX_IMPORT_LINES:
-        raise argparse.ArgumentTypeError(f"must be between 1 and {MAX_IMPORT_LINES}")
-    return n
+    """A positive line count (the hub's maximum is checked when the command runs: it lives with the server)."""
+    if not value.isascii() or not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a positive number of lines")
+    return int(value)
 
 
 def _task_line(task: dict[str, Any]) -> str:
@@ -391,31 +391,32 @@ def _task_line(task: dict[str, Any]) -> str:
             f"{task['bid_count']:>5}  {winner:<16} {price!s:>8}  {task['description'][:40]}")
 
 
-def run_account(settings: Settings, args: argparse.Namespace) -> None:
+def run_account(remote: Remote, args: argparse.Namespace) -> None:
     path = f"/api/v1/accounts/{args.account_id}"
     if args.account_command == "deposit":
-        account = _hub_request(settings, args.url, "POST", f"{path}/deposit",
-                               {"amount": args.amount, "idempotency_key": str(uuid.uuid4())})
-        print(f"{account['account_id']}: {account['balance']} credits")
+        account = remote.request("POST", f"{path}/deposit",
+                                 {"amount": args.amount, "idempotency_key": str(uuid.uuid4())})
+        _show(args, account, lambda: [f"{account['account_id']}: {account['balance']} credits"])
     elif args.account_command == "show":
-        print(json.dumps(_hub_request(settings, args.url, "GET", path), indent=2))
+        print(json.dumps(remote.request("GET", path), indent=2))
     else:
-        page = _hub_request(settings, args.url, "GET", f"{path}/ledger")
-        print(f"{'TRANSFER':>8}  {'AT':<19}  {'KIND':<8} {'AMOUNT':>10}  MEMO")
-        for e in page["entries"]:
-            print(f"{e['transfer_id']:>8}  {e['at'][:19]:<19}  {e['kind']:<8} {e['amount']:>10}  {e['memo']}")
+        page = remote.request("GET", f"{path}/ledger")
+        _show(args, page, lambda: [
+            f"{'TRANSFER':>8}  {'AT':<19}  {'KIND':<8} {'AMOUNT':>10}  MEMO",
+            *(f"{e['transfer_id']:>8}  {e['at'][:19]:<19}  {e['kind']:<8} {e['amount']:>10}  {e['memo']}"
+              for e in page["entries"])])
 
 
-def run_task(settings: Settings, args: argparse.Namespace) -> None:
+def run_task(remote: Remote, args: argparse.Namespace) -> None:
     command = args.task_command
     if command == "list":
-        print(f"{'TASK':<22} {'STATE':<10} {'REQUESTER':<16} {'BUDGET':>8} {'BIDS':>5}  {'WINNER':<16} {'PRICE':>8}"
-              "  DESCRIPTION")
-        for task in _hub_request(settings, args.url, "GET", "/api/v1/tasks")["tasks"]:
-            print(_task_line(task))
+        listed = remote.request("GET", "/api/v1/tasks")
+        _show(args, listed, lambda: [
+            f"{'TASK':<22} {'STATE':<10} {'REQUESTER':<16} {'BUDGET':>8} {'BIDS':>5}  {'WINNER':<16} {'PRICE':>8}"
+            "  DESCRIPTION", *map(_task_line, listed["tasks"])])
         return
     if command == "show":
-        print(json.dumps(_hub_request(settings, args.url, "GET", f"/api/v1/tasks/{args.task_id}"), indent=2))
+        print(json.dumps(remote.request("GET", f"/api/v1/tasks/{args.task_id}"), indent=2))
         return
     key = {"idempotency_key": str(uuid.uuid4())}  # one per command: a retry inside it cannot act twice
     if command == "submit":
@@ -423,20 +424,21 @@ def run_task(settings: Settings, args: argparse.Namespace) -> None:
                                 "required_capabilities": args.capability or [], "budget": args.budget,
                                 "priority": args.priority, "bidding_seconds": args.bidding_seconds,
                                 "parameters": _json_arg("--parameters", args.parameters, {}), **key}
-        task = _hub_request(settings, args.url, "POST", "/api/v1/tasks", body)
+        task = remote.request("POST", "/api/v1/tasks", body)
     elif command == "dispute":
-        task = _hub_request(settings, args.url, "POST", f"/api/v1/tasks/{args.task_id}/dispute",
-                            {"by": args.by, "evidence": args.evidence, **key})
+        task = remote.request("POST", f"/api/v1/tasks/{args.task_id}/dispute",
+                              {"by": args.by, "evidence": args.evidence, **key})
     elif command == "resolve":
-        task = _hub_request(settings, args.url, "POST", f"/api/v1/tasks/{args.task_id}/resolve",
-                            {"outcome": args.outcome, "agent_share_percent": args.share, **key})
+        task = remote.request("POST", f"/api/v1/tasks/{args.task_id}/resolve",
+                              {"outcome": args.outcome, "agent_share_percent": args.share, **key})
     else:  # accept, cancel
-        task = _hub_request(settings, args.url, "POST", f"/api/v1/tasks/{args.task_id}/{command}", key)
-    print(_task_line(task))
+        task = remote.request("POST", f"/api/v1/tasks/{args.task_id}/{command}", key)
+    _show(args, task, lambda: [_task_line(task)])
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="agenthub", description="MCP server and agent-collaboration hub")
+    parser.add_argument("--version", action="version", version=f"agenthub {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     serve_p = sub.add_parser("serve", help="start the hub (embedded NATS and PostgreSQL unless configured)")
     serve_p.add_argument("--data-dir", type=Path, help="state directory (default ./.agenthub, env AGENTHUB_DATA_DIR)")
@@ -454,9 +456,6 @@ def _parser() -> argparse.ArgumentParser:
                          "used").add_argument("--all", action="store_true", help="include revoked and expired ones")
     token_sub.add_parser("revoke", help="revoke a token by id: refused on every replica at once").add_argument(
         "token_id")
-    for p in token_sub.choices.values():
-        p.add_argument("--url", help="hub URL (default http://127.0.0.1:8765)")
-        p.add_argument("--data-dir", type=Path, help="where the operator token is (default ./.agenthub)")
     agent_p = sub.add_parser("agent", help="spawn, list, show, stop and restart agents on a running hub")
     agent_sub = agent_p.add_subparsers(dest="agent_command", required=True)
     spawn_p = agent_sub.add_parser("spawn", help="start an agent process")
@@ -536,40 +535,98 @@ def _parser() -> argparse.ArgumentParser:
     run_p.add_argument("--input", required=True, help="JSON given to the module on stdin")
     run_p.add_argument("--version", type=int, help="default: the current version")
     run_p.add_argument("--limits", help='JSON overrides, e.g. {"deadline_seconds": 1, "fuel": 1000000}')
-    for group in (agent_sub, binary_sub, account_sub, task_sub, sandbox_sub, disc_sub):
+    connect_p = sub.add_parser("connect", help="MCP over stdio for clients that only start commands (Claude "
+                               "Desktop, Cursor, VS Code): forwards to the hub's Streamable HTTP endpoint")
+    _client_options(connect_p, json_output=False)
+    for group in (token_sub, agent_sub, binary_sub, account_sub, task_sub, sandbox_sub, disc_sub):
         for p in group.choices.values():
-            if p is binary_p:
-                continue
-            p.add_argument("--url", help="hub URL (default http://127.0.0.1:8765)")
-            p.add_argument("--data-dir", type=Path, help="where the operator token is (default ./.agenthub)")
+            if p not in (binary_p, connect_p):
+                _client_options(p, json_output=group is not disc_sub and p is not run_p)
     return parser
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = _parser().parse_args(argv)
+def _client_options(parser: argparse.ArgumentParser, *, json_output: bool) -> None:
+    parser.add_argument("--url", help="the hub (default: AGENTHUB_URL, else the hub serving from the data directory, "
+                        "else http://127.0.0.1:8765)")
+    parser.add_argument("--token", help="bearer token (default: AGENTHUB_TOKEN, else the data directory's operator "
+                        "token)")
+    parser.add_argument("--data-dir", type=Path, help="the hub's data directory (default ./.agenthub, env "
+                        "AGENTHUB_DATA_DIR)")
+    if json_output:
+        parser.add_argument("--json", action="store_true", help="print the hub's answer as JSON")
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("agenthub")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
+def _settings(overrides: dict[str, Any]) -> "Settings":
+    """The settings from the environment and flags; a bad value is one line naming its variable."""
+    from pydantic import ValidationError
+
+    from agenthub.settings import Settings
+
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise InvalidInput(_settings_error(exc)) from exc
+
+
+def _settings_error(exc: "ValidationError") -> str:
+    problems = []
+    for error in exc.errors():
+        name = "AGENTHUB_" + "__".join(str(part).upper() for part in error["loc"])
+        problems.append(f"{name}={error['input']!r}: {error['msg']}" if "input" in error else f"{name}: "
+                        f"{error['msg']}")
+    return "; ".join(problems)
+
+
+def _run(args: argparse.Namespace) -> None:
     overrides: dict[str, Any] = {}
     for name in ("data_dir", "host", "port"):
         if getattr(args, name, None) is not None:
             overrides[name] = getattr(args, name)
     if getattr(args, "no_auth", False):
         overrides["auth"] = False
+    settings = _settings(overrides)
+    level = settings.log_level.upper()
+    if args.command == "connect" and "AGENTHUB_LOG_LEVEL" not in os.environ:
+        level = "WARNING"  # stderr is the client's log of this server: problems only
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command == "serve":
+        run_serve(settings)
+        return
+    remote = Remote(url=find_url(args.url, settings.data_dir, local_url(settings.host, settings.port)),
+                    token=find_token(args.token, settings.data_dir))
+    commands: dict[str, Callable[[Remote, argparse.Namespace], None]] = {
+        "agent": run_agent, "account": run_account, "task": run_task, "sandbox": run_sandbox,
+        "discoveries": run_discoveries, "token": run_token, "connect": run_connect}
     try:
-        settings = Settings(**overrides)
-        logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        if args.command == "serve":
-            run_serve(settings)
-        elif args.command == "agent":
-            run_agent(settings, args)
-        elif args.command == "account":
-            run_account(settings, args)
-        elif args.command == "task":
-            run_task(settings, args)
-        elif args.command == "sandbox":
-            run_sandbox(settings, args)
-        elif args.command == "discoveries":
-            run_discoveries(settings, args)
-        else:
-            run_token(settings, args)
+        commands[args.command](remote, args)
+    except (KeyError, TypeError) as exc:  # an answer without the fields this CLI reads: not a hub of its version
+        raise StartupError(f"{remote.url} answered without what agenthub {_version()} expects ({type(exc).__name__}: "
+                           f"{exc}): is it an agenthub of this version?") from exc
+
+
+def run_connect(remote: Remote, args: argparse.Namespace) -> None:
+    import anyio
+
+    from mcp_server.connect import bridge, check_hub, mcp_endpoint
+
+    url = mcp_endpoint(remote.url)
+    anyio.run(check_hub, url)
+    anyio.run(bridge, url, remote.token)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    try:
+        _run(args)
     except HubError as exc:
         print(f"agenthub: error: {exc.message}", file=sys.stderr)
         raise SystemExit(1) from None
@@ -578,6 +635,13 @@ def main(argv: list[str] | None = None) -> None:
     except _Terminated:
         logger.info("stopped by SIGTERM before serving")
         raise SystemExit(0) from None
+    except BrokenPipeError:  # stdout piped into a command that stopped reading (`| head`)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(1) from None
+    except OSError as exc:  # a file the operator named: --output in a missing directory, a full disk
+        print(f"agenthub: error: {exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""),
+              file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

@@ -1,11 +1,13 @@
 """`agenthub serve` as an operator runs it, for tests that need a hub of their own: a real subprocess with its own
 embedded NATS and PostgreSQL in a fresh data directory, and what to look at from outside (its servers' pids)."""
 
+import http.server
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -105,3 +107,17 @@ def child_pids(data_dir: Path) -> list[int]:
     nats = int((data_dir / "nats" / "nats-server.pid").read_text().strip())
     postmaster = int((data_dir / "postgres" / "data" / "postmaster.pid").read_text().splitlines()[0])
     return [nats, postmaster]
+
+
+@contextmanager
+def http_server(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[str]:
+    """A plain HTTP server (something that is not a hub, or a hub's stand-in) on a free loopback port: its URL."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)

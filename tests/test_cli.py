@@ -1,6 +1,8 @@
 """The `agenthub` command as an operator runs it: a real subprocess with embedded NATS and PostgreSQL, signals,
 and one-line errors for every problem the operator can fix."""
 
+import http.server
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -8,6 +10,7 @@ import signal
 import socket
 import stat
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -22,6 +25,7 @@ from tests.served import (
     STOP_SECONDS,
     child_pids,
     clean_env,
+    http_server,
     processes_mentioning,
     serving,
     wait_until_gone,
@@ -289,12 +293,17 @@ def test_a_wasm_agent_from_the_cli_uploads_tries_and_works(workdir: Path) -> Non
         cli(data_dir, hub.url, "agent", "spawn", "--id", "wc", "--role", "counter", "--executor", "wasm",
             "--capability", "count")
         agent_state(data_dir, hub.url, "wc", "idle")
-        assert cli(data_dir, hub.url, "agent", "binary", "upload", "wc", str(examples / "word_count.wat")).split()[
-            :2] == ["*", "1"]
+        uploaded = subprocess.run([AGENTHUB, "agent", "binary", "upload", "wc", str(examples / "word_count.wat"),
+                                   "--url", hub.url, "--data-dir", str(data_dir)], capture_output=True, text=True,
+                                  timeout=60, env=env)
+        assert uploaded.stdout.split()[:2] == ["*", "1"], uploaded.stderr
+        assert [line.split(" ", 2)[1] for line in uploaded.stderr.splitlines()] == [  # progress, while it takes
+            "compiling", "uploading", "version"]
         refused = fail("agent", "binary", "upload", "wc", str(hostile / "no_start.wat"), "--url", hub.url,
                        "--data-dir", str(data_dir), env=env)
-        assert refused == ["agenthub: error: the hub refused: the module does not export a function `_start`: the "
-                           "ABI is a WASI command module (see docs/wasm.md)"]
+        assert refused[-1] == ("agenthub: error: the hub refused: the module does not export a function `_start`: "
+                               "the ABI is a WASI command module (see docs/wasm.md)")
+        assert [line.split(" ", 2)[1] for line in refused[:-1]] == ["compiling", "uploading"]  # what it was doing
         tried = json.loads(cli(data_dir, hub.url, "sandbox", "run", "wc", "--input", '{"text": "a b c"}'))
         assert (tried["outcome"], tried["output"]) == ("ok", {"words": 3})
         cli(data_dir, hub.url, "agent", "binary", "upload", "wc", str(hostile / "loop.wat"))
@@ -317,3 +326,120 @@ def test_a_wasm_agent_from_the_cli_uploads_tries_and_works(workdir: Path) -> Non
             time.sleep(0.2)
         assert (task["winner"], task["result"]) == ("wc", {"words": 4})
         assert hub.stop() == 0
+
+
+def test_version_is_the_installed_distributions() -> None:
+    result = subprocess.run([AGENTHUB, "--version"], capture_output=True, text=True, timeout=30, env=clean_env())
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"agenthub {importlib.metadata.version('agenthub')}"
+
+
+SERVER_MODULES = ("mcp_server.app", "mcp_server.server", "uvicorn", "asyncpg", "starlette", "mcp", "nats", "wasmtime",
+                  "agenthub.settings", "pydantic")
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["agent", "list", "--help"], ["connect", "--help"], ["--version"]])
+def test_help_loads_none_of_the_server(argv: list[str]) -> None:
+    # What makes `--help` fast (0.15 s against 2 s before): it never imports the server. Timing it would be flaky.
+    probe = ("import json, sys\nfrom mcp_server import cli\ntry:\n    cli.main(sys.argv[1:])\nexcept SystemExit:\n"
+             "    pass\nprint(json.dumps(sorted(sys.modules)), file=sys.stderr)")
+    result = subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True, text=True, timeout=30,
+                            env=clean_env(), cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    assert "usage: agenthub" in result.stdout or result.stdout.startswith("agenthub ")
+    loaded = set(json.loads(result.stderr.splitlines()[-1]))
+    assert "mcp_server.cli" in loaded
+    assert [name for name in SERVER_MODULES if name in loaded] == []
+
+
+class NotAHub(http.server.BaseHTTPRequestHandler):
+    """Answers every path with an HTML 404, and `/list...` and `/object...` with JSON that is no hub's."""
+
+    def do_GET(self) -> None:
+        answers = {"/list": b"[1, 2]", "/object": b'{"a": 1}'}
+        answer = next((body for prefix, body in answers.items() if self.path.startswith(prefix)), None)
+        if answer is None:
+            self.send_error(404)
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(answer)
+
+    do_POST = do_GET
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def test_bad_input_is_one_line_and_exit_code_1_never_a_traceback(workdir: Path) -> None:
+    data_dir = workdir / "data"
+    data_dir.mkdir()
+    (data_dir / "operator-token").write_text("some-token\n")
+    client = ["--data-dir", str(data_dir)]
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        nobody = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    with http_server(NotAHub) as web:
+        cases: list[tuple[list[str], dict[str, str], str]] = [
+            (["agent", "list", "--url", web, *client], {}, f"{web}/api/v1/agents answered HTTP 404"),
+            (["task", "list", "--url", web + "/list", *client], {}, "did not answer with a JSON object: is it an"),
+            (["task", "list", "--url", web + "/object", *client], {}, "answered without what agenthub"),
+            (["agent", "list", "--url", web + "/list/mcp?tools=x", *client], {}, f"{web}/list/api/v1/agents did not"),
+            (["connect", "--url", web, *client], {}, f"{web}/health answered HTTP 404"),
+            (["agent", "list", *client], {"AGENTHUB_PORT": "abc"}, "AGENTHUB_PORT='abc': Input should be a valid"),
+            (["serve", *client], {"AGENTHUB_SSE__MAX_CLIENTS": "0"}, "AGENTHUB_SSE__MAX_CLIENTS='0'"),
+            (["agent", "list", "--url", "localhost:8765", *client], {}, "is not a hub URL"),
+            (["agent", "list", "--url", "http://127.0.0.1:port", *client], {}, "is not a hub URL"),
+            (["agent", "list", *client], {"AGENTHUB_URL": nobody}, f"cannot reach the hub at {nobody}"),
+            (["connect", "--url", nobody, *client], {}, f"cannot reach the hub at {nobody}/mcp"),
+            (["agent", "list", "--data-dir", str(workdir / "none")], {}, "no token: pass --token, set AGENTHUB_TOKEN"),
+            (["discoveries", "export", "--output", str(workdir / "no" / "file"), "--url", nobody, *client], {},
+             "No such file or directory"),
+        ]
+        for argv, env, expected in cases:
+            lines = fail(*argv, env=clean_env(**env), cwd=workdir)
+            assert len(lines) == 1 and lines[0].startswith("agenthub: error: "), (argv, lines)
+            assert expected in lines[0], (argv, lines)
+
+
+def test_client_commands_find_the_hub_from_its_data_directory_and_sign_in_with_any_token(workdir: Path) -> None:
+    data_dir, elsewhere = workdir / "data", workdir / "elsewhere"
+    elsewhere.mkdir()
+
+    def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([AGENTHUB, *args], capture_output=True, text=True, timeout=60, env=env or clean_env(),
+                              cwd=workdir)
+
+    with serving(data_dir, workdir / "logs") as hub:  # on a free port, never the default one
+        hub_url = data_dir / "hub-url"
+        assert hub_url.read_text() == hub.url + "\n"
+        assert stat.S_IMODE(hub_url.stat().st_mode) == 0o644
+        assert not hub.url.endswith(":8765")
+
+        minted = run("token", "create", "--role", "viewer", "--json", "--data-dir", str(data_dir))  # no --url
+        assert minted.returncode == 0, minted.stderr
+        viewer = json.loads(minted.stdout)
+        assert viewer["role"] == "viewer" and viewer["token"]
+        listed = run("token", "list", "--json", "--data-dir", str(data_dir))
+        assert viewer["token_id"] in {t["token_id"] for t in json.loads(listed.stdout)["items"]}
+
+        operator = (data_dir / "operator-token").read_text().strip()
+        # Beside a data directory without a token: the token from the environment, the URL from AGENTHUB_URL.
+        by_env = run("agent", "list", "--json", "--data-dir", str(elsewhere),
+                     env=clean_env(AGENTHUB_TOKEN=operator, AGENTHUB_URL=hub.url))
+        assert by_env.returncode == 0, by_env.stderr
+        assert json.loads(by_env.stdout) == {"agents": []}
+        by_flag = run("task", "list", "--json", "--url", hub.url, "--token", operator, "--data-dir", str(elsewhere))
+        assert by_flag.returncode == 0, by_flag.stderr
+        assert json.loads(by_flag.stdout)["tasks"] == []
+        deposited = run("account", "deposit", "requester:carol", "10", "--json", "--data-dir", str(data_dir))
+        assert json.loads(deposited.stdout)["balance"] == 10
+        ledger = run("account", "ledger", "requester:carol", "--json", "--data-dir", str(data_dir))
+        assert [e["kind"] for e in json.loads(ledger.stdout)["entries"]] == ["deposit"]
+
+        refused = run("agent", "list", "--data-dir", str(data_dir), "--token", "wrong")
+        assert refused.returncode == 1 and "Traceback" not in refused.stderr
+        assert refused.stderr.startswith("agenthub: error: the hub refused: ")
+        assert hub.stop() == 0
+    assert not hub_url.exists()
