@@ -1,0 +1,161 @@
+"""`agenthub connect`, the stdio bridge, driven by real stdio clients: the TypeScript SDK's (2025-11-25, as Claude
+Desktop, Cursor and VS Code speak it), the Python SDK's (2026-07-28), and raw JSON-RPC lines."""
+
+import json
+import shutil
+import subprocess
+from collections.abc import AsyncIterator, Iterator
+from itertools import count
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from anyio.abc import ByteReceiveStream, ByteSendStream
+from anyio.streams.buffered import BufferedByteReceiveStream
+from mcp import Client, StdioServerParameters
+
+from agenthub.auth import Role
+from tests.conftest import RunningHub
+from tests.served import AGENTHUB, ROOT, clean_env
+
+JS = ROOT / "tests" / "js"
+SCOUT = "discovery://agents/scout/discoveries"
+INITIALIZE = {"id": 1, "method": "initialize", "params": {
+    "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw-lines", "version": "1"}}}
+_shared = count(1)
+
+
+@pytest.fixture(scope="session")
+def node() -> str:
+    """`node`, with the pinned TypeScript SDK installed in tests/js (`npm ci` on a fresh machine)."""
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if node is None or npm is None:
+        pytest.fail("node and npm are needed: the stdio bridge is tested with the TypeScript SDK's client")
+    if not (JS / "node_modules" / "@modelcontextprotocol" / "sdk").is_dir():
+        installed = subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=JS, capture_output=True, text=True,
+                                   timeout=300)
+        assert installed.returncode == 0, installed.stderr
+    return node
+
+
+async def share(hub: RunningHub, agent_id: str = "scout") -> str:
+    content = f"finding {next(_shared)}"
+    async with hub.http() as http:
+        shared = await http.post("/api/v1/discoveries", json={
+            "agent_id": agent_id, "agent_role": "Analyzer", "discovery_type": "insight", "content": content,
+            "confidence": 0.8})
+    assert shared.status_code == 201, shared.text
+    return content
+
+
+async def json_lines(stream: ByteReceiveStream) -> AsyncIterator[dict[str, Any]]:
+    buffered = BufferedByteReceiveStream(stream)
+    while True:
+        yield json.loads(await buffered.receive_until(b"\n", 1 << 20))
+
+
+async def send(stream: ByteSendStream, message: dict[str, Any]) -> None:
+    await stream.send(json.dumps({"jsonrpc": "2.0", **message}).encode() + b"\n")
+
+
+@pytest.fixture
+def stderr_file(tmp_path: Path) -> Iterator[Path]:
+    path = tmp_path / "connect.err"
+    yield path
+    assert "Traceback" not in path.read_text()
+
+
+async def test_the_typescript_sdks_stdio_client_hears_of_a_shared_discovery_through_agenthub_connect(
+        hub: RunningHub, node: str, stderr_file: Path) -> None:
+    command = [node, str(JS / "stdio_client.mjs"), SCOUT, "--", AGENTHUB, "connect", "--url", hub.url]
+    with stderr_file.open("wb") as stderr:
+        async with await anyio.open_process(command, stdout=subprocess.PIPE, stderr=stderr,
+                                            env=clean_env(AGENTHUB_TOKEN=hub.operator_token)) as proc:
+            assert proc.stdout is not None
+            events = json_lines(proc.stdout)
+            with anyio.fail_after(60):
+                tools = await anext(events)
+                assert tools["event"] == "tools" and "share_discovery" in tools["names"]
+                assert tools["server"]["name"]  # the hub's own initialize answer, passed through
+                assert await anext(events) == {"event": "subscribed", "uri": SCOUT}
+                # The SDK client opens the session's GET stream (where notifications arrive) on its own schedule:
+                # share until one is heard rather than guess when it is open.
+                contents = [await share(hub)]
+                while True:
+                    with anyio.move_on_after(1):
+                        updated = await anext(events)
+                        break
+                    contents.append(await share(hub))
+                assert updated == {"event": "updated", "uri": SCOUT}
+                read = await anext(events)
+                assert read["event"] == "read"
+                assert contents[0] in json.dumps(read["contents"])
+                assert await anext(events) == {"event": "closed"}
+                assert await proc.wait() == 0
+
+
+async def test_raw_json_rpc_lines_pass_both_ways_and_closing_stdin_ends_the_bridge(
+        hub: RunningHub, stderr_file: Path) -> None:
+    command = [AGENTHUB, "connect", "--url", f"{hub.url}/mcp", "--token", hub.operator_token]
+    with stderr_file.open("wb") as stderr:
+        async with await anyio.open_process(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr,
+                                            env=clean_env()) as proc:
+            assert proc.stdin is not None and proc.stdout is not None
+            replies = json_lines(proc.stdout)
+            with anyio.fail_after(30):
+                await send(proc.stdin, INITIALIZE)
+                initialized = await anext(replies)
+                assert initialized["id"] == 1 and initialized["result"]["protocolVersion"] == "2025-11-25"
+                await send(proc.stdin, {"method": "notifications/initialized"})
+                await send(proc.stdin, {"id": "two", "method": "resources/subscribe", "params": {"uri": SCOUT}})
+                assert await anext(replies) == {"jsonrpc": "2.0", "id": "two", "result": {}}
+                await send(proc.stdin, {"id": 3, "method": "tools/call", "params": {"name": "no_such_tool"}})
+                answer = await anext(replies)
+                assert answer["id"] == 3 and (answer.get("error") or answer["result"]["isError"])
+                while True:  # a notification the hub sends on its own, in order with the answers
+                    await share(hub)
+                    with anyio.move_on_after(1):
+                        heard = await anext(replies)
+                        break
+                assert heard == {"jsonrpc": "2.0", "method": "notifications/resources/updated",
+                                 "params": {"uri": SCOUT}}
+                await proc.stdin.aclose()
+                assert await proc.wait() == 0
+
+
+async def test_a_refused_token_reaches_the_client_as_an_error_and_stderr_says_why(
+        hub: RunningHub, stderr_file: Path) -> None:
+    command = [AGENTHUB, "connect", "--url", hub.url, "--token", "not-a-token"]
+    with stderr_file.open("wb") as stderr:
+        async with await anyio.open_process(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr,
+                                            env=clean_env()) as proc:
+            assert proc.stdin is not None and proc.stdout is not None
+            with anyio.fail_after(30):
+                await send(proc.stdin, INITIALIZE)
+                refused = await anext(json_lines(proc.stdout))
+                assert refused["id"] == 1 and "error" in refused
+                await proc.stdin.aclose()
+                assert await proc.wait() == 0
+    assert "agenthub: error: the hub refused the token (401)" in await anyio.Path(stderr_file).read_text()
+
+
+async def test_a_2026_07_28_stdio_client_calls_tools_and_listens_through_the_bridge(hub: RunningHub) -> None:
+    agent_token = await hub.token(Role.AGENT, "scout")
+    params = StdioServerParameters(command=AGENTHUB, args=["connect", "--url", hub.url, "--token", agent_token],
+                                   env=clean_env())
+    async with Client(params) as client:
+        assert client.protocol_version == "2026-07-28"
+        tools = await client.list_tools()
+        assert "share_discovery" in {t.name for t in tools.tools}
+        async with client.listen(resource_subscriptions=[SCOUT]) as listener:
+            with anyio.fail_after(30):
+                while True:
+                    content = await share(hub)
+                    with anyio.move_on_after(1):
+                        async for event in listener:
+                            assert event.uri == SCOUT  # type: ignore[union-attr]
+                            break
+                        break
+        read = await client.read_resource(SCOUT)
+        assert content in read.contents[0].text  # type: ignore[union-attr]
