@@ -16,6 +16,7 @@ from pathlib import Path
 
 import asyncpg
 
+from agenthub.database import Connection
 from agenthub.errors import Forbidden, InvalidInput, TokenNotFound, Unauthenticated
 from agenthub.ids import AgentId, TokenId, is_valid_agent_id, new_token_id
 
@@ -34,6 +35,7 @@ class Principal:
     role: Role
     agent_id: AgentId | None = None
     expires_at: datetime | None = None  # the token is refused from then on
+    resource: str | None = None  # an OAuth access token's audience (RFC 8707): refused by any other resource
 
     def require_write(self) -> None:
         if self.role is Role.VIEWER:
@@ -54,7 +56,7 @@ class Principal:
 LOCAL_OPERATOR = Principal(token_id=None, role=Role.OPERATOR)
 
 
-def _hash(token: str) -> bytes:
+def hash_secret(token: str) -> bytes:
     return hashlib.sha256(token.encode()).digest()
 
 
@@ -80,9 +82,11 @@ def _info(row: asyncpg.Record) -> TokenInfo:
                      revoked_at=row["revoked_at"])
 
 
-async def create_token(pool: asyncpg.Pool, role: Role, agent_id: str | None = None, *,
-                       expires_at: datetime | None = None) -> tuple[TokenId, str]:
-    """Mint a token, valid until `expires_at` (or until revoked); returns (token id, the secret, shown once)."""
+async def create_token(pool: asyncpg.Pool | Connection, role: Role, agent_id: str | None = None, *,
+                       expires_at: datetime | None = None, resource: str | None = None,
+                       oauth_client_id: str | None = None, oauth_family: str | None = None) -> tuple[TokenId, str]:
+    """Mint a token, valid until `expires_at` (or until revoked); returns (token id, the secret, shown once).
+    An OAuth access token also names its resource, its client and the grant it came from (`agenthub.oauth`)."""
     if (role is Role.AGENT) != (agent_id is not None):
         raise InvalidInput("an agent token needs --agent-id, and only agent tokens take one")
     if agent_id is not None and not is_valid_agent_id(agent_id):
@@ -90,22 +94,23 @@ async def create_token(pool: asyncpg.Pool, role: Role, agent_id: str | None = No
     token = "ah_" + secrets.token_urlsafe(32)
     token_id = new_token_id()
     await pool.execute(
-        "INSERT INTO tokens (id, token_hash, role, agent_id, expires_at) VALUES ($1, $2, $3, $4, $5)",
-        token_id, _hash(token), role.value, agent_id, expires_at,
+        "INSERT INTO tokens (id, token_hash, role, agent_id, expires_at, resource, oauth_client_id, oauth_family) "
+        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        token_id, hash_secret(token), role.value, agent_id, expires_at, resource, oauth_client_id, oauth_family,
     )
     return token_id, token
 
 
 async def resolve_token(pool: asyncpg.Pool, token: str) -> Principal:
     row = await pool.fetchrow(
-        "SELECT id, role, agent_id, expires_at FROM tokens WHERE token_hash = $1 AND revoked_at IS NULL "
-        "AND (expires_at IS NULL OR expires_at > now())", _hash(token)
+        "SELECT id, role, agent_id, expires_at, resource FROM tokens WHERE token_hash = $1 AND revoked_at IS NULL "
+        "AND (expires_at IS NULL OR expires_at > now())", hash_secret(token)
     )
     if row is None:
         raise Unauthenticated("unknown, expired or revoked token")
     agent = AgentId(row["agent_id"]) if row["agent_id"] is not None else None
     return Principal(token_id=TokenId(row["id"]), role=Role(row["role"]), agent_id=agent,
-                     expires_at=row["expires_at"])
+                     expires_at=row["expires_at"], resource=row["resource"])
 
 
 async def list_tokens(pool: asyncpg.Pool, *, include_inactive: bool = False, limit: int = 100) -> list[TokenInfo]:
@@ -117,11 +122,16 @@ async def list_tokens(pool: asyncpg.Pool, *, include_inactive: bool = False, lim
 
 
 async def revoke_token(pool: asyncpg.Pool, token_id: str) -> TokenInfo:
-    """Revoke a token by id (again: no change); the token as it is now. Caches are the caller's to invalidate."""
-    row = await pool.fetchrow(f"UPDATE tokens SET revoked_at = coalesce(revoked_at, now()) WHERE id = $1 "
-                              f"RETURNING {_INFO_COLUMNS}", token_id)
-    if row is None:
-        raise TokenNotFound(token_id)
+    """Revoke a token by id (again: no change); the token as it is now. Caches are the caller's to invalidate.
+    An OAuth access token's refresh tokens are revoked with it, so its client cannot get another."""
+    async with pool.acquire() as conn, conn.transaction():
+        row = await conn.fetchrow(f"UPDATE tokens SET revoked_at = coalesce(revoked_at, now()) WHERE id = $1 "
+                                  f"RETURNING {_INFO_COLUMNS}, oauth_family", token_id)
+        if row is None:
+            raise TokenNotFound(token_id)
+        if row["oauth_family"] is not None:
+            await conn.execute("UPDATE oauth_refresh_tokens SET revoked_at = coalesce(revoked_at, now()) "
+                               "WHERE family = $1", row["oauth_family"])
     return _info(row)
 
 

@@ -139,6 +139,18 @@ class SandboxSettings(BaseModel):
                              memory_bytes=self.compile_memory_bytes, memory_cap_bytes=self.limits.memory_bytes)
 
 
+class OAuthSettings(BaseModel):
+    """OAuth 2.1 sign-in for remote MCP clients (the hub is its own authorization server; `auth` must be on)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    access_token_seconds: int = Field(default=3600, ge=60, le=24 * 3600)
+    refresh_token_seconds: int = Field(default=30 * 24 * 3600, ge=3600, le=365 * 24 * 3600)
+    code_seconds: int = Field(default=60, ge=10, le=600)  # an authorization code is exchanged within this
+    consent_seconds: int = Field(default=600, ge=60, le=3600)  # an operator answers the consent page within this
+
+
 class NatsCredentials(BaseModel):
     """How a connection signs in to an external NATS (`AGENTHUB_NATS_URL`); unset fields are not sent."""
 
@@ -200,5 +212,6 @@ class Settings(BaseSettings):
     market: MarketSettings = Field(default_factory=MarketSettings)
     rate_limits: RateLimitSettings = Field(default_factory=RateLimitSettings)
     sandbox: SandboxSettings = Field(default_factory=SandboxSettings)
+    oauth: OAuthSettings = Field(default_factory=OAuthSettings)
     # For `claude` agents; read from ANTHROPIC_API_KEY (the Anthropic SDK's own name) and passed to their processes.
     anthropic_api_key: str | None = Field(default=None, validation_alias="ANTHROPIC_API_KEY", repr=False)

@@ -46,7 +46,7 @@ from sandbox.service import SandboxService
 from sandbox.store import LocalBinaryStore
 from supervisor import INTENSITY_REACHED, Backoff, ChildSpec, Supervisor, SupervisorEvent, task_child
 from supervisor.service import Service, service_child
-from web_ui import agents, api, dashboard, ops, problems, streams, tokens
+from web_ui import agents, api, dashboard, oauth, ops, problems, streams, tokens
 from web_ui import market as market_api
 from web_ui import sandbox as sandbox_api
 from web_ui.endpoints import openapi
@@ -225,6 +225,10 @@ def create_app(hub: HubState) -> Starlette:
     document = openapi(_ENDPOINTS, ops.DESCRIBED, title="agenthub", version="0.1.0",
                        max_body=settings.limits.max_body_bytes, max_upload=settings.sandbox.max_module_bytes)
 
+    # OAuth sign-in (web_ui.oauth): the hub is the protected resource at <its URL>/mcp and its own issuer.
+    resource_server = oauth.resource_server_for(settings.public_url or local_url(settings)) \
+        if settings.auth and settings.oauth.enabled else None
+
     async def openapi_json(request: Request) -> Response:
         return JSONResponse(document)
 
@@ -242,6 +246,7 @@ def create_app(hub: HubState) -> Starlette:
         Route("/discoveries/stream", streams.discovery_stream),
         Route("/events/stream", streams.hub_stream),
         *dashboard.routes(),
+        *(oauth.routes(hub, resource_server) if resource_server is not None else []),
         *(ep.route() for ep in _ENDPOINTS),
         Mount("/", app=mcp_app),  # MCP at /mcp; must stay last, it matches every path
     ]
@@ -249,10 +254,11 @@ def create_app(hub: HubState) -> Starlette:
                     exception_handlers=dict.fromkeys(UNAVAILABLE, problems.unavailable_problem))
     app.state.hub = hub
     app.state.mcp_server = server
+    app.state.resource_server = resource_server
     app.add_middleware(
         Guard, max_body=settings.limits.max_body_bytes, max_upload=settings.sandbox.max_module_bytes,
         auth=settings.auth, allowed_hosts=settings.allowed_hosts, allowed_origins=settings.allowed_origins,
-        tokens=hub.tokens, limiter=hub.limiter,
+        tokens=hub.tokens, limiter=hub.limiter, resource_server=resource_server,
     )
     return app
 

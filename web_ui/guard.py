@@ -5,6 +5,11 @@ It runs before any route, so a bad Origin, an oversize body or a token over its 
 is done (429 with `Retry-After`; on `/mcp` the refusal is left in `scope["state"]["rate_limited"]` for the MCP
 server to answer in MCP's terms). The caller's `Principal` is put in `scope["state"]["principal"]` for routes and
 MCP tools to read.
+
+Every 401 carries a Bearer challenge naming the hub's OAuth protected-resource metadata (RFC 9728 §5.1), so an
+MCP client given only the hub's URL can find how to sign in (`web_ui.resource_server`, `web_ui.oauth`); that
+metadata and the OAuth endpoints are public. An OAuth access token issued for another resource (RFC 8707) is
+refused like an unknown one.
 """
 
 import logging
@@ -13,6 +18,7 @@ from urllib.parse import parse_qs
 
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.auth.provider import AccessToken
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from agenthub.auth import LOCAL_OPERATOR, Principal
@@ -21,6 +27,7 @@ from agenthub.ratelimit import REQUESTS, RateLimiter
 from agenthub.token_cache import TokenCache
 from web_ui.origins import field_value, host_allowed, origin_allowed
 from web_ui.problems import problem, problem_for
+from web_ui.resource_server import OAUTH_PATHS, ResourceServer
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +43,8 @@ MCP_PATH = "/mcp"  # a rate-limited MCP request is answered by the MCP server: a
 
 class Guard:
     def __init__(self, app: ASGIApp, *, max_body: int, max_upload: int, auth: bool, allowed_hosts: list[str],
-                 allowed_origins: list[str], tokens: TokenCache, limiter: RateLimiter) -> None:
+                 allowed_origins: list[str], tokens: TokenCache, limiter: RateLimiter,
+                 resource_server: ResourceServer | None = None) -> None:
         self.app = app
         self.max_body = max_body
         self.max_upload = max_upload
@@ -45,6 +53,7 @@ class Guard:
         self.allowed_origins = allowed_origins
         self._tokens = tokens
         self._limiter = limiter
+        self._resource_server = resource_server  # None: OAuth is off
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -69,7 +78,7 @@ class Guard:
         try:
             principal = await self._authenticate(scope, headers)
         except Unauthenticated as exc:
-            await problem(401, "Unauthenticated", exc.message)(scope, receive, send)
+            await self._unauthenticated(exc.message, has_token=_bearer(headers) is not None)(scope, receive, send)
             return
         except ServiceUnavailable as exc:  # the token could not be checked: PostgreSQL is down or frozen
             await problem_for(exc)(scope, receive, send)
@@ -111,7 +120,7 @@ class Guard:
         if not held.cancelled_caught:
             return
         if not started:
-            await problem(401, "Unauthenticated", "the token was revoked or expired")(scope, receive, send)
+            await self._unauthenticated("the token was revoked or expired", has_token=True)(scope, receive, send)
         elif not ended:
             await send({"type": "http.response.body", "body": b"", "more_body": False})
 
@@ -150,17 +159,35 @@ class Guard:
         if not self.auth:
             return LOCAL_OPERATOR
         path: str = scope["path"]
-        token = None
-        authorization = headers.get("authorization", "")
-        if authorization[:7].lower() == "bearer ":
-            token = authorization[7:].strip()
-        elif path in QUERY_TOKEN_PATHS:
+        token = _bearer(headers)
+        if token is None and path in QUERY_TOKEN_PATHS:
             token = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("access_token", [None])[0]
         if token is None:
-            if path in PUBLIC_PATHS or path == "/" or path.startswith(STATIC_PREFIX):
+            if path in PUBLIC_PATHS or path == "/" or path.startswith(STATIC_PREFIX) or (
+                    self._resource_server is not None and path in OAUTH_PATHS):
                 return None
             raise Unauthenticated("missing bearer token: send 'Authorization: Bearer <token>'")
-        return await self._tokens.resolve(token)
+        principal = await self._tokens.resolve(token)
+        if principal.resource is not None and (self._resource_server is None or
+                                               not self._resource_server.accepts(principal.resource)):
+            raise Unauthenticated(f"this token was issued for {principal.resource}, not for this hub")
+        return principal
+
+    def _unauthenticated(self, detail: str, *, has_token: bool) -> JSONResponse:
+        """401 with a Bearer challenge that points an OAuth client at the protected-resource metadata."""
+        challenge = 'Bearer realm="agenthub"'
+        if self._resource_server is not None:
+            challenge += f', resource_metadata="{self._resource_server.metadata_url}"'
+        if has_token:
+            challenge += ', error="invalid_token"'
+        response = problem(401, "Unauthenticated", detail)
+        response.headers["WWW-Authenticate"] = challenge
+        return response
+
+
+def _bearer(headers: dict[str, str]) -> str | None:
+    authorization = headers.get("authorization", "")
+    return authorization[7:].strip() if authorization[:7].lower() == "bearer " else None
 
 
 def session_owner(token_id: str) -> AuthenticatedUser:

@@ -427,6 +427,7 @@
     [/^\/accounts\/?$/, () => accountsPage(), "accounts"],
     [/^\/accounts\/(.+)$/, (m) => accountPage(m[1]), "accounts"],
     [/^\/tokens\/?$/, () => tokensPage(), "tokens"],
+    [/^\/consent\/(.+)$/, (m) => consentPage(m[1]), null],
   ];
 
   function route() {
@@ -1479,6 +1480,53 @@
     showAll.addEventListener("change", load);
     setChildren(tbody, h("tr", {}, h("td", { colspan: 8, class: "muted" }, "Loading…")));
     load();
+    return { el };
+  }
+
+  // -- OAuth consent ---------------------------------------------------------------------------------------------
+
+  /** An MCP client's sign-in (OAuth) waits here for an operator: who asks, where the code goes, and what its
+   * tokens may do. Approving or denying sends this tab to the client's redirect URI. */
+  function consentPage(requestId) {
+    const title = "Sign-in request";
+    if (!isOperator()) {
+      return { el: pageShell(title, h("p", {}, "Only an operator can answer a sign-in request: sign out and sign in "
+        + "with an operator token, then open the client's link again.")) };
+    }
+    const body = h("div", {}, loadingNote());
+    const el = pageShell(title, body);
+    const go = (result) => {
+      setChildren(body, h("p", { class: "ok", id: "consent-outcome", "data-outcome": result.outcome },
+        result.outcome === "approved" ? "Approved: returning to the client…" : "Denied: returning to the client…"));
+      location.assign(result.redirect_to);
+    };
+    api("GET", `/oauth/consent/${enc(requestId)}`).then((req) => {
+      const form = writeForm({ class: "card form-grid", id: "consent-form", "aria-label": "Answer the sign-in request" }, [
+        field("Role", select("role", [["agent", "agent: acts as one agent id"], ["viewer", "viewer: read only"],
+                                      ["operator", "operator: everything"]], "agent")),
+        field("Agent id", h("input", { name: "agent_id", autocomplete: "off", pattern: "[A-Za-z0-9_-]{1,64}" }),
+              "agent grants only: the agent the client's tokens act as"),
+        h("div", { class: "actions" }, h("button", { type: "submit", id: "consent-approve" }, "Approve"),
+          actionButton("Deny", async () => go(await api("POST", `/oauth/consent/${enc(requestId)}`,
+                                                          { approve: false })),
+                       { class: "danger", id: "consent-deny" })),
+      ], async (f) => {
+        const e = f.elements;
+        const answer = { approve: true, role: e.role.value };
+        if (e.role.value === "agent") answer.agent_id = e.agent_id.value.trim();
+        go(await api("POST", `/oauth/consent/${enc(requestId)}`, answer));
+      });
+      setChildren(body,
+        h("p", {}, "An MCP client asks for access to this hub. Approve only a client you started yourself."),
+        h("dl", { class: "facts", id: "consent-details" },
+          h("dt", {}, "Client"), h("dd", { id: "consent-client" }, req.client_name || "(no name given)"),
+          h("dt", {}, "Client id"), h("dd", {}, h("code", {}, req.client_id)),
+          req.client_uri ? h("dt", {}, "Client site") : null, req.client_uri ? h("dd", {}, req.client_uri) : null,
+          h("dt", {}, "Redirect URI"), h("dd", {}, h("code", { id: "consent-redirect" }, req.redirect_uri)),
+          h("dt", {}, "Resource"), h("dd", {}, h("code", {}, req.resource)),
+          h("dt", {}, "Expires"), h("dd", {}, fmtTime(req.expires_at))),
+        form);
+    }, (err) => setChildren(body, errorNote(err)));
     return { el };
   }
 

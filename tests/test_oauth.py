@@ -1,0 +1,268 @@
+"""OAuth sign-in (issue 14) against a real hub: discovery from a 401, registration, authorization code + PKCE with
+the consent answered by an operator, refresh rotation with reuse detection, revocation, resource binding."""
+
+import base64
+import hashlib
+import secrets
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import httpx2
+import pytest
+
+from agenthub.auth import Role, create_token
+from tests.conftest import RunningHub
+
+pytestmark = pytest.mark.timeout(600)
+
+SHARE = {"agent_role": "Analyzer", "discovery_type": "anomaly", "content": "seen through OAuth", "confidence": 0.5}
+
+
+def pkce() -> tuple[str, str]:
+    verifier = secrets.token_urlsafe(48)
+    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).decode().rstrip("=")
+    return verifier, challenge
+
+
+def anonymous(hub: RunningHub) -> httpx2.AsyncClient:
+    return httpx2.AsyncClient(base_url=hub.url, timeout=30)
+
+
+async def register(http: httpx2.AsyncClient, redirect_uris: list[str], **extra: Any) -> httpx2.Response:
+    return await http.post("/register", json={"client_name": "test client", "redirect_uris": redirect_uris, **extra})
+
+
+async def authorize(http: httpx2.AsyncClient, client_id: str, redirect_uri: str, challenge: str,
+                    **extra: str) -> httpx2.Response:
+    params = {"response_type": "code", "client_id": client_id, "redirect_uri": redirect_uri, "state": "st-1",
+              "code_challenge": challenge, "code_challenge_method": "S256", **extra}
+    return await http.get("/authorize", params=params)
+
+
+def consent_id(response: httpx2.Response, hub: RunningHub) -> str:
+    assert response.status_code == 302, response.text
+    location = response.headers["location"]
+    assert location.startswith(f"{hub.url}/#/consent/"), location
+    return location.rsplit("/", 1)[1]
+
+
+async def approve(hub: RunningHub, request_id: str, **answer: Any) -> dict[str, list[str]]:
+    """The consent page's call, made directly: the query of the redirect it answers with."""
+    async with hub.http() as http:
+        response = await http.post(f"/oauth/consent/{request_id}", json={"approve": True, **answer})
+    assert response.status_code == 200, response.text
+    return parse_qs(urlsplit(response.json()["redirect_to"]).query)
+
+
+async def sign_in(hub: RunningHub, http: httpx2.AsyncClient, agent_id: str) -> tuple[str, dict[str, Any]]:
+    """Register, authorize, approve as an agent and exchange the code: (client id, the token response)."""
+    redirect = "http://127.0.0.1:4567/callback"
+    client = (await register(http, [redirect])).json()
+    verifier, challenge = pkce()
+    request_id = consent_id(await authorize(http, client["client_id"], redirect, challenge,
+                                            resource=hub.mcp_url), hub)
+    code = (await approve(hub, request_id, role="agent", agent_id=agent_id))["code"][0]
+    tokens = await http.post("/token", data={"grant_type": "authorization_code", "code": code,
+                                             "redirect_uri": redirect, "client_id": client["client_id"],
+                                             "code_verifier": verifier})
+    assert tokens.status_code == 200, tokens.text
+    return client["client_id"], tokens.json()
+
+
+async def whoami(hub: RunningHub, token: str) -> httpx2.Response:
+    async with hub.http(token) as http:
+        return await http.get("/api/v1/whoami")
+
+
+async def test_without_a_token_the_hub_points_at_its_oauth_metadata(hub: RunningHub) -> None:
+    async with anonymous(hub) as http:
+        refused = await http.post("/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "ping"})
+        assert refused.status_code == 401
+        challenge = refused.headers["www-authenticate"]
+        assert f'resource_metadata="{hub.url}/.well-known/oauth-protected-resource"' in challenge
+        assert "invalid_token" not in challenge
+        api = await http.get("/api/v1/whoami")
+        assert api.status_code == 401 and "resource_metadata=" in api.headers["www-authenticate"]
+        bad = await http.get("/api/v1/whoami", headers={"Authorization": "Bearer ah_nonsense"})
+        assert bad.status_code == 401 and 'error="invalid_token"' in bad.headers["www-authenticate"]
+
+        for path in ("/.well-known/oauth-protected-resource", "/.well-known/oauth-protected-resource/mcp"):
+            resource = await http.get(path)
+            assert resource.status_code == 200, path
+            assert resource.json()["resource"] == hub.mcp_url
+            assert resource.json()["authorization_servers"] == [hub.url]
+        server = (await http.get("/.well-known/oauth-authorization-server")).json()
+        assert server["issuer"] == hub.url
+        assert server["authorization_endpoint"] == f"{hub.url}/authorize"
+        assert server["token_endpoint"] == f"{hub.url}/token"
+        assert server["registration_endpoint"] == f"{hub.url}/register"
+        assert server["revocation_endpoint"] == f"{hub.url}/revoke"
+        assert server["code_challenge_methods_supported"] == ["S256"]
+        assert server["token_endpoint_auth_methods_supported"] == ["none"]
+    # Static tokens keep working.
+    assert (await whoami(hub, hub.operator_token)).json()["role"] == "operator"
+
+
+async def test_registration_takes_only_safe_redirect_uris_and_makes_public_clients(hub: RunningHub) -> None:
+    async with anonymous(hub) as http:
+        for bad in ("http://evil.example/cb", "https://app.example/cb#frag", "javascript:alert(1)"):
+            refused = await register(http, [bad])
+            assert refused.status_code == 400, bad
+            assert refused.json()["error"] == "invalid_redirect_uri"
+            assert bad.split("#")[0] in refused.json()["error_description"]
+        made = await register(http, ["http://127.0.0.1:9/cb", "https://app.example/cb", "cursor://app/cb"],
+                              token_endpoint_auth_method="client_secret_post")
+        assert made.status_code == 201, made.text
+        client = made.json()
+        assert client["token_endpoint_auth_method"] == "none"
+        assert "client_secret" not in client
+        missing = await authorize(http, "no-such-client", "http://127.0.0.1:9/cb", pkce()[1])
+        assert missing.status_code == 400 and missing.json()["error"] == "invalid_request"
+
+
+async def test_redirect_uris_match_exactly_but_a_loopback_ip_may_change_its_port(hub: RunningHub) -> None:
+    async with anonymous(hub) as http:
+        client_id = (await register(http, ["http://127.0.0.1:1234/cb", "https://app.example/cb"])).json()["client_id"]
+        challenge = pkce()[1]
+        consent_id(await authorize(http, client_id, "http://127.0.0.1:5555/cb", challenge), hub)
+        consent_id(await authorize(http, client_id, "https://app.example/cb", challenge), hub)
+        for wrong in ("http://127.0.0.1:5555/other", "http://localhost:1234/cb", "https://app.example/cb/",
+                      "https://app.example:8443/cb", "https://app.example/cb?x=1"):
+            refused = await authorize(http, client_id, wrong, challenge)
+            assert refused.status_code == 400, wrong
+            assert refused.json()["error"] == "invalid_request"
+            assert "not registered" in refused.json()["error_description"]
+
+
+async def test_the_code_flow_needs_an_operators_consent_and_the_pkce_verifier(hub: RunningHub) -> None:
+    redirect = "http://127.0.0.1:4567/callback"
+    async with anonymous(hub) as http:
+        client_id = (await register(http, [redirect])).json()["client_id"]
+        verifier, challenge = pkce()
+        request_id = consent_id(await authorize(http, client_id, redirect, challenge, resource=hub.mcp_url), hub)
+
+        # Only an operator sees and answers the request.
+        agent_token = await hub.token(Role.AGENT, "someone")
+        async with hub.http(agent_token) as as_agent:
+            assert (await as_agent.get(f"/oauth/consent/{request_id}")).status_code == 403
+        assert (await http.get(f"/oauth/consent/{request_id}")).status_code == 401
+        async with hub.http() as operator:
+            shown = (await operator.get(f"/oauth/consent/{request_id}")).json()
+            assert shown["client_name"] == "test client" and shown["redirect_uri"] == redirect
+            assert shown["resource"] == hub.mcp_url
+            half = await operator.post(f"/oauth/consent/{request_id}", json={"approve": True, "role": "agent"})
+            assert half.status_code == 400 and "agent_id" in half.json()["detail"]
+        query = await approve(hub, request_id, role="agent", agent_id="oauth-agent")
+        assert query["state"] == ["st-1"] and query["iss"] == [hub.url]
+        code = query["code"][0]
+        async with hub.http() as operator:  # answered: gone
+            assert (await operator.post(f"/oauth/consent/{request_id}", json={"approve": False})).status_code == 404
+
+        exchange = {"grant_type": "authorization_code", "code": code, "redirect_uri": redirect, "client_id": client_id}
+        wrong = await http.post("/token", data={**exchange, "code_verifier": pkce()[0]})
+        assert wrong.status_code == 400 and wrong.json()["error"] == "invalid_grant"
+        other_redirect = await http.post("/token", data={**exchange, "redirect_uri": "http://127.0.0.1:1/x",
+                                                         "code_verifier": verifier})
+        assert other_redirect.status_code == 400 and other_redirect.json()["error"] == "invalid_request"
+        tokens = await http.post("/token", data={**exchange, "code_verifier": verifier})
+        assert tokens.status_code == 200, tokens.text
+        body = tokens.json()
+        assert body["token_type"] == "Bearer" and body["expires_in"] == 3600 and body["refresh_token"]
+        assert tokens.headers["cache-control"] == "no-store"
+
+        me = (await whoami(hub, body["access_token"])).json()
+        assert (me["role"], me["agent_id"]) == ("agent", "oauth-agent")
+        async with hub.mcp(body["access_token"]) as mcp:
+            own = await mcp.call_tool("share_discovery", {"agent_id": "oauth-agent", **SHARE})
+            assert not own.is_error
+            other = await mcp.call_tool("share_discovery", {"agent_id": "someone-else", **SHARE})
+            assert other.is_error
+
+        # A code is good once; presented again it revokes what it gave.
+        again = await http.post("/token", data={**exchange, "code_verifier": verifier})
+        assert again.status_code == 400 and again.json()["error"] == "invalid_grant"
+        assert (await whoami(hub, body["access_token"])).status_code == 401
+
+
+async def test_consent_denied_sends_the_client_access_denied(hub: RunningHub) -> None:
+    redirect = "http://127.0.0.1:4567/callback"
+    async with anonymous(hub) as http:
+        client_id = (await register(http, [redirect])).json()["client_id"]
+        request_id = consent_id(await authorize(http, client_id, redirect, pkce()[1]), hub)
+    async with hub.http() as operator:
+        answer = (await operator.post(f"/oauth/consent/{request_id}", json={"approve": False})).json()
+    assert answer["outcome"] == "denied"
+    query = parse_qs(urlsplit(answer["redirect_to"]).query)
+    assert answer["redirect_to"].startswith(redirect)
+    assert query["error"] == ["access_denied"] and query["state"] == ["st-1"] and "code" not in query
+
+
+async def test_refresh_rotates_and_a_reused_refresh_token_revokes_the_grant(hub: RunningHub) -> None:
+    async with anonymous(hub) as http:
+        client_id, first = await sign_in(hub, http, "rotating")
+        refresh = {"grant_type": "refresh_token", "client_id": client_id}
+        second = await http.post("/token", data={**refresh, "refresh_token": first["refresh_token"]})
+        assert second.status_code == 200, second.text
+        new = second.json()
+        assert new["refresh_token"] != first["refresh_token"] and new["access_token"] != first["access_token"]
+        me = (await whoami(hub, new["access_token"])).json()
+        assert (me["role"], me["agent_id"]) == ("agent", "rotating")
+
+        reused = await http.post("/token", data={**refresh, "refresh_token": first["refresh_token"]})
+        assert reused.status_code == 400 and reused.json()["error"] == "invalid_grant"
+        # Taken as theft: everything of the grant is revoked, the newest tokens included.
+        assert (await whoami(hub, new["access_token"])).status_code == 401
+        after = await http.post("/token", data={**refresh, "refresh_token": new["refresh_token"]})
+        assert after.status_code == 400 and after.json()["error"] == "invalid_grant"
+
+
+async def test_revoking_a_token_ends_the_grant(hub: RunningHub) -> None:
+    async with anonymous(hub) as http:
+        client_id, tokens = await sign_in(hub, http, "revoked")
+        assert (await whoami(hub, tokens["access_token"])).status_code == 200
+        revoked = await http.post("/revoke", data={"token": tokens["access_token"], "client_id": client_id})
+        assert revoked.status_code == 200
+        refused = await whoami(hub, tokens["access_token"])
+        assert refused.status_code == 401 and 'error="invalid_token"' in refused.headers["www-authenticate"]
+        refreshed = await http.post("/token", data={"grant_type": "refresh_token", "client_id": client_id,
+                                                    "refresh_token": tokens["refresh_token"]})
+        assert refreshed.status_code == 400 and refreshed.json()["error"] == "invalid_grant"
+
+
+async def test_revoking_an_access_token_by_id_also_ends_its_refresh_tokens(hub: RunningHub) -> None:
+    async with anonymous(hub) as http:
+        client_id, tokens = await sign_in(hub, http, "listed")
+        async with hub.http() as operator:
+            listed = (await operator.get("/api/v1/tokens")).json()["items"]
+            mine = [t for t in listed if t["agent_id"] == "listed"]
+            assert len(mine) == 1 and mine[0]["expires_at"] is not None
+            assert (await operator.delete(f"/api/v1/tokens/{mine[0]['token_id']}")).status_code == 200
+        assert (await whoami(hub, tokens["access_token"])).status_code == 401
+        refreshed = await http.post("/token", data={"grant_type": "refresh_token", "client_id": client_id,
+                                                    "refresh_token": tokens["refresh_token"]})
+        assert refreshed.status_code == 400 and refreshed.json()["error"] == "invalid_grant"
+
+
+async def test_a_token_for_another_resource_is_refused(hub: RunningHub) -> None:
+    elsewhere = "http://127.0.0.1:1/mcp"
+    _, foreign = await create_token(hub.state.pool, Role.AGENT, "roamer", resource=elsewhere,
+                                    expires_at=datetime.now(UTC) + timedelta(hours=1))
+    _, ours = await create_token(hub.state.pool, Role.AGENT, "roamer", resource=hub.mcp_url,
+                                 expires_at=datetime.now(UTC) + timedelta(hours=1))
+    assert (await whoami(hub, ours)).status_code == 200
+    async with httpx2.AsyncClient(timeout=30) as http:
+        refused = await http.post(hub.mcp_url, json={"jsonrpc": "2.0", "id": 1, "method": "ping"},
+                                  headers={"Authorization": f"Bearer {foreign}"})
+    assert refused.status_code == 401
+    assert elsewhere in refused.json()["detail"]
+    assert 'error="invalid_token"' in refused.headers["www-authenticate"]
+    # And the hub issues none: an authorization request for another resource is answered invalid_target.
+    redirect = "http://127.0.0.1:4567/callback"
+    async with anonymous(hub) as anon:
+        client_id = (await register(anon, [redirect])).json()["client_id"]
+        answer = await authorize(anon, client_id, redirect, pkce()[1], resource=elsewhere)
+    assert answer.status_code == 302
+    query = parse_qs(urlsplit(answer.headers["location"]).query)
+    assert answer.headers["location"].startswith(redirect)
+    assert query["error"] == ["invalid_target"] and query["state"] == ["st-1"]
