@@ -1,21 +1,33 @@
 """OAuth sign-in (issue 14) against a real hub: discovery from a 401, registration, authorization code + PKCE with
-the consent answered by an operator, refresh rotation with reuse detection, revocation, resource binding."""
+the consent answered by an operator, refresh rotation with reuse detection, revocation, resource binding; and the
+TypeScript SDK's own OAuth client signing in through the dashboard's consent page in headless Chromium."""
 
 import base64
 import hashlib
+import json
 import secrets
+import shutil
+import subprocess
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import anyio
 import httpx2
 import pytest
+from anyio.abc import Process
+from anyio.streams.text import TextReceiveStream
+from selenium import webdriver
 
 from agenthub.auth import Role, create_token
+from tests.browser import Browser, ensure_chromium, start_chrome
 from tests.conftest import RunningHub
 
 pytestmark = pytest.mark.timeout(600)
 
+JS_DIR = Path(__file__).resolve().parent / "js"
 SHARE = {"agent_role": "Analyzer", "discovery_type": "anomaly", "content": "seen through OAuth", "confidence": 0.5}
 
 
@@ -266,3 +278,109 @@ async def test_a_token_for_another_resource_is_refused(hub: RunningHub) -> None:
     query = parse_qs(urlsplit(answer.headers["location"]).query)
     assert answer.headers["location"].startswith(redirect)
     assert query["error"] == ["invalid_target"] and query["state"] == ["st-1"]
+
+
+# -- the TypeScript SDK's client, the consent page in Chromium ----------------------------------------------------
+
+
+def ensure_node_modules() -> str:
+    node = shutil.which("node")
+    if node is None:
+        pytest.fail("the OAuth client test needs Node.js (`node`) on PATH")
+    if not (JS_DIR / "node_modules" / "@modelcontextprotocol" / "sdk").is_dir():
+        npm = shutil.which("npm")
+        if npm is None:
+            pytest.fail("tests/js needs `npm ci` and npm is not on PATH")
+        subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=JS_DIR, check=True, timeout=300,
+                       capture_output=True)
+    return node
+
+
+@pytest.fixture(scope="module")
+def chrome() -> Iterator[webdriver.Chrome]:
+    driver = start_chrome(*ensure_chromium())
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+@pytest.fixture
+async def browser(chrome: webdriver.Chrome) -> AsyncIterator[Browser]:
+    tab = Browser(chrome)
+    await tab.reset()
+    yield tab
+    await tab.reset()
+
+
+class Script:
+    """The Node client's JSON lines, one event at a time."""
+
+    def __init__(self, process: Process) -> None:
+        assert process.stdout is not None
+        self._lines = TextReceiveStream(process.stdout)
+        self._buffer = ""
+
+    async def next(self, seconds: float = 30) -> dict[str, Any]:
+        with anyio.fail_after(seconds):
+            while "\n" not in self._buffer:
+                self._buffer += await self._lines.receive()
+        line, self._buffer = self._buffer.split("\n", 1)
+        event: dict[str, Any] = json.loads(line)
+        if event["event"] == "error":
+            raise AssertionError(f"the TypeScript client failed: {event['message']}\n{event['stack']}")
+        return event
+
+
+async def test_the_typescript_sdk_signs_in_through_the_dashboard_consent_page(hub: RunningHub,
+                                                                               browser: Browser) -> None:
+    node = ensure_node_modules()
+    async with await anyio.open_process([node, str(JS_DIR / "oauth_client.mjs"), hub.mcp_url, "ts-agent"],
+                                        cwd=JS_DIR) as process:
+        script = Script(process)
+        event = await script.next()
+        assert event["event"] == "authorize"
+        url = urlsplit(event["url"])
+        assert f"{url.scheme}://{url.netloc}{url.path}" == f"{hub.url}/authorize"
+        query = parse_qs(url.query)
+        assert query["code_challenge_method"] == ["S256"] and query["resource"] == [hub.mcp_url]
+        redirect_uri = query["redirect_uri"][0]
+
+        # The client "opens the browser": the operator signs in to the dashboard there and approves.
+        await browser.open(event["url"])
+        await browser.fill("#signin-form input[name=token]", hub.operator_token)
+        await browser.click("#signin-form button[type=submit]")
+        await browser.find("#consent-form")
+        assert await browser.text("#consent-client") == "agenthub OAuth test client"
+        assert await browser.text("#consent-redirect") == redirect_uri
+        await browser.screenshot("oauth-consent")
+        await browser.choose("#consent-form select[name=role]", "agent")
+        await browser.fill("#consent-form input[name=agent_id]", "ts-agent")
+        await browser.click("#consent-approve")
+
+        signed_in = await script.next()
+        assert signed_in["event"] == "signed_in"
+        assert signed_in["state"] == signed_in["sent_state"] and signed_in["iss"] == hub.url
+        assert "share_discovery" in signed_in["tools"]
+        assert signed_in["own"]["is_error"] is False, signed_in["own"]
+        assert signed_in["other"]["is_error"] is True
+        assert "ts-agent" in signed_in["other"]["text"]
+        first = signed_in["tokens"]
+        me = (await whoami(hub, first["access_token"])).json()
+        assert (me["role"], me["agent_id"]) == ("agent", "ts-agent")
+
+        refreshed = await script.next()
+        assert refreshed["event"] == "refreshed" and refreshed["result"] == "AUTHORIZED"
+        second = refreshed["tokens"]
+        assert second["refresh_token"] != first["refresh_token"]
+        assert second["access_token"] != first["access_token"]
+        assert refreshed["own"]["is_error"] is False
+        assert (await script.next())["event"] == "done"
+        assert await process.wait() == 0
+
+    async with anonymous(hub) as http:
+        revoked = await http.post("/revoke", data={"token": second["refresh_token"],
+                                                   "client_id": signed_in["client_id"],
+                                                   "token_type_hint": "refresh_token"})
+        assert revoked.status_code == 200
+    assert (await whoami(hub, second["access_token"])).status_code == 401
