@@ -9,8 +9,8 @@ both transports hand messages over unbuffered, so a slow side slows the other in
 
 Over HTTP a request also carries headers its body implies, which a stdio client cannot send: after a 2025-era
 `initialize`, `MCP-Protocol-Version` with the negotiated version; on a 2026-07-28 request (the version in its
-`_meta`), that version, `Mcp-Method` and `Mcp-Name`. The bridge ends when the client closes stdin, ending the
-hub session (DELETE) on the way out.
+`_meta`), that version, `Mcp-Method` and `Mcp-Name`. The bridge ends when the client closes stdin, once the
+answers to requests already sent are passed on (at most 10 s), ending the hub session (DELETE) on the way out.
 """
 
 import logging
@@ -38,6 +38,8 @@ from agenthub.errors import ServiceUnavailable, StartupError
 logger = logging.getLogger(__name__)
 
 _TIMEOUT = httpx2.Timeout(30, read=300)  # the hub pings SSE streams every 15 s, so an idle stream never times out
+_DRAIN_SECONDS = 10.0  # after stdin closes, how long answers to requests already sent are still passed on
+_ENDLESS = {"subscriptions/listen"}  # requests answered only when the client stops them: nothing to wait for
 
 
 class _Sender(Protocol):
@@ -53,16 +55,21 @@ def mcp_endpoint(url: str) -> str:
     return parts._replace(path=path if path.endswith("/mcp") else path + "/mcp").geturl()
 
 
-class _Negotiation:
-    """What the bridge learns from the messages it forwards: the 2025-era version the hub agreed to."""
+class _Exchange:
+    """What the bridge learns from the messages it forwards: the 2025-era version the hub agreed to, and which of
+    the client's requests are still unanswered."""
 
     def __init__(self) -> None:
         self.initializing: set[types.RequestId] = set()
         self.version: str | None = None
+        self.pending: set[types.RequestId] = set()
+        self._answer = anyio.Event()
 
     def headers(self, message: types.JSONRPCMessage) -> dict[str, str] | None:
         """The HTTP headers that `message` (from the client) implies."""
         if isinstance(message, types.JSONRPCRequest):
+            if message.method not in _ENDLESS:
+                self.pending.add(message.id)
             params: dict[str, Any] = message.params or {}
             meta = params.get("_meta")
             modern = meta.get(types.PROTOCOL_VERSION_META_KEY) if isinstance(meta, dict) else None
@@ -78,32 +85,43 @@ class _Negotiation:
         return {MCP_PROTOCOL_VERSION_HEADER: self.version} if self.version else None
 
     def answered(self, message: types.JSONRPCMessage) -> None:
-        """Note the negotiated version from the hub's answer to `initialize`."""
-        if isinstance(message, types.JSONRPCResponse | types.JSONRPCError) and message.id in self.initializing:
+        """Note an answer (and from the answer to `initialize`, the negotiated version)."""
+        if not isinstance(message, types.JSONRPCResponse | types.JSONRPCError) or message.id is None:
+            return
+        self.pending.discard(message.id)
+        self._answer.set()
+        if message.id in self.initializing:
             self.initializing.discard(message.id)
             if isinstance(message, types.JSONRPCResponse):
                 version = message.result.get("protocolVersion")
                 self.version = version if isinstance(version, str) else None
 
 
+    async def drained(self) -> None:
+        """Return once every request the client sent has its answer."""
+        while self.pending:
+            self._answer = anyio.Event()
+            await self._answer.wait()
+
+
 async def _client_to_hub(client: AsyncIterable[SessionMessage | Exception], hub: _Sender,
-                         negotiation: _Negotiation) -> None:
+                         exchange: _Exchange) -> None:
     async for item in client:
         if isinstance(item, Exception):  # a line that is not JSON-RPC: the client's bug, not a reason to stop
             logger.warning("ignored a message from the client that is not JSON-RPC: %s", item)
             continue
-        headers = negotiation.headers(item.message)
+        headers = exchange.headers(item.message)
         await hub.send(SessionMessage(item.message, ClientMessageMetadata(headers=headers) if headers else None))
 
 
 async def _hub_to_client(hub: AsyncIterable[SessionMessage | Exception], client: _Sender,
-                         negotiation: _Negotiation) -> None:
+                         exchange: _Exchange) -> None:
     async for item in hub:
         if isinstance(item, Exception):
             logger.warning("ignored a message from the hub that is not JSON-RPC: %s", item)
             continue
-        negotiation.answered(item.message)
         await client.send(SessionMessage(item.message))
+        exchange.answered(item.message)  # once sent: the client has it even if the bridge is ending
 
 
 async def _report_refusal(response: httpx2.Response) -> None:
@@ -140,16 +158,18 @@ async def check_hub(url: str) -> None:
 
 async def bridge(url: str, token: str) -> None:
     """Forward MCP between this process's stdio and the hub's endpoint `url` until stdin closes."""
-    negotiation = _Negotiation()
+    exchange = _Exchange()
     http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=_TIMEOUT,
                               event_hooks={"response": [_report_refusal]})
     async with http, stdio_server() as (from_client, to_client):
         async with to_client, streamable_http_client(url, http_client=http) as (from_hub, to_hub):
             async with anyio.create_task_group() as tg:
                 async def client_side() -> None:
-                    await _client_to_hub(from_client, to_hub, negotiation)
+                    await _client_to_hub(from_client, to_hub, exchange)
+                    with anyio.move_on_after(_DRAIN_SECONDS):  # `printf requests | agenthub connect` gets its answers
+                        await exchange.drained()
                     logger.info("stdin closed: ending the hub session")
                     tg.cancel_scope.cancel()
 
                 tg.start_soon(client_side)
-                tg.start_soon(_hub_to_client, from_hub, to_client, negotiation)
+                tg.start_soon(_hub_to_client, from_hub, to_client, exchange)

@@ -5,13 +5,15 @@ import json
 import shutil
 import subprocess
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from itertools import count
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
-from anyio.abc import ByteReceiveStream, ByteSendStream
+from anyio.abc import ByteReceiveStream, ByteSendStream, Process
 from anyio.streams.buffered import BufferedByteReceiveStream
 from mcp import Client, StdioServerParameters
 
@@ -55,10 +57,6 @@ async def json_lines(stream: ByteReceiveStream) -> AsyncIterator[dict[str, Any]]
         yield json.loads(await buffered.receive_until(b"\n", 1 << 20))
 
 
-async def send(stream: ByteSendStream, message: dict[str, Any]) -> None:
-    await stream.send(json.dumps({"jsonrpc": "2.0", **message}).encode() + b"\n")
-
-
 @pytest.fixture
 def stderr_file(tmp_path: Path) -> Iterator[Path]:
     path = tmp_path / "connect.err"
@@ -95,48 +93,74 @@ async def test_the_typescript_sdks_stdio_client_hears_of_a_shared_discovery_thro
                 assert await proc.wait() == 0
 
 
-async def test_raw_json_rpc_lines_pass_both_ways_and_closing_stdin_ends_the_bridge(
-        hub: RunningHub, stderr_file: Path) -> None:
-    command = [AGENTHUB, "connect", "--url", f"{hub.url}/mcp", "--token", hub.operator_token]
+@dataclass
+class Bridge:
+    """`agenthub connect` as a subprocess the test writes JSON-RPC lines to and reads them from."""
+
+    stdin: ByteSendStream
+    replies: AsyncIterator[dict[str, Any]]
+    proc: Process
+
+    async def send(self, message: dict[str, Any]) -> None:
+        await self.stdin.send(json.dumps({"jsonrpc": "2.0", **message}).encode() + b"\n")
+
+    async def close_stdin_and_wait(self) -> int:
+        await self.stdin.aclose()
+        return await self.proc.wait()
+
+
+@asynccontextmanager
+async def bridge(url: str, token: str, stderr_file: Path) -> AsyncIterator[Bridge]:
     with stderr_file.open("wb") as stderr:
-        async with await anyio.open_process(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr,
+        async with await anyio.open_process([AGENTHUB, "connect", "--url", url, "--token", token],
+                                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr,
                                             env=clean_env()) as proc:
             assert proc.stdin is not None and proc.stdout is not None
-            replies = json_lines(proc.stdout)
             with anyio.fail_after(30):
-                await send(proc.stdin, INITIALIZE)
-                initialized = await anext(replies)
-                assert initialized["id"] == 1 and initialized["result"]["protocolVersion"] == "2025-11-25"
-                await send(proc.stdin, {"method": "notifications/initialized"})
-                await send(proc.stdin, {"id": "two", "method": "resources/subscribe", "params": {"uri": SCOUT}})
-                assert await anext(replies) == {"jsonrpc": "2.0", "id": "two", "result": {}}
-                await send(proc.stdin, {"id": 3, "method": "tools/call", "params": {"name": "no_such_tool"}})
-                answer = await anext(replies)
-                assert answer["id"] == 3 and (answer.get("error") or answer["result"]["isError"])
-                while True:  # a notification the hub sends on its own, in order with the answers
-                    await share(hub)
-                    with anyio.move_on_after(1):
-                        heard = await anext(replies)
-                        break
-                assert heard == {"jsonrpc": "2.0", "method": "notifications/resources/updated",
-                                 "params": {"uri": SCOUT}}
-                await proc.stdin.aclose()
-                assert await proc.wait() == 0
+                yield Bridge(stdin=proc.stdin, replies=json_lines(proc.stdout), proc=proc)
+
+
+async def test_raw_json_rpc_lines_pass_both_ways_and_closing_stdin_ends_the_bridge(
+        hub: RunningHub, stderr_file: Path) -> None:
+    async with bridge(f"{hub.url}/mcp", hub.operator_token, stderr_file) as connect:
+        await connect.send(INITIALIZE)
+        initialized = await anext(connect.replies)
+        assert initialized["id"] == 1 and initialized["result"]["protocolVersion"] == "2025-11-25"
+        await connect.send({"method": "notifications/initialized"})
+        await connect.send({"id": "two", "method": "resources/subscribe", "params": {"uri": SCOUT}})
+        assert await anext(connect.replies) == {"jsonrpc": "2.0", "id": "two", "result": {}}
+        await connect.send({"id": 3, "method": "tools/call", "params": {"name": "no_such_tool"}})
+        answer = await anext(connect.replies)
+        assert answer["id"] == 3 and (answer.get("error") or answer["result"]["isError"])
+        while True:  # a notification the hub sends on its own, in order with the answers
+            await share(hub)
+            with anyio.move_on_after(1):
+                heard = await anext(connect.replies)
+                break
+        assert heard == {"jsonrpc": "2.0", "method": "notifications/resources/updated", "params": {"uri": SCOUT}}
+        assert await connect.close_stdin_and_wait() == 0
+
+
+async def test_answers_to_requests_sent_before_stdin_closes_still_reach_the_client(
+        hub: RunningHub, stderr_file: Path) -> None:
+    async with bridge(hub.url, hub.operator_token, stderr_file) as connect:
+        await connect.send(INITIALIZE)
+        assert (await anext(connect.replies))["id"] == 1
+        await connect.send({"method": "notifications/initialized"})
+        for n in range(2, 6):
+            await connect.send({"id": n, "method": "tools/list"})
+        await connect.stdin.aclose()  # as `printf ... | agenthub connect` does
+        assert sorted([(await anext(connect.replies))["id"] for _ in range(4)]) == [2, 3, 4, 5]
+        assert await connect.proc.wait() == 0
 
 
 async def test_a_refused_token_reaches_the_client_as_an_error_and_stderr_says_why(
         hub: RunningHub, stderr_file: Path) -> None:
-    command = [AGENTHUB, "connect", "--url", hub.url, "--token", "not-a-token"]
-    with stderr_file.open("wb") as stderr:
-        async with await anyio.open_process(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr,
-                                            env=clean_env()) as proc:
-            assert proc.stdin is not None and proc.stdout is not None
-            with anyio.fail_after(30):
-                await send(proc.stdin, INITIALIZE)
-                refused = await anext(json_lines(proc.stdout))
-                assert refused["id"] == 1 and "error" in refused
-                await proc.stdin.aclose()
-                assert await proc.wait() == 0
+    async with bridge(hub.url, "not-a-token", stderr_file) as connect:
+        await connect.send(INITIALIZE)
+        refused = await anext(connect.replies)
+        assert refused["id"] == 1 and "error" in refused
+        assert await connect.close_stdin_and_wait() == 0
     assert "agenthub: error: the hub refused the token (401)" in await anyio.Path(stderr_file).read_text()
 
 
