@@ -122,11 +122,14 @@ def run_serve(settings: "Settings") -> None:
         monitor_url = None
         services: list[Service] = []
         if not settings.nats_url:
+            logger.info("starting the embedded nats-server in %s", settings.data_dir / "nats")
             nats = stack.enter_context(EmbeddedNats(settings.data_dir / "nats"))
             settings.nats_url, monitor_url = nats.url, nats.monitor_url
             settings.nats.authority_dir = nats.root  # the hub registers its users, and its agents', with it
             services.append(nats)
         if not settings.database_url:
+            logger.info("starting the embedded PostgreSQL in %s (the first start creates the database: seconds)",
+                        settings.data_dir / "postgres")
             postgres = stack.enter_context(EmbeddedPostgres(settings.data_dir / "postgres"))
             settings.database_url = postgres.url
             services.append(postgres)
@@ -330,11 +333,15 @@ def run_discoveries(remote: Remote, args: argparse.Namespace) -> None:
         query = urllib.parse.urlencode({"after": args.after, "context": "true" if args.context else "false"})
         out = args.output.open("wb") if args.output else sys.stdout.buffer
         lines = 0
+        shown = time.monotonic()
         with remote.open("GET", f"/api/v1/discoveries/export?{query}", timeout=300) as resp, out:
             while chunk := resp.read(1 << 16):
                 out.write(chunk)
                 lines += chunk.count(b"\n")
-        print(f"exported {lines} lines", file=sys.stderr)
+                if time.monotonic() - shown >= 1:  # a large log takes a while: say how far it got, once a second
+                    shown = time.monotonic()
+                    print(f"\rexporting: {lines} lines", end="", file=sys.stderr, flush=True)
+        print(f"\rexported {lines} lines  ", file=sys.stderr)
         return
     from collaboration.archive import MAX_IMPORT_LINES
 
