@@ -154,6 +154,18 @@ async def test_answers_to_requests_sent_before_stdin_closes_still_reach_the_clie
         assert await connect.proc.wait() == 0
 
 
+async def test_a_tool_selection_in_the_url_reaches_the_hub(hub: RunningHub, stderr_file: Path) -> None:
+    async with bridge(f"{hub.url}/mcp?tools=discoveries", hub.operator_token, stderr_file) as connect:
+        await connect.send(INITIALIZE)
+        await anext(connect.replies)
+        await connect.send({"method": "notifications/initialized"})
+        await connect.send({"id": 2, "method": "tools/list"})
+        listed = await anext(connect.replies)
+        assert {tool["name"] for tool in listed["result"]["tools"]} == {
+            "share_discovery", "subscribe_discoveries", "poll_discoveries", "unsubscribe_discoveries"}
+        assert await connect.close_stdin_and_wait() == 0
+
+
 async def test_a_refused_token_reaches_the_client_as_an_error_and_stderr_says_why(
         hub: RunningHub, stderr_file: Path) -> None:
     async with bridge(hub.url, "not-a-token", stderr_file) as connect:
