@@ -149,6 +149,10 @@ class OAuthSettings(BaseModel):
     refresh_token_seconds: int = Field(default=30 * 24 * 3600, ge=3600, le=365 * 24 * 3600)
     code_seconds: int = Field(default=60, ge=10, le=600)  # an authorization code is exchanged within this
     consent_seconds: int = Field(default=600, ge=60, le=3600)  # an operator answers the consent page within this
+    # The public endpoints (/register, /authorize, /token, /revoke) have no token to charge: each client address may
+    # make this many requests a minute, in bursts of `request_burst`.
+    requests_per_minute: float = Field(default=60.0, gt=0)
+    request_burst: int = Field(default=30, ge=1)
 
 
 class NatsCredentials(BaseModel):

@@ -51,6 +51,7 @@ from web_ui import market as market_api
 from web_ui import sandbox as sandbox_api
 from web_ui.endpoints import openapi
 from web_ui.guard import Guard
+from web_ui.resource_server import AddressLimit
 from web_ui.state import HubState
 
 logger = logging.getLogger(__name__)
@@ -259,6 +260,7 @@ def create_app(hub: HubState) -> Starlette:
         Guard, max_body=settings.limits.max_body_bytes, max_upload=settings.sandbox.max_module_bytes,
         auth=settings.auth, allowed_hosts=settings.allowed_hosts, allowed_origins=settings.allowed_origins,
         tokens=hub.tokens, limiter=hub.limiter, resource_server=resource_server,
+        oauth_limit=AddressLimit(per_minute=settings.oauth.requests_per_minute, burst=settings.oauth.request_burst),
     )
     return app
 

@@ -23,7 +23,7 @@ from selenium import webdriver
 
 from agenthub.auth import Role, create_token
 from tests.browser import Browser, ensure_chromium, start_chrome
-from tests.conftest import RunningHub
+from tests.conftest import HubFactory, RunningHub
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -114,6 +114,26 @@ async def test_without_a_token_the_hub_points_at_its_oauth_metadata(hub: Running
         assert server["token_endpoint_auth_methods_supported"] == ["none"]
     # Static tokens keep working.
     assert (await whoami(hub, hub.operator_token)).json()["role"] == "operator"
+
+
+async def test_a_hub_on_loopback_is_the_resource_under_each_loopback_name(hub: RunningHub) -> None:
+    port = urlsplit(hub.url).port
+    async with anonymous(hub) as http:
+        for name in ("localhost", "[::1]"):
+            host = {"Host": f"{name}:{port}"}
+            refused = await http.post("/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "ping"}, headers=host)
+            assert f'resource_metadata="http://{name}:{port}/.well-known/oauth-protected-resource"' in \
+                refused.headers["www-authenticate"]
+            metadata = (await http.get("/.well-known/oauth-protected-resource", headers=host)).json()
+            assert metadata["resource"] == f"http://{name}:{port}/mcp"
+            assert metadata["authorization_servers"] == [hub.url]
+        other_host = await http.get("/.well-known/oauth-protected-resource", headers={"Host": f"localhost:{port + 1}"})
+        assert other_host.json()["resource"] == hub.mcp_url
+    in_future = datetime.now(UTC) + timedelta(hours=1)
+    for resource, works in ((f"http://localhost:{port}/mcp", True), (f"http://[::1]:{port}/mcp", True),
+                            (f"http://localhost:{port + 1}/mcp", False), (f"http://localhost:{port}/other", False)):
+        _, token = await create_token(hub.state.pool, Role.VIEWER, resource=resource, expires_at=in_future)
+        assert ((await whoami(hub, token)).status_code == 200) is works, resource
 
 
 async def test_registration_takes_only_safe_redirect_uris_and_makes_public_clients(hub: RunningHub) -> None:
@@ -227,6 +247,20 @@ async def test_refresh_rotates_and_a_reused_refresh_token_revokes_the_grant(hub:
         assert (await whoami(hub, new["access_token"])).status_code == 401
         after = await http.post("/token", data={**refresh, "refresh_token": new["refresh_token"]})
         assert after.status_code == 400 and after.json()["error"] == "invalid_grant"
+
+
+async def test_the_public_oauth_endpoints_are_rate_limited_per_address(hub_factory: HubFactory) -> None:
+    settings = hub_factory.settings(oauth={"requests_per_minute": 6, "request_burst": 3})
+    async with hub_factory.run(settings) as hub, anonymous(hub) as http:
+        for _ in range(3):
+            assert (await register(http, ["http://127.0.0.1:9/cb"])).status_code == 201
+        refused = await http.post("/token", data={"grant_type": "refresh_token", "client_id": "x",
+                                                   "refresh_token": "y"})
+        assert refused.status_code == 429
+        assert 5 <= int(refused.headers["retry-after"]) <= 10
+        # Metadata, and callers with a token, are not limited.
+        assert (await http.get("/.well-known/oauth-authorization-server")).status_code == 200
+        assert (await whoami(hub, hub.operator_token)).status_code == 200
 
 
 async def test_revoking_a_token_ends_the_grant(hub: RunningHub) -> None:

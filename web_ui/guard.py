@@ -27,7 +27,7 @@ from agenthub.ratelimit import REQUESTS, RateLimiter
 from agenthub.token_cache import TokenCache
 from web_ui.origins import field_value, host_allowed, origin_allowed
 from web_ui.problems import problem, problem_for
-from web_ui.resource_server import OAUTH_PATHS, ResourceServer
+from web_ui.resource_server import LIMITED_PATHS, OAUTH_PATHS, AddressLimit, ResourceServer
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ MCP_PATH = "/mcp"  # a rate-limited MCP request is answered by the MCP server: a
 class Guard:
     def __init__(self, app: ASGIApp, *, max_body: int, max_upload: int, auth: bool, allowed_hosts: list[str],
                  allowed_origins: list[str], tokens: TokenCache, limiter: RateLimiter,
-                 resource_server: ResourceServer | None = None) -> None:
+                 resource_server: ResourceServer | None = None, oauth_limit: AddressLimit | None = None) -> None:
         self.app = app
         self.max_body = max_body
         self.max_upload = max_upload
@@ -54,6 +54,7 @@ class Guard:
         self._tokens = tokens
         self._limiter = limiter
         self._resource_server = resource_server  # None: OAuth is off
+        self._oauth_limit = oauth_limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -78,11 +79,18 @@ class Guard:
         try:
             principal = await self._authenticate(scope, headers)
         except Unauthenticated as exc:
-            await self._unauthenticated(exc.message, has_token=_bearer(headers) is not None)(scope, receive, send)
+            await self._unauthenticated(exc.message, host, has_token=_bearer(headers) is not None)(
+                scope, receive, send)
             return
         except ServiceUnavailable as exc:  # the token could not be checked: PostgreSQL is down or frozen
             await problem_for(exc)(scope, receive, send)
             return
+        if principal is None and self._oauth_limit is not None and scope["path"] in LIMITED_PATHS:
+            client = scope.get("client")
+            retry = self._oauth_limit.take(client[0] if client else "")
+            if retry:
+                await problem_for(RateLimited("OAuth requests from this address", retry))(scope, receive, send)
+                return
         state = scope.setdefault("state", {})
         if principal is not None and principal.token_id is not None:
             try:
@@ -120,7 +128,9 @@ class Guard:
         if not held.cancelled_caught:
             return
         if not started:
-            await self._unauthenticated("the token was revoked or expired", has_token=True)(scope, receive, send)
+            host = field_value(scope["headers"], b"host") or ""
+            await self._unauthenticated("the token was revoked or expired", host, has_token=True)(
+                scope, receive, send)
         elif not ended:
             await send({"type": "http.response.body", "body": b"", "more_body": False})
 
@@ -173,11 +183,11 @@ class Guard:
             raise Unauthenticated(f"this token was issued for {principal.resource}, not for this hub")
         return principal
 
-    def _unauthenticated(self, detail: str, *, has_token: bool) -> JSONResponse:
+    def _unauthenticated(self, detail: str, host: str, *, has_token: bool) -> JSONResponse:
         """401 with a Bearer challenge that points an OAuth client at the protected-resource metadata."""
         challenge = 'Bearer realm="agenthub"'
         if self._resource_server is not None:
-            challenge += f', resource_metadata="{self._resource_server.metadata_url}"'
+            challenge += f', resource_metadata="{self._resource_server.metadata_url_for(host)}"'
         if has_token:
             challenge += ', error="invalid_token"'
         response = problem(401, "Unauthenticated", detail)

@@ -21,7 +21,8 @@ from functools import partial
 from typing import Annotated, Any, Literal
 from urllib.parse import SplitResult, urlsplit
 
-from mcp.server.auth.handlers.metadata import MetadataHandler, ProtectedResourceMetadataHandler
+from mcp.server.auth.handlers.metadata import MetadataHandler
+from mcp.server.auth.json_response import PydanticJSONResponse
 from mcp.server.auth.middleware.client_auth import AuthenticationError, ClientAuthenticator
 from mcp.server.auth.provider import (
     AccessToken,
@@ -162,7 +163,7 @@ class HubAuthorizationProvider:
             "redirect_uri": str(params.redirect_uri),
             "redirect_uri_provided_explicitly": params.redirect_uri_provided_explicitly,
             "state": params.state, "code_challenge": params.code_challenge, "scopes": params.scopes or [],
-            "resource": self._server.resource,
+            "resource": resource.rstrip("/"),
         }, seconds=self._settings.consent_seconds)
         return f"{self._server.issuer}/#/consent/{request_id}"
 
@@ -272,9 +273,14 @@ def routes(hub: Any, server: ResourceServer) -> list[BaseRoute]:
     methods = ["GET", "OPTIONS"]
     as_route = Route(AUTHORIZATION_SERVER_PATH, endpoint=cors_middleware(MetadataHandler(metadata).handle, methods),
                      methods=methods)
-    resource = ProtectedResourceMetadataHandler(ProtectedResourceMetadata(
-        resource=_url(server.resource), authorization_servers=[issuer], resource_name="agenthub"))
-    resource_routes = [Route(path, endpoint=cors_middleware(resource.handle, methods), methods=methods)
+
+    async def resource_metadata(request: Request) -> Response:
+        """RFC 9728 metadata naming the resource by the URL the client used (`ResourceServer.resource_for`)."""
+        metadata = ProtectedResourceMetadata(resource=_url(server.resource_for(request.headers.get("host", ""))),
+                                             authorization_servers=[issuer], resource_name="agenthub")
+        return PydanticJSONResponse(content=metadata, headers={"Cache-Control": "no-cache"})
+
+    resource_routes = [Route(path, endpoint=cors_middleware(resource_metadata, methods), methods=methods)
                        for path in (PROTECTED_RESOURCE_PATH, f"{PROTECTED_RESOURCE_PATH}/mcp")]
     revoke_route = Route("/revoke", endpoint=cors_middleware(partial(revoke, provider, ClientAuthenticator(provider)),
                                                              ["POST", "OPTIONS"]), methods=["POST", "OPTIONS"])
