@@ -4,6 +4,7 @@ Migrations are the files `agenthub/migrations/NNNN_name.sql`, applied in order i
 recorded in `schema_migrations`. A session-level advisory lock serialises replicas that start at once.
 """
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -57,7 +58,7 @@ async def _no_reset(conn: asyncpg.Connection) -> None:
 
 
 # What asyncpg raises when the server cannot be reached, went away, is starting or stopping, or did not answer
-# within the statement timeout: the request could not be served now, and nothing it did was committed.
+# within the statement timeout: the request could not be served now (what `unavailable` says about its effects).
 UNAVAILABLE: tuple[type[BaseException], ...] = (
     ConnectionError, TimeoutError, asyncpg.PostgresConnectionError,
     asyncpg.CannotConnectNowError, asyncpg.AdminShutdownError, asyncpg.CrashShutdownError,
@@ -109,6 +110,19 @@ class _BoundedPool(asyncpg.Pool):
 
     def acquire(self, *, timeout: float | None = None) -> Any:
         return super().acquire(timeout=self._acquire_timeout if timeout is None else timeout)
+
+    def release(self, connection: Any, *, timeout: float | None = None) -> Any:
+        # asyncpg gives the connection back in a shielded task of its own; when the caller is cancelled meanwhile
+        # (a request cut short, shutdown) and that task then fails (the bounded wait above), nobody reads its
+        # exception and asyncio logs a traceback. Ours reads it: one line.
+        releasing = asyncio.ensure_future(super().release(connection, timeout=timeout))
+        releasing.add_done_callback(_released)
+        return asyncio.shield(releasing)
+
+
+def _released(task: "asyncio.Future[Any]") -> None:
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        logger.warning("a PostgreSQL connection was not given back in time (%s); it was closed", type(exc).__name__)
 
 
 @asynccontextmanager

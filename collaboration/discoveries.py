@@ -31,7 +31,7 @@ import anyio
 import asyncpg
 
 from agenthub.bus import Bus
-from agenthub.database import Connection
+from agenthub.database import Connection, unavailable
 from agenthub.errors import (
     CursorExpired,
     CursorInFuture,
@@ -140,6 +140,7 @@ class DiscoveryLog:
                                nats_subject=subject, timestamp=discovery.timestamp)
 
     async def _write(self, batch: list[_Pending]) -> None:
+        failure = ServiceUnavailable("the discovery could not be stored; retry")
         try:
             related = {p.item.related_to for p in batch if p.item.related_to is not None}
             if related:
@@ -159,10 +160,15 @@ class DiscoveryLog:
                 discoveries.sort(key=lambda d: d.sequence)
                 for listener in self._listeners:
                     listener(discoveries)
+        except Exception as exc:
+            # A statement that timed out may still run when a frozen server thaws: the whole batch's outcome is
+            # unknown, and every caller in it is told so, not only the one whose statement it was.
+            failure = unavailable(exc) or failure
+            raise
         finally:
             for p in batch:  # a failure leaves the queued callers to raise it rather than wait forever
                 if p.row is None and p.error is None:
-                    p.error = ServiceUnavailable("the discovery could not be stored; retry")
+                    p.error = ServiceUnavailable(failure.message, retry_after=failure.retry_after)  # one each
                 p.done = True
 
     async def _insert(self, todo: list[_Pending]) -> None:
