@@ -151,6 +151,16 @@ async def test_registration_takes_only_safe_redirect_uris_and_makes_public_clien
         assert "client_secret" not in client
         missing = await authorize(http, "no-such-client", "http://127.0.0.1:9/cb", pkce()[1])
         assert missing.status_code == 400 and missing.json()["error"] == "invalid_request"
+        # Text PostgreSQL cannot store is a clear OAuth error, never a 500.
+        nul = await register(http, ["http://127.0.0.1:9/cb"], client_name="bad\u0000name")
+        assert nul.status_code == 400 and nul.json()["error"] == "invalid_client_metadata"
+        assert "client_name" in nul.json()["error_description"]
+        unknown = await http.post("/token", data={"grant_type": "refresh_token", "client_id": "a\x00b",
+                                                  "refresh_token": "x"})
+        assert unknown.status_code == 401 and unknown.json()["error"] == "invalid_client"
+        bad_state = await authorize(http, client["client_id"], "http://127.0.0.1:9/cb", pkce()[1], state="s\x00")
+        assert bad_state.status_code == 302
+        assert parse_qs(urlsplit(bad_state.headers["location"]).query)["error"] == ["invalid_request"]
 
 
 async def test_redirect_uris_match_exactly_but_a_loopback_ip_may_change_its_port(hub: RunningHub) -> None:

@@ -21,6 +21,7 @@ from functools import partial
 from typing import Annotated, Any, Literal
 from urllib.parse import SplitResult, urlsplit
 
+import asyncpg
 from mcp.server.auth.handlers.metadata import MetadataHandler
 from mcp.server.auth.json_response import PydanticJSONResponse
 from mcp.server.auth.middleware.client_auth import AuthenticationError, ClientAuthenticator
@@ -49,15 +50,16 @@ from starlette.routing import BaseRoute, Route
 
 from agenthub import oauth
 from agenthub.auth import Role
+from agenthub.bus import Bus
 from agenthub.errors import InvalidInput, NotFound
 from agenthub.ids import TokenId, is_valid_agent_id
 from agenthub.settings import OAuthSettings
-from agenthub.text import Storable
+from agenthub.text import Storable, find_unstorable
 from agenthub.token_cache import TokenCache, announce_revoked
 from collaboration.models import AgentIdField
 from web_ui.endpoints import Endpoint
 from web_ui.resource_server import AUTHORIZATION_SERVER_PATH, PROTECTED_RESOURCE_PATH, ResourceServer
-from web_ui.state import hub_of, principal_of
+from web_ui.state import HubState, hub_of, principal_of
 
 logger = logging.getLogger(__name__)
 
@@ -128,7 +130,7 @@ class HubAccessToken(AccessToken):
 class HubAuthorizationProvider:
     """The SDK's `OAuthAuthorizationServerProvider`, over `agenthub.oauth`."""
 
-    def __init__(self, *, pool: Any, tokens: TokenCache, bus: Any, server: ResourceServer,
+    def __init__(self, *, pool: asyncpg.Pool, tokens: TokenCache, bus: Bus, server: ResourceServer,
                  settings: OAuthSettings) -> None:
         self._pool = pool
         self._tokens = tokens
@@ -137,6 +139,8 @@ class HubAuthorizationProvider:
         self._settings = settings
 
     async def get_client(self, client_id: str) -> OAuthClientInformationFull | None:
+        if find_unstorable(client_id) is not None:  # no such id can be stored: the SDK's "not found" answers it
+            return None
         metadata = await oauth.load_client(self._pool, client_id)
         return None if metadata is None else HubClient.model_validate(metadata)
 
@@ -146,6 +150,9 @@ class HubAuthorizationProvider:
         if not set(client_info.grant_types) <= _GRANT_TYPES:
             raise RegistrationError("invalid_client_metadata",
                                     f"grant_types may be {sorted(_GRANT_TYPES)}, got {client_info.grant_types}")
+        metadata = client_info.model_dump(mode="json", exclude_none=True)
+        if (found := find_unstorable(metadata)) is not None:
+            raise RegistrationError("invalid_client_metadata", f"{found[0]}: {found[1]}")
         # A public client (PKCE, no secret): the answer the SDK sends back is this same object.
         client_info.token_endpoint_auth_method = "none"
         client_info.client_secret = None
@@ -156,6 +163,10 @@ class HubAuthorizationProvider:
 
     async def authorize(self, client: OAuthClientInformationFull, params: AuthorizationParams) -> str:
         resource = params.resource or self._server.resource
+        for name, value in (("state", params.state), ("code_challenge", params.code_challenge),
+                            ("redirect_uri", str(params.redirect_uri))):
+            if (found := find_unstorable(value)) is not None:
+                raise AuthorizeError("invalid_request", f"{name}: {found[1]}")
         if not self._server.accepts(resource):
             raise AuthorizeError("invalid_target", f"this authorization server issues tokens only for "
                                                    f"{self._server.resource}, not {resource}")
@@ -257,7 +268,7 @@ def resource_server_for(base_url: str) -> ResourceServer | None:
     return server
 
 
-def routes(hub: Any, server: ResourceServer) -> list[BaseRoute]:
+def routes(hub: HubState, server: ResourceServer) -> list[BaseRoute]:
     """The metadata, the SDK's authorization-server endpoints and the consent endpoints."""
     provider = HubAuthorizationProvider(pool=hub.pool, tokens=hub.tokens, bus=hub.bus, server=server,
                                         settings=hub.settings.oauth)
