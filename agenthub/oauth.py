@@ -87,9 +87,12 @@ def _grant(row: asyncpg.Record, *, resource: str, scopes: list[str]) -> Grant:
                  resource=resource, scopes=scopes)
 
 
-async def save_client(pool: asyncpg.Pool, client_id: str, metadata: dict[str, Any]) -> None:
-    await pool.execute("INSERT INTO oauth_clients (client_id, metadata) VALUES ($1, $2::jsonb)", client_id,
-                       json.dumps(metadata))
+async def save_client(pool: asyncpg.Pool, client_id: str, metadata: dict[str, Any], *, replace: bool = False
+                      ) -> None:
+    """Keep a registered client; `replace` updates a client described by a metadata document it fetched again."""
+    conflict = " ON CONFLICT (client_id) DO UPDATE SET metadata = EXCLUDED.metadata" if replace else ""
+    await pool.execute(f"INSERT INTO oauth_clients (client_id, metadata) VALUES ($1, $2::jsonb){conflict}",
+                       client_id, json.dumps(metadata))
 
 
 async def load_client(pool: asyncpg.Pool, client_id: str) -> dict[str, Any] | None:

@@ -153,6 +153,12 @@ class OAuthSettings(BaseModel):
     # make this many requests a minute, in bursts of `request_burst`.
     requests_per_minute: float = Field(default=60.0, gt=0)
     request_burst: int = Field(default=30, ge=1)
+    # Clients whose client_id is an https URL are described by the document there (web_ui.client_metadata). The
+    # hub fetches only public addresses unless `client_metadata_private_addresses`; `client_metadata_ca_file`
+    # adds a CA to trust for those fetches (an internal client's host).
+    client_metadata_documents: bool = True
+    client_metadata_private_addresses: bool = False
+    client_metadata_ca_file: Path | None = None
 
 
 class NatsCredentials(BaseModel):

@@ -4,11 +4,13 @@ TypeScript SDK's own OAuth client signing in through the dashboard's consent pag
 
 import base64
 import hashlib
+import ipaddress
 import json
 import secrets
 import shutil
 import subprocess
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -17,13 +19,22 @@ from urllib.parse import parse_qs, urlsplit
 import anyio
 import httpx2
 import pytest
+import uvicorn
 from anyio.abc import Process
 from anyio.streams.text import TextReceiveStream
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from selenium import webdriver
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
 from agenthub.auth import Role, create_token
 from tests.browser import Browser, ensure_chromium, start_chrome
-from tests.conftest import HubFactory, RunningHub
+from tests.conftest import HubFactory, RunningHub, bind_free
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -322,6 +333,111 @@ async def test_a_token_for_another_resource_is_refused(hub: RunningHub) -> None:
     query = parse_qs(urlsplit(answer.headers["location"]).query)
     assert answer.headers["location"].startswith(redirect)
     assert query["error"] == ["invalid_target"] and query["state"] == ["st-1"]
+
+
+# -- client ID metadata documents -------------------------------------------------------------------------------
+
+
+def write_certificates(directory: Path) -> tuple[Path, Path, Path]:
+    """A CA and a certificate for 127.0.0.1 signed by it: (ca.pem, cert.pem, key.pem)."""
+    now = datetime.now(UTC)
+
+    def name(cn: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca = (x509.CertificateBuilder().subject_name(name("test CA")).issuer_name(name("test CA"))
+          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+          .not_valid_before(now - timedelta(minutes=1)).not_valid_after(now + timedelta(hours=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                                       content_commitment=False, key_encipherment=False, data_encipherment=False,
+                                       key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
+          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+          .sign(ca_key, hashes.SHA256()))
+    leaf = (x509.CertificateBuilder().subject_name(name("127.0.0.1")).issuer_name(ca.subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - timedelta(minutes=1)).not_valid_after(now + timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    paths = directory / "ca.pem", directory / "cert.pem", directory / "key.pem"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return paths
+
+
+@dataclass
+class DocumentServer:
+    """An https server on loopback serving client metadata documents by path (`documents`)."""
+
+    url: str
+    ca_file: Path
+    documents: dict[str, Any]
+
+
+@pytest.fixture
+async def document_server(tmp_path: Path) -> AsyncIterator[DocumentServer]:
+    ca_file, cert, key = write_certificates(tmp_path)
+    documents: dict[str, Any] = {}
+
+    async def serve(request: Request) -> Response:
+        document = documents.get(request.url.path)
+        return Response(status_code=404) if document is None else JSONResponse(document)
+
+    sock = bind_free()
+    config = uvicorn.Config(Starlette(routes=[Route("/{path:path}", serve)]), log_level="warning",
+                            ssl_certfile=str(cert), ssl_keyfile=str(key), lifespan="off")
+    server = uvicorn.Server(config)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(server.serve, [sock])
+        with anyio.fail_after(10):
+            while not server.started:  # noqa: ASYNC110 - uvicorn exposes readiness only as this flag
+                await anyio.sleep(0.01)
+        yield DocumentServer(url=f"https://127.0.0.1:{sock.getsockname()[1]}", ca_file=ca_file, documents=documents)
+        server.should_exit = True
+
+
+async def test_a_client_described_by_a_metadata_document_signs_in_without_registering(
+        hub_factory: HubFactory, document_server: DocumentServer) -> None:
+    client_id = f"{document_server.url}/oauth/client.json"
+    redirect = "http://127.0.0.1:4567/callback"
+    document_server.documents["/oauth/client.json"] = {
+        "client_id": client_id, "client_name": "Documented client", "redirect_uris": [redirect],
+        "grant_types": ["authorization_code", "refresh_token"], "token_endpoint_auth_method": "none"}
+    liar = f"{document_server.url}/liar.json"
+    document_server.documents["/liar.json"] = {"client_id": client_id, "redirect_uris": [redirect]}
+    settings = hub_factory.settings(oauth={"client_metadata_private_addresses": True,
+                                           "client_metadata_ca_file": str(document_server.ca_file)})
+    async with hub_factory.run(settings) as hub, anonymous(hub) as http:
+        server = (await http.get("/.well-known/oauth-authorization-server")).json()
+        assert server["client_id_metadata_document_supported"] is True
+        verifier, challenge = pkce()
+        request_id = consent_id(await authorize(http, client_id, redirect, challenge), hub)
+        async with hub.http() as operator:
+            shown = (await operator.get(f"/oauth/consent/{request_id}")).json()
+        assert (shown["client_id"], shown["client_name"]) == (client_id, "Documented client")
+        code = (await approve(hub, request_id, role="viewer"))["code"][0]
+        tokens = await http.post("/token", data={"grant_type": "authorization_code", "code": code,
+                                                 "redirect_uri": redirect, "client_id": client_id,
+                                                 "code_verifier": verifier})
+        assert tokens.status_code == 200, tokens.text
+        assert (await whoami(hub, tokens.json()["access_token"])).json()["role"] == "viewer"
+
+        # A document that names another client id, a redirect URI it does not list, a missing document.
+        for wrong_id, uri in ((liar, redirect), (client_id, "http://127.0.0.1:4567/elsewhere"),
+                              (f"{document_server.url}/missing.json", redirect)):
+            refused = await authorize(http, wrong_id, uri, challenge)
+            assert refused.status_code == 400 and refused.json()["error"] == "invalid_request", (wrong_id, uri)
+
+    # By default the hub fetches no document from a private address (nor trusts the test's CA).
+    async with hub_factory.run() as strict, anonymous(strict) as http:
+        refused = await authorize(http, client_id, redirect, pkce()[1])
+        assert refused.status_code == 400 and "not found" in refused.json()["error_description"]
 
 
 # -- the TypeScript SDK's client, the consent page in Chromium ----------------------------------------------------

@@ -17,6 +17,7 @@ the hub keeps no client secrets. Redirect URIs are compared exactly, except that
 """
 
 import logging
+import time
 from functools import partial
 from typing import Annotated, Any, Literal
 from urllib.parse import SplitResult, urlsplit
@@ -43,7 +44,7 @@ from mcp.shared.auth import (
     OAuthToken,
     ProtectedResourceMetadata,
 )
-from pydantic import AnyHttpUrl, AnyUrl, BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import AnyHttpUrl, AnyUrl, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
@@ -57,6 +58,7 @@ from agenthub.settings import OAuthSettings
 from agenthub.text import Storable, find_unstorable
 from agenthub.token_cache import TokenCache, announce_revoked
 from collaboration.models import AgentIdField
+from web_ui import client_metadata
 from web_ui.endpoints import Endpoint
 from web_ui.resource_server import AUTHORIZATION_SERVER_PATH, PROTECTED_RESOURCE_PATH, ResourceServer
 from web_ui.state import HubState, hub_of, principal_of
@@ -68,6 +70,8 @@ _LOOPBACK_IPS = frozenset({"127.0.0.1", "::1"})  # as `urlsplit` gives them
 _LOOPBACK_HOSTS = _LOOPBACK_IPS | {"localhost"}
 _FORBIDDEN_SCHEMES = frozenset({"javascript", "data", "file", "vbscript", "blob", "about", "ftp", "ws", "wss"})
 _GRANT_TYPES = frozenset({"authorization_code", "refresh_token"})
+_DOCUMENT_SECONDS = 300.0  # a client metadata document is fetched again after this
+_MAX_DOCUMENTS = 1000
 
 
 def _loopback_ip(parts: SplitResult) -> bool:
@@ -137,12 +141,42 @@ class HubAuthorizationProvider:
         self._bus = bus
         self._server = server
         self._settings = settings
+        self._documents: dict[str, tuple[float, HubClient]] = {}  # client id URL -> (until, the client)
 
     async def get_client(self, client_id: str) -> OAuthClientInformationFull | None:
         if find_unstorable(client_id) is not None:  # no such id can be stored: the SDK's "not found" answers it
             return None
+        if self._settings.client_metadata_documents and client_metadata.is_metadata_url(client_id):
+            return await self._described_client(client_id)
         metadata = await oauth.load_client(self._pool, client_id)
         return None if metadata is None else HubClient.model_validate(metadata)
+
+    async def _described_client(self, url: str) -> HubClient | None:
+        """A client described by its metadata document, fetched at most every `_DOCUMENT_SECONDS`; None (logged)
+        when the document cannot be used."""
+        cached = self._documents.get(url)
+        if cached is not None and cached[0] > time.monotonic():
+            return cached[1]
+        try:
+            document = await client_metadata.fetch(
+                url, private_addresses=self._settings.client_metadata_private_addresses,
+                ca_file=self._settings.client_metadata_ca_file)
+            client = HubClient.model_validate({**document, "client_id": url, "token_endpoint_auth_method": "none"})
+            if not client.redirect_uris:
+                raise client_metadata.ClientMetadataError("the document names no redirect_uris")
+            for uri in client.redirect_uris:
+                check_redirect_uri(str(uri))
+            metadata = client.model_dump(mode="json", exclude_none=True)
+            if (found := find_unstorable(metadata)) is not None:
+                raise client_metadata.ClientMetadataError(f"{found[0]}: {found[1]}")
+        except (client_metadata.ClientMetadataError, RegistrationError, ValidationError) as exc:
+            logger.warning("client metadata document %s refused: %s", url, exc)
+            return None
+        await oauth.save_client(self._pool, url, metadata, replace=True)
+        if len(self._documents) >= _MAX_DOCUMENTS:
+            self._documents.clear()
+        self._documents[url] = (time.monotonic() + _DOCUMENT_SECONDS, client)
+        return client
 
     async def register_client(self, client_info: OAuthClientInformationFull) -> None:
         for uri in client_info.redirect_uris or []:
@@ -281,6 +315,7 @@ def routes(hub: HubState, server: ResourceServer) -> list[BaseRoute]:
     metadata = build_metadata(issuer, None, registration, revocation)
     metadata.token_endpoint_auth_methods_supported = ["none"]
     metadata.revocation_endpoint_auth_methods_supported = ["none"]
+    metadata.client_id_metadata_document_supported = hub.settings.oauth.client_metadata_documents
     methods = ["GET", "OPTIONS"]
     as_route = Route(AUTHORIZATION_SERVER_PATH, endpoint=cors_middleware(MetadataHandler(metadata).handle, methods),
                      methods=methods)
