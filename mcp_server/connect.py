@@ -124,6 +124,28 @@ async def _hub_to_client(hub: AsyncIterable[SessionMessage | Exception], client:
         exchange.answered(item.message)  # once sent: the client has it even if the bridge is ending
 
 
+class _Unreachable(httpx2.AsyncBaseTransport):
+    """The HTTP transport, except that a hub it cannot reach answers 503 with a JSON-RPC error: the SDK's transport
+    hands that to the client as the answer to its request. (Raised, the connection error would end the SDK
+    transport's task group, and with it the bridge.)"""
+
+    def __init__(self, url: str) -> None:
+        self._url = url
+        self._inner = httpx2.AsyncHTTPTransport()
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        try:
+            return await self._inner.handle_async_request(request)
+        except httpx2.TransportError as exc:
+            message = f"cannot reach the hub at {self._url}: {exc or type(exc).__name__}"
+            logger.warning("%s", message)
+            return httpx2.Response(503, request=request, json={
+                "jsonrpc": "2.0", "id": None, "error": {"code": types.CONNECTION_CLOSED, "message": message}})
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
 async def _report_refusal(response: httpx2.Response) -> None:
     """Say on stderr why the hub refused (the client may show only "internal error"): a bad or expired token."""
     if response.status_code in (401, 403):
@@ -160,7 +182,7 @@ async def bridge(url: str, token: str) -> None:
     """Forward MCP between this process's stdio and the hub's endpoint `url` until stdin closes."""
     exchange = _Exchange()
     http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=_TIMEOUT,
-                              event_hooks={"response": [_report_refusal]})
+                              transport=_Unreachable(url), event_hooks={"response": [_report_refusal]})
     async with http, stdio_server() as (from_client, to_client):
         async with to_client, streamable_http_client(url, http_client=http) as (from_hub, to_hub):
             async with anyio.create_task_group() as tg:

@@ -19,7 +19,7 @@ from mcp import Client, StdioServerParameters
 
 from agenthub.auth import Role
 from tests.conftest import RunningHub
-from tests.served import AGENTHUB, ROOT, clean_env
+from tests.served import AGENTHUB, ROOT, clean_env, serving
 
 JS = ROOT / "tests" / "js"
 SCOUT = "discovery://agents/scout/discoveries"
@@ -164,6 +164,25 @@ async def test_a_tool_selection_in_the_url_reaches_the_hub(hub: RunningHub, stde
         assert {tool["name"] for tool in listed["result"]["tools"]} == {
             "share_discovery", "subscribe_discoveries", "poll_discoveries", "unsubscribe_discoveries"}
         assert await connect.close_stdin_and_wait() == 0
+
+
+async def test_while_the_hub_is_down_each_request_gets_an_error_and_the_bridge_lives_on(
+        workdir: Path, stderr_file: Path) -> None:
+    with serving(workdir / "data", workdir / "logs") as hub:  # a hub of its own, to stop under the bridge
+        token = (await anyio.Path(workdir / "data" / "operator-token").read_text()).strip()
+        async with bridge(hub.url, token, stderr_file) as connect:
+            await connect.send(INITIALIZE)
+            await anext(connect.replies)
+            await connect.send({"method": "notifications/initialized"})
+            await connect.send({"id": 2, "method": "tools/list"})
+            assert "tools" in (await anext(connect.replies))["result"]
+            assert await anyio.to_thread.run_sync(hub.stop) == 0
+            for n in (3, 4):
+                await connect.send({"id": n, "method": "tools/list"})
+                answer = await anext(connect.replies)
+                assert answer["id"] == n
+                assert answer["error"]["message"].startswith(f"cannot reach the hub at {hub.url}/mcp")
+            assert await connect.close_stdin_and_wait() == 0
 
 
 async def test_a_refused_token_reaches_the_client_as_an_error_and_stderr_says_why(
