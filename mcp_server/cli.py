@@ -1,11 +1,13 @@
 """The `agenthub` command.
 
+    agenthub --version | --help
     agenthub serve [--data-dir D] [--host H] [--port P] [--no-auth]
-    agenthub token create --role operator|agent|viewer [--agent-id X] [--expires-in 7d] [--url U] [--data-dir D]
+    agenthub connect                                  (MCP over stdio, forwarded to the hub: mcp_server/connect.py)
+    agenthub token create --role operator|agent|viewer [--agent-id X] [--expires-in 7d]
     agenthub token list [--all] | revoke ID
     agenthub agent spawn --role R [--id X] [--capability C]... (--behaviour B | --command CMD | --executor E)
                          [--config JSON] [--text T] [--prompt P] [--restart TYPE] [--max-restarts N] [--period S]
-    agenthub agent list | show ID | stop ID | restart ID      [--url U] [--data-dir D]
+    agenthub agent list | show ID | stop ID | restart ID
     agenthub agent binary upload ID FILE(.wasm|.wat) | versions ID | rollback ID VERSION
     agenthub sandbox run ID --input JSON [--version N] [--limits JSON]
     agenthub discoveries export [--after N] [--context] [--output FILE] | import FILE [--chunk-lines N]
@@ -15,9 +17,13 @@
     agenthub task list | show ID | accept ID | cancel ID | dispute ID --by X --evidence E
     agenthub task resolve ID --outcome release|refund|split [--share N]
 
+Every command but `serve` is a client of a running hub: `[--url U] [--token T] [--data-dir D]`, found without
+flags beside the hub's data directory (mcp_server/remote.py), and `--json` where it prints data.
+
 `serve` starts the embedded NATS and PostgreSQL unless AGENTHUB_NATS_URL / AGENTHUB_DATABASE_URL are set, then
 serves until Ctrl-C or SIGTERM and stops everything in order. Every problem the operator can fix is one line
-on stderr and exit code 1.
+on stderr and exit code 1, never a traceback. The server's modules are imported inside the commands that run
+it, so `--help` and the client commands start in a fraction of a second.
 """
 
 import argparse
