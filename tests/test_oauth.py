@@ -492,55 +492,67 @@ class Script:
         return event
 
 
-async def test_the_typescript_sdk_signs_in_through_the_dashboard_consent_page(hub: RunningHub,
-                                                                               browser: Browser) -> None:
+@pytest.mark.parametrize("described", [False, True], ids=["registered", "metadata-document"])
+async def test_the_typescript_sdk_signs_in_through_the_dashboard_consent_page(
+        hub_factory: HubFactory, document_server: DocumentServer, browser: Browser, described: bool) -> None:
     node = ensure_node_modules()
-    async with await anyio.open_process([node, str(JS_DIR / "oauth_client.mjs"), hub.mcp_url, "ts-agent"],
-                                        cwd=JS_DIR) as process:
-        script = Script(process)
-        event = await script.next()
-        assert event["event"] == "authorize"
-        url = urlsplit(event["url"])
-        assert f"{url.scheme}://{url.netloc}{url.path}" == f"{hub.url}/authorize"
-        query = parse_qs(url.query)
-        assert query["code_challenge_method"] == ["S256"] and query["resource"] == [hub.mcp_url]
-        redirect_uri = query["redirect_uri"][0]
+    argv = [node, str(JS_DIR / "oauth_client.mjs")]
+    settings = hub_factory.settings()
+    document_url = f"{document_server.url}/ts-client.json"
+    if described:  # the client names its document; the loopback redirect's port is its own choice
+        document_server.documents["/ts-client.json"] = {
+            "client_id": document_url, "client_name": "agenthub OAuth test client",
+            "redirect_uris": ["http://127.0.0.1/callback"], "token_endpoint_auth_method": "none"}
+        settings = hub_factory.settings(oauth={"client_metadata_private_addresses": True,
+                                               "client_metadata_ca_file": str(document_server.ca_file)})
+    async with hub_factory.run(settings) as hub:
+        async with await anyio.open_process([*argv, hub.mcp_url, "ts-agent", *([document_url] if described else [])],
+                                            cwd=JS_DIR) as process:
+            script = Script(process)
+            event = await script.next()
+            assert event["event"] == "authorize"
+            url = urlsplit(event["url"])
+            assert f"{url.scheme}://{url.netloc}{url.path}" == f"{hub.url}/authorize"
+            query = parse_qs(url.query)
+            assert query["code_challenge_method"] == ["S256"] and query["resource"] == [hub.mcp_url]
+            redirect_uri = query["redirect_uri"][0]
 
-        # The client "opens the browser": the operator signs in to the dashboard there and approves.
-        await browser.open(event["url"])
-        await browser.fill("#signin-form input[name=token]", hub.operator_token)
-        await browser.click("#signin-form button[type=submit]")
-        await browser.find("#consent-form")
-        assert await browser.text("#consent-client") == "agenthub OAuth test client"
-        assert await browser.text("#consent-redirect") == redirect_uri
-        await browser.screenshot("oauth-consent")
-        await browser.choose("#consent-form select[name=role]", "agent")
-        await browser.fill("#consent-form input[name=agent_id]", "ts-agent")
-        await browser.click("#consent-approve")
+            # The client "opens the browser": the operator signs in to the dashboard there and approves.
+            await browser.open(event["url"])
+            await browser.fill("#signin-form input[name=token]", hub.operator_token)
+            await browser.click("#signin-form button[type=submit]")
+            await browser.find("#consent-form")
+            assert await browser.text("#consent-client") == "agenthub OAuth test client"
+            assert await browser.text("#consent-redirect") == redirect_uri
+            await browser.screenshot("oauth-consent")
+            await browser.choose("#consent-form select[name=role]", "agent")
+            await browser.fill("#consent-form input[name=agent_id]", "ts-agent")
+            await browser.click("#consent-approve")
 
-        signed_in = await script.next()
-        assert signed_in["event"] == "signed_in"
-        assert signed_in["state"] == signed_in["sent_state"] and signed_in["iss"] == hub.url
-        assert "share_discovery" in signed_in["tools"]
-        assert signed_in["own"]["is_error"] is False, signed_in["own"]
-        assert signed_in["other"]["is_error"] is True
-        assert "ts-agent" in signed_in["other"]["text"]
-        first = signed_in["tokens"]
-        me = (await whoami(hub, first["access_token"])).json()
-        assert (me["role"], me["agent_id"]) == ("agent", "ts-agent")
+            signed_in = await script.next()
+            assert signed_in["event"] == "signed_in"
+            assert signed_in["state"] == signed_in["sent_state"] and signed_in["iss"] == hub.url
+            assert "share_discovery" in signed_in["tools"]
+            assert signed_in["own"]["is_error"] is False, signed_in["own"]
+            assert signed_in["other"]["is_error"] is True
+            assert "ts-agent" in signed_in["other"]["text"]
+            assert (signed_in["client_id"] == document_url) is described
+            first = signed_in["tokens"]
+            me = (await whoami(hub, first["access_token"])).json()
+            assert (me["role"], me["agent_id"]) == ("agent", "ts-agent")
 
-        refreshed = await script.next()
-        assert refreshed["event"] == "refreshed" and refreshed["result"] == "AUTHORIZED"
-        second = refreshed["tokens"]
-        assert second["refresh_token"] != first["refresh_token"]
-        assert second["access_token"] != first["access_token"]
-        assert refreshed["own"]["is_error"] is False
-        assert (await script.next())["event"] == "done"
-        assert await process.wait() == 0
+            refreshed = await script.next()
+            assert refreshed["event"] == "refreshed" and refreshed["result"] == "AUTHORIZED"
+            second = refreshed["tokens"]
+            assert second["refresh_token"] != first["refresh_token"]
+            assert second["access_token"] != first["access_token"]
+            assert refreshed["own"]["is_error"] is False
+            assert (await script.next())["event"] == "done"
+            assert await process.wait() == 0
 
-    async with anonymous(hub) as http:
-        revoked = await http.post("/revoke", data={"token": second["refresh_token"],
-                                                   "client_id": signed_in["client_id"],
-                                                   "token_type_hint": "refresh_token"})
-        assert revoked.status_code == 200
-    assert (await whoami(hub, second["access_token"])).status_code == 401
+        async with anonymous(hub) as http:
+            revoked = await http.post("/revoke", data={"token": second["refresh_token"],
+                                                       "client_id": signed_in["client_id"],
+                                                       "token_type_hint": "refresh_token"})
+            assert revoked.status_code == 200
+        assert (await whoami(hub, second["access_token"])).status_code == 401

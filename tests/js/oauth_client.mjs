@@ -1,8 +1,10 @@
 // An MCP client that signs in to a hub with OAuth, using only the TypeScript SDK's own client machinery
 // (StreamableHTTPClientTransport with an OAuthClientProvider, and `auth` for the refresh), for tests/test_oauth.py.
 //
-//   node oauth_client.mjs <hub MCP URL> <agent id>
+//   node oauth_client.mjs <hub MCP URL> <agent id> [<client ID metadata document URL>]
 //
+// With a document URL the client names it as its client_id (when the hub says it supports them) instead of
+// registering.
 // Each step is one JSON line on stdout: {"event": "authorize", "url"} when the user must open the authorization
 // URL (the test's browser does, and approves); the redirect comes back to this script's loopback server. Then
 // {"event": "signed_in", ...}, {"event": "refreshed", ...} and {"event": "done"}; {"event": "error"} on failure.
@@ -13,7 +15,7 @@ import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { UnauthorizedError, auth } from "@modelcontextprotocol/sdk/client/auth.js";
 import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
 
-const [mcpUrl, agentId] = process.argv.slice(2);
+const [mcpUrl, agentId, metadataUrl] = process.argv.slice(2);
 const say = (event, fields = {}) => process.stdout.write(`${JSON.stringify({ event, ...fields })}\n`);
 
 /** The loopback redirect target (RFC 8252): resolves with the query of the first request to /callback. */
@@ -79,6 +81,7 @@ async function share(client, asAgent, content) {
 async function main() {
   const { server, arrived, port } = await listenForRedirect();
   const provider = new MemoryProvider(`http://127.0.0.1:${port}/callback`);
+  if (metadataUrl) provider.clientMetadataUrl = metadataUrl;
   const transport = new StreamableHTTPClientTransport(new URL(mcpUrl), { authProvider: provider });
   const first = new Client({ name: "oauth-test", version: "1.0.0" });
   try {
