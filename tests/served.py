@@ -37,6 +37,7 @@ class Served:
     url: str
     stdout: Path
     stderr: Path
+    data_dir: Path
 
     def output(self) -> str:
         return self.stdout.read_text()
@@ -50,15 +51,17 @@ class Served:
 
 
 @contextmanager
-def serving(data_dir: Path, logs: Path, *args: str, env: dict[str, str] | None = None) -> Iterator[Served]:
-    """`agenthub serve` until the block ends; fails the test if it is not ready within START_SECONDS."""
-    port = free_port()
+def serving(data_dir: Path, logs: Path, *args: str, env: dict[str, str] | None = None,
+            port: int | None = None) -> Iterator[Served]:
+    """`agenthub serve` (on `port`, default a free one) until the block ends; fails the test if it is not ready
+    within START_SECONDS."""
+    port = port or free_port()
     logs.mkdir(parents=True, exist_ok=True)
     out, err = logs / f"serve-{port}.out", logs / f"serve-{port}.err"
     with out.open("wb") as stdout, err.open("wb") as stderr:
         proc = subprocess.Popen([AGENTHUB, "serve", "--data-dir", str(data_dir), "--port", str(port), *args],
                                 stdout=stdout, stderr=stderr, env=env or clean_env(), cwd=logs)
-    served = Served(proc=proc, url=f"http://127.0.0.1:{port}", stdout=out, stderr=err)
+    served = Served(proc=proc, url=f"http://127.0.0.1:{port}", stdout=out, stderr=err, data_dir=data_dir)
     try:
         deadline = time.monotonic() + START_SECONDS
         while True:

@@ -12,14 +12,16 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import httpx2
 import pytest
 from anyio.abc import ByteReceiveStream, ByteSendStream, Process
 from anyio.streams.buffered import BufferedByteReceiveStream
 from mcp import Client, StdioServerParameters
 
 from agenthub.auth import Role
+from agenthub.embedded import free_port
 from tests.conftest import RunningHub
-from tests.served import AGENTHUB, ROOT, clean_env, serving
+from tests.served import AGENTHUB, ROOT, Served, clean_env, serving
 
 JS = ROOT / "tests" / "js"
 SCOUT = "discovery://agents/scout/discoveries"
@@ -41,9 +43,10 @@ def node() -> str:
     return node
 
 
-async def share(hub: RunningHub, agent_id: str = "scout") -> str:
+async def share(hub: RunningHub | Served, agent_id: str = "scout") -> str:
     content = f"finding {next(_shared)}"
-    async with hub.http() as http:
+    token = hub.operator_token if isinstance(hub, RunningHub) else await operator_token(hub)
+    async with httpx2.AsyncClient(base_url=hub.url, headers={"Authorization": f"Bearer {token}"}) as http:
         shared = await http.post("/api/v1/discoveries", json={
             "agent_id": agent_id, "agent_role": "Analyzer", "discovery_type": "insight", "content": content,
             "confidence": 0.8})
@@ -109,14 +112,18 @@ class Bridge:
         return await self.proc.wait()
 
 
+async def operator_token(hub: Served) -> str:
+    return (await anyio.Path(hub.data_dir / "operator-token").read_text()).strip()
+
+
 @asynccontextmanager
-async def bridge(url: str, token: str, stderr_file: Path) -> AsyncIterator[Bridge]:
+async def bridge(url: str, token: str, stderr_file: Path, deadline: float = 30) -> AsyncIterator[Bridge]:
     with stderr_file.open("wb") as stderr:
         async with await anyio.open_process([AGENTHUB, "connect", "--url", url, "--token", token],
                                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr,
                                             env=clean_env()) as proc:
             assert proc.stdin is not None and proc.stdout is not None
-            with anyio.fail_after(30):
+            with anyio.fail_after(deadline):
                 yield Bridge(stdin=proc.stdin, replies=json_lines(proc.stdout), proc=proc)
 
 
@@ -169,8 +176,7 @@ async def test_a_tool_selection_in_the_url_reaches_the_hub(hub: RunningHub, stde
 async def test_while_the_hub_is_down_each_request_gets_an_error_and_the_bridge_lives_on(
         workdir: Path, stderr_file: Path) -> None:
     with serving(workdir / "data", workdir / "logs") as hub:  # a hub of its own, to stop under the bridge
-        token = (await anyio.Path(workdir / "data" / "operator-token").read_text()).strip()
-        async with bridge(hub.url, token, stderr_file) as connect:
+        async with bridge(hub.url, await operator_token(hub), stderr_file) as connect:
             await connect.send(INITIALIZE)
             await anext(connect.replies)
             await connect.send({"method": "notifications/initialized"})
@@ -183,6 +189,32 @@ async def test_while_the_hub_is_down_each_request_gets_an_error_and_the_bridge_l
                 assert answer["id"] == n
                 assert answer["error"]["message"].startswith(f"cannot reach the hub at {hub.url}/mcp")
             assert await connect.close_stdin_and_wait() == 0
+
+
+async def test_a_restarted_hub_gets_a_new_session_with_the_clients_subscriptions_and_requests(
+        workdir: Path, stderr_file: Path) -> None:
+    data_dir, logs, port = workdir / "data", workdir / "logs", free_port()
+    with serving(data_dir, logs, port=port) as hub:
+        async with bridge(hub.url, await operator_token(hub), stderr_file, deadline=120) as connect:
+            await connect.send(INITIALIZE)
+            await anext(connect.replies)
+            await connect.send({"method": "notifications/initialized"})
+            await connect.send({"id": 2, "method": "resources/subscribe", "params": {"uri": SCOUT}})
+            assert (await anext(connect.replies))["id"] == 2
+            assert await anyio.to_thread.run_sync(hub.stop) == 0
+            with serving(data_dir, logs, port=port) as again:  # it forgot every session
+                await connect.send({"id": 3, "method": "tools/list"})
+                answer = await anext(connect.replies)
+                assert answer["id"] == 3 and "tools" in answer["result"], answer
+                while True:  # subscribed again on the new session: notifications flow
+                    await share(again)
+                    with anyio.move_on_after(1):
+                        heard = await anext(connect.replies)
+                        break
+                assert heard == {"jsonrpc": "2.0", "method": "notifications/resources/updated",
+                                 "params": {"uri": SCOUT}}
+                assert await connect.close_stdin_and_wait() == 0
+    assert "opened a new one; 1 subscriptions and 1 requests sent again" in await anyio.Path(stderr_file).read_text()
 
 
 async def test_a_refused_token_reaches_the_client_as_an_error_and_stderr_says_why(
