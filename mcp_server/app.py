@@ -223,12 +223,15 @@ def create_app(hub: HubState) -> Starlette:
         transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False),
     )
     session_manager = server.session_manager
-    document = openapi(_ENDPOINTS, ops.DESCRIBED, title="agenthub", version="0.1.0",
-                       max_body=settings.limits.max_body_bytes, max_upload=settings.sandbox.max_module_bytes)
-
     # OAuth sign-in (web_ui.oauth): the hub is the protected resource at <its URL>/mcp and its own issuer.
     resource_server = oauth.resource_server_for(settings.public_url or local_url(settings)) \
         if settings.auth and settings.oauth.enabled else None
+    with_oauth = resource_server is not None
+    document = openapi([*_ENDPOINTS, *(oauth.ENDPOINTS if with_oauth else ())],
+                       [*ops.DESCRIBED, *(oauth.DESCRIBED if with_oauth else ())], title="agenthub", version="0.1.0",
+                       max_body=settings.limits.max_body_bytes, max_upload=settings.sandbox.max_module_bytes)
+    if with_oauth:
+        oauth.describe_as_anonymous(document)
 
     async def openapi_json(request: Request) -> Response:
         return JSONResponse(document)

@@ -59,7 +59,7 @@ from agenthub.text import Storable, find_unstorable
 from agenthub.token_cache import TokenCache, announce_revoked
 from collaboration.models import AgentIdField
 from web_ui import client_metadata
-from web_ui.endpoints import Endpoint
+from web_ui.endpoints import Described, Endpoint
 from web_ui.resource_server import AUTHORIZATION_SERVER_PATH, PROTECTED_RESOURCE_PATH, ResourceServer
 from web_ui.state import HubState, hub_of, principal_of
 
@@ -439,3 +439,45 @@ ENDPOINTS = [
              body=ConsentAnswer, response=ConsentResult),
 ]
 
+
+# -- how /openapi.json describes the OAuth routes ----------------------------------------------------------------
+
+# OAuth's own answers (redirects, and errors as OAuth JSON: `error`, `error_description`) are not problem JSON, so
+# the descriptions state them and only the successes are listed as responses.
+_OAUTH_ERRORS = "Errors are OAuth JSON (`error`, `error_description`; RFC 6749 §5.2), not problem JSON: "
+DESCRIBED = [
+    Described(method="GET", path=PROTECTED_RESOURCE_PATH, operation_id="oauth_protected_resource",
+              summary="OAuth protected-resource metadata (RFC 9728): the resource (<hub>/mcp) and its issuer",
+              description="The resource is named by the URL the client used when that is another loopback name for "
+                          "the hub."),
+    Described(method="GET", path=f"{PROTECTED_RESOURCE_PATH}/mcp", operation_id="oauth_protected_resource_mcp",
+              summary="The same metadata at the path RFC 9728 derives from the resource URL"),
+    Described(method="GET", path=AUTHORIZATION_SERVER_PATH, operation_id="oauth_authorization_server",
+              summary="OAuth authorization-server metadata (RFC 8414)"),
+    Described(method="POST", path="/register", operation_id="oauth_register", summary="Register a public OAuth "
+              "client (RFC 7591): JSON client metadata in, the client's id out", answers={201: "Registered"},
+              description=_OAUTH_ERRORS + "400 `invalid_redirect_uri` or `invalid_client_metadata`."),
+    *(Described(method=method, path="/authorize", operation_id=f"oauth_authorize{suffix}", answers={},
+                summary="Start an authorization (code + PKCE S256): redirects to the dashboard's consent page",
+                description="Query (GET) or form (POST) parameters of RFC 6749 §4.1.1 with `code_challenge`, "
+                            "`code_challenge_method=S256` and `resource` (RFC 8707). Answers 302: to the consent "
+                            "page, or back to the client's redirect URI with `error`; 400 (OAuth JSON) for an "
+                            "unknown client or a redirect URI it did not register.")
+      for method, suffix in (("GET", ""), ("POST", "_form"))),
+    Described(method="POST", path="/token", operation_id="oauth_token", summary="Exchange an authorization code "
+              "(with its PKCE verifier) or a refresh token for an access token and a new refresh token",
+              answers={200: "Tokens (RFC 6749 §5.1)"}, description="A form body (`application/x-www-form-urlencoded`). "
+              + _OAUTH_ERRORS + "400 `invalid_request`, `invalid_grant`, ...; 401 `invalid_client`."),
+    Described(method="POST", path="/revoke", operation_id="oauth_revoke", summary="Revoke an access or refresh "
+              "token and with it the whole grant (RFC 7009)", answers={200: "Revoked, or unknown: the same answer"},
+              description="A form body (`application/x-www-form-urlencoded`). " + _OAUTH_ERRORS +
+              "400 `invalid_request`, 401 `invalid_client`."),
+]
+
+
+def describe_as_anonymous(document: dict[str, Any]) -> None:
+    """Mark the OAuth routes of `/openapi.json` as taking no token (`security: [{}]`, OpenAPI's empty requirement).
+    They are not among the guard's always-public `PUBLIC_PATHS` (GET-able everywhere): they exist only when OAuth
+    is on, and most take POST."""
+    for d in DESCRIBED:
+        document["paths"][d.path][d.method.lower()]["security"] = [{}]
