@@ -100,10 +100,18 @@ async def load_client(pool: asyncpg.Pool, client_id: str) -> dict[str, Any] | No
     return None if raw is None else dict(json.loads(raw))
 
 
+async def purge_expired(pool: asyncpg.Pool) -> None:
+    """Forget requests, codes and refresh tokens past their expiry (each authorization request does this, so the
+    tables hold what is live, not their history)."""
+    await pool.execute("DELETE FROM oauth_requests WHERE expires_at < now()")
+    await pool.execute("DELETE FROM oauth_codes WHERE expires_at < now()")
+    await pool.execute("DELETE FROM oauth_refresh_tokens WHERE expires_at < now()")
+
+
 async def open_request(pool: asyncpg.Pool, client_id: str, params: dict[str, Any], *, seconds: int) -> str:
     """Keep an authorization request for the consent page; its id (unguessable: it names a pending grant)."""
     request_id = secrets.token_urlsafe(24)
-    await pool.execute("DELETE FROM oauth_requests WHERE expires_at < now()")
+    await purge_expired(pool)
     await pool.execute("INSERT INTO oauth_requests (id, client_id, params, expires_at) VALUES ($1, $2, $3::jsonb, $4)",
                        request_id, client_id, json.dumps(params), _now() + timedelta(seconds=seconds))
     return request_id

@@ -284,6 +284,20 @@ async def test_the_public_oauth_endpoints_are_rate_limited_per_address(hub_facto
         assert (await whoami(hub, hub.operator_token)).status_code == 200
 
 
+async def test_expired_codes_and_refresh_tokens_are_forgotten(hub: RunningHub) -> None:
+    async with anonymous(hub) as http:
+        client_id, tokens = await sign_in(hub, http, "forgotten")
+        pool = hub.state.pool
+        await pool.execute("UPDATE oauth_refresh_tokens SET expires_at = now() - interval '1 second'")
+        await pool.execute("UPDATE oauth_codes SET expires_at = now() - interval '1 second'")
+        expired = await http.post("/token", data={"grant_type": "refresh_token", "client_id": client_id,
+                                                 "refresh_token": tokens["refresh_token"]})
+        assert expired.status_code == 400 and expired.json()["error"] == "invalid_grant"
+        consent_id(await authorize(http, client_id, "http://127.0.0.1:4567/callback", pkce()[1]), hub)
+    assert await pool.fetchval("SELECT count(*) FROM oauth_refresh_tokens") == 0
+    assert await pool.fetchval("SELECT count(*) FROM oauth_codes") == 0
+
+
 async def test_revoking_a_token_ends_the_grant(hub: RunningHub) -> None:
     async with anonymous(hub) as http:
         client_id, tokens = await sign_in(hub, http, "revoked")
