@@ -5,6 +5,7 @@ import secrets
 import shutil
 import signal
 import socket
+import subprocess
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -21,11 +22,13 @@ import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from nats.aio.client import Client as NatsClient
+from selenium import webdriver
 
 from agenthub.auth import Role, create_token
 from agenthub.embedded import EmbeddedNats, EmbeddedPostgres
 from agenthub.settings import Settings
 from mcp_server.app import OPERATOR_TOKEN_FILE, create_app, make_server, open_hub
+from tests.browser import Browser, ensure_chromium, start_chrome
 from web_ui.state import HubState
 
 
@@ -180,3 +183,41 @@ def workdir() -> Iterator[Path]:
         yield root
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+JS = Path(__file__).resolve().parent / "js"  # the TypeScript SDK clients (stdio bridge, OAuth), pinned by its lock file
+
+
+@pytest.fixture(scope="session")
+def node() -> str:
+    """`node`, with the pinned TypeScript SDK installed in tests/js (`npm ci` on a fresh machine)."""
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if node is None or npm is None:
+        pytest.fail("node and npm are needed: the stdio bridge and OAuth are tested with the TypeScript SDK's client")
+    if not (JS / "node_modules" / "@modelcontextprotocol" / "sdk").is_dir():
+        installed = subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=JS, capture_output=True, text=True,
+                                   timeout=300)
+        assert installed.returncode == 0, installed.stderr
+    return node
+
+
+@pytest.fixture(scope="session")
+def chrome() -> Iterator[webdriver.Chrome]:
+    """One headless Chromium for the session (the dashboard and the OAuth consent page)."""
+    driver = start_chrome(*ensure_chromium())
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+@pytest.fixture
+async def browser(chrome: webdriver.Chrome) -> AsyncIterator[Browser]:
+    """A fresh tab state per test; the test fails if the page logged errors."""
+    tab = Browser(chrome)
+    await tab.reset()
+    tab.console_errors()  # forget the previous test's
+    yield tab
+    errors = tab.console_errors()
+    await tab.reset()
+    assert not errors, f"the page logged errors: {errors}"

@@ -2,7 +2,6 @@
 Desktop, Cursor and VS Code speak it), the Python SDK's (2026-07-28), and raw JSON-RPC lines."""
 
 import json
-import shutil
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -20,27 +19,13 @@ from mcp import Client, StdioServerParameters
 
 from agenthub.auth import Role
 from agenthub.embedded import free_port
-from tests.conftest import RunningHub
-from tests.served import AGENTHUB, ROOT, Served, clean_env, serving
+from tests.conftest import JS, RunningHub
+from tests.served import AGENTHUB, Served, clean_env, serving
 
-JS = ROOT / "tests" / "js"
 SCOUT = "discovery://agents/scout/discoveries"
 INITIALIZE = {"id": 1, "method": "initialize", "params": {
     "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw-lines", "version": "1"}}}
 _shared = count(1)
-
-
-@pytest.fixture(scope="session")
-def node() -> str:
-    """`node`, with the pinned TypeScript SDK installed in tests/js (`npm ci` on a fresh machine)."""
-    node, npm = shutil.which("node"), shutil.which("npm")
-    if node is None or npm is None:
-        pytest.fail("node and npm are needed: the stdio bridge is tested with the TypeScript SDK's client")
-    if not (JS / "node_modules" / "@modelcontextprotocol" / "sdk").is_dir():
-        installed = subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=JS, capture_output=True, text=True,
-                                   timeout=300)
-        assert installed.returncode == 0, installed.stderr
-    return node
 
 
 async def share(hub: RunningHub | Served, agent_id: str = "scout") -> str:

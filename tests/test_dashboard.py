@@ -3,16 +3,15 @@ catch-up after the event stream drops, spawning agents and running an auction fr
 read-only pages, and a phone-width layout. Each page's screenshot goes to `test-artifacts/dashboard/`."""
 
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx2
 import pytest
-from selenium import webdriver
 
 from agenthub.auth import Role
 from tests.agents_helpers import FAST_POLICY, wait_for
-from tests.browser import PHONE, Browser, ensure_chromium, start_chrome
+from tests.browser import PHONE, Browser
 from tests.conftest import HubFactory, RunningHub
 
 # The first test may install chromium (apt-get) inside its setup.
@@ -20,26 +19,6 @@ pytestmark = pytest.mark.timeout(900)
 
 DISCOVERY = {"agent_id": "analyst-1", "agent_role": "Analyzer", "discovery_type": "anomaly",
              "content": "Login failures tripled after the 02:00 deploy", "confidence": 0.9}
-
-
-@pytest.fixture(scope="session")
-def chrome() -> Iterator[webdriver.Chrome]:
-    driver = start_chrome(*ensure_chromium())
-    try:
-        yield driver
-    finally:
-        driver.quit()
-
-
-@pytest.fixture
-async def browser(chrome: webdriver.Chrome) -> AsyncIterator[Browser]:
-    tab = Browser(chrome)
-    await tab.reset()
-    tab.console_errors()  # forget the previous test's
-    yield tab
-    errors = tab.console_errors()
-    await tab.reset()
-    assert not errors, f"the page logged errors: {errors}"
 
 
 @pytest.fixture

@@ -7,9 +7,7 @@ import hashlib
 import ipaddress
 import json
 import secrets
-import shutil
-import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -26,19 +24,17 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from selenium import webdriver
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from agenthub.auth import Role, create_token
-from tests.browser import Browser, ensure_chromium, start_chrome
-from tests.conftest import HubFactory, RunningHub, bind_free
+from tests.browser import Browser
+from tests.conftest import JS, HubFactory, RunningHub, bind_free
 
 pytestmark = pytest.mark.timeout(600)
 
-JS_DIR = Path(__file__).resolve().parent / "js"
 SHARE = {"agent_role": "Analyzer", "discovery_type": "anomaly", "content": "seen through OAuth", "confidence": 0.5}
 
 
@@ -457,36 +453,6 @@ async def test_a_client_described_by_a_metadata_document_signs_in_without_regist
 # -- the TypeScript SDK's client, the consent page in Chromium ----------------------------------------------------
 
 
-def ensure_node_modules() -> str:
-    node = shutil.which("node")
-    if node is None:
-        pytest.fail("the OAuth client test needs Node.js (`node`) on PATH")
-    if not (JS_DIR / "node_modules" / "@modelcontextprotocol" / "sdk").is_dir():
-        npm = shutil.which("npm")
-        if npm is None:
-            pytest.fail("tests/js needs `npm ci` and npm is not on PATH")
-        subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=JS_DIR, check=True, timeout=300,
-                       capture_output=True)
-    return node
-
-
-@pytest.fixture(scope="module")
-def chrome() -> Iterator[webdriver.Chrome]:
-    driver = start_chrome(*ensure_chromium())
-    try:
-        yield driver
-    finally:
-        driver.quit()
-
-
-@pytest.fixture
-async def browser(chrome: webdriver.Chrome) -> AsyncIterator[Browser]:
-    tab = Browser(chrome)
-    await tab.reset()
-    yield tab
-    await tab.reset()
-
-
 class Script:
     """The Node client's JSON lines, one event at a time."""
 
@@ -508,9 +474,9 @@ class Script:
 
 @pytest.mark.parametrize("described", [False, True], ids=["registered", "metadata-document"])
 async def test_the_typescript_sdk_signs_in_through_the_dashboard_consent_page(
-        hub_factory: HubFactory, document_server: DocumentServer, browser: Browser, described: bool) -> None:
-    node = ensure_node_modules()
-    argv = [node, str(JS_DIR / "oauth_client.mjs")]
+        hub_factory: HubFactory, document_server: DocumentServer, browser: Browser, node: str,
+        described: bool) -> None:
+    argv = [node, str(JS / "oauth_client.mjs")]
     settings = hub_factory.settings()
     document_url = f"{document_server.url}/ts-client.json"
     if described:  # the client names its document; the loopback redirect's port is its own choice
@@ -521,7 +487,7 @@ async def test_the_typescript_sdk_signs_in_through_the_dashboard_consent_page(
                                                "client_metadata_ca_file": str(document_server.ca_file)})
     async with hub_factory.run(settings) as hub:
         async with await anyio.open_process([*argv, hub.mcp_url, "ts-agent", *([document_url] if described else [])],
-                                            cwd=JS_DIR) as process:
+                                            cwd=JS) as process:
             script = Script(process)
             event = await script.next()
             assert event["event"] == "authorize"
