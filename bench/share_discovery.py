@@ -1,5 +1,5 @@
 """Benchmark: `share_discovery` calls/s and latency through the whole hub, against a trivial echo tool served by
-the same stack in the same run.
+the same stack and by two bare MCP SDK servers, all in the same run.
 
 The hub runs under uvicorn (uvloop) in a child process, with its own embedded NATS and PostgreSQL. 50 workers,
 each with its own httpx2 client, send raw 2026-07-28 single-exchange `tools/call` POSTs to /mcp with the
@@ -7,11 +7,18 @@ operator token. The echo tool exists only in this benchmark's server: the child 
 `tools/call` and `tools/list` handlers that `create_app` builds, so echo passes through the same guard, MCP
 transport and SDK dispatch as the product's tools, and costs nothing beyond them.
 
-Phases alternate echo, share, share, echo (and so on) so that host drift hits both alike; each phase has a
-warm-up and then a measured window capped in time and count. Run: `python bench/share_discovery.py`.
-"""
+The baselines are what the hub stands on, with nothing of the hub: the SDK's low-level `Server` and its high-level
+`MCPServer`, each with one echo tool, each in a child process under the same uvicorn settings, configured the
+fast way (stateless, JSON responses). The same workers send them the same requests (their own clients, so every
+server keeps its connections warm).
 
+Rounds rotate through hub share, hub echo, bare `Server` echo and bare `MCPServer` echo, so that host drift hits
+all four alike; each phase has a warm-up and then a measured window capped in time and count. The ratios are
+throughput ratios: share calls/s ÷ a baseline's calls/s, same load; 1.0 means share is as fast as that server.
+Run: `python bench/share_discovery.py`.
+"""
 import argparse
+import contextlib
 import sys
 import time
 from collections.abc import Callable
@@ -40,8 +47,12 @@ from harness import (
     tool_call_headers,
     tool_call_outcome,
 )
-from mcp.server import Server, ServerRequestContext
+from mcp.server import MCPServer, Server, ServerRequestContext
+from pydantic import BaseModel
 from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
 
 import mcp_server.app
 from web_ui.state import HubState
@@ -54,10 +65,17 @@ ECHO_TOOL = types.Tool(
     output_schema={"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]},
 )
 BAR_RATIO = 0.5
+GOAL_RATIO = 1.0  # issue 15: share_discovery at least as fast as the bare low-level SDK server
 HUB_NAME = "hub"
 
 
-# -- the child: the product's app, plus an echo tool ---------------------------------------------------------------
+def echo_result(params: types.CallToolRequestParams) -> types.CallToolResult:
+    text = str((params.arguments or {}).get("text", ""))
+    return types.CallToolResult(content=[types.TextContent(type="text", text=text)],
+                                structured_content={"text": text})
+
+
+# -- the hub child: the product's app, plus an echo tool -----------------------------------------------------------
 
 
 def add_echo(server: Server[Any]) -> None:
@@ -73,9 +91,7 @@ def add_echo(server: Server[Any]) -> None:
             result = await product_call.handler(ctx, params)
             assert isinstance(result, types.CallToolResult)
             return result
-        text = str((params.arguments or {}).get("text", ""))
-        return types.CallToolResult(content=[types.TextContent(type="text", text=text)],
-                                    structured_content={"text": text})
+        return echo_result(params)
 
     async def list_tools(ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams
                          ) -> types.ListToolsResult:
@@ -100,20 +116,68 @@ def serve_child(args: argparse.Namespace) -> None:
     run_child(lambda sock: serve_hub(settings, sock, create_app_with_echo), args.port)
 
 
+# -- the bare SDK children: one echo tool each, stateless with JSON responses --------------------------------------
+
+
+async def health(request: Request) -> Response:
+    return PlainTextResponse("ok")
+
+
+def lowlevel_app() -> Starlette:
+    """The SDK's low-level `Server` as its docs build one: handlers as constructor arguments, no input-schema
+    check (the low-level server makes none unless given `get_tool_input_schema`), its own Starlette app."""
+
+    async def call_tool(ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
+                        ) -> types.CallToolResult:
+        return echo_result(params)
+
+    async def list_tools(ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
+                         ) -> types.ListToolsResult:
+        return types.ListToolsResult(tools=[ECHO_TOOL])
+
+    server: Server[Any] = Server("bench-lowlevel", on_call_tool=call_tool, on_list_tools=list_tools)
+    # /health comes after /mcp in the app's routes, so it costs the MCP path nothing.
+    return server.streamable_http_app(json_response=True, stateless_http=True,
+                                      custom_starlette_routes=[Route("/health", health)])
+
+
+class Echoed(BaseModel):
+    text: str
+
+
+def mcpserver_app() -> Starlette:
+    """The SDK's high-level `MCPServer` with an async echo tool (a sync one would run on a worker thread); its
+    arguments are validated by the model MCPServer derives from the signature, its result becomes structured
+    content from the return type."""
+    server = MCPServer("bench-mcpserver", log_level="WARNING")
+
+    @server.tool(name=ECHO, description="Benchmark baseline: returns its text.")
+    async def echo(text: str) -> Echoed:
+        return Echoed(text=text)
+
+    server.custom_route("/health", methods=["GET"])(health)
+    return server.streamable_http_app(json_response=True, stateless_http=True)
+
+
+def serve_bare_child(build: Callable[[], Starlette], port: int) -> None:
+    run_child(lambda sock: mcp_server.app.serve(build(), sock, log_level="warning"), port)
+
+
 # -- the load generator --------------------------------------------------------------------------------------------
 
 
 @dataclass(slots=True, kw_only=True)
 class Phase:
-    """One measured window of one tool."""
+    """One measured window of one workload."""
 
     label: str
     latencies: list[float] = field(default_factory=list)
     elapsed: float = 0.0
     failures: list[str] = field(default_factory=list)
     calls_total: int = 0
-    calls_after_mark: int = 0  # calls that completed while hub CPU was being counted
-    hub_cpu: float = 0.0
+    calls_after_mark: int = 0  # calls that completed while server CPU was being counted
+    sse_framed: int = 0  # answers sent as an SSE stream rather than one JSON body
+    server_cpu: float = 0.0
     client_cpu: float = 0.0
 
 
@@ -131,18 +195,34 @@ def share_arguments(worker: int, n: int) -> dict[str, object]:
             "confidence": 0.8, "tags": ["bench", "auth"]}
 
 
+def echo_workload(label: str) -> Workload:
+    return Workload(label=label, tool=ECHO, arguments=lambda w, n: {"text": f"hello {w} {n}"},
+                    check=lambda out: str(out.get("text", "")).startswith("hello"))
+
+
+# Keys in the order of the first round; later rounds rotate it.
 WORKLOADS = {
     "share": Workload(label="share_discovery", tool="share_discovery", arguments=share_arguments,
                       check=lambda out: isinstance(out.get("sequence"), int)),
-    "echo": Workload(label="echo", tool=ECHO, arguments=lambda w, n: {"text": f"hello {w} {n}"},
-                     check=lambda out: str(out.get("text", "")).startswith("hello")),
+    "echo": echo_workload("hub echo"),
+    "lowlevel": echo_workload("bare Server echo"),
+    "mcpserver": echo_workload("bare MCPServer echo"),
 }
+SERVER_OF = {"share": "hub", "echo": "hub", "lowlevel": "lowlevel", "mcpserver": "mcpserver"}
 
 
-async def run_phase(clients: list[httpx2.AsyncClient], server: ChildServer, work: Workload, *, warmup: float,
-                    window: float, cap: int) -> Phase:
+@dataclass(slots=True, kw_only=True)
+class Target:
+    """A server under load and the workers' clients for it (one client, one connection, per worker)."""
+
+    server: ChildServer
+    clients: list[httpx2.AsyncClient]
+
+
+async def run_phase(target: Target, work: Workload, *, warmup: float, window: float, cap: int) -> Phase:
     """All workers call `work.tool` back to back; calls that start and end inside the window are measured."""
     phase = Phase(label=work.label)
+    server = target.server
     start = time.perf_counter()
     window_start = start + warmup
     window_end = window_start + window
@@ -150,7 +230,7 @@ async def run_phase(clients: list[httpx2.AsyncClient], server: ChildServer, work
 
     async def mark_window() -> None:
         await anyio.sleep(warmup)
-        cpu_marks["hub"], cpu_marks["client"] = server.cpu_seconds(), time.process_time()
+        cpu_marks["server"], cpu_marks["client"] = server.cpu_seconds(), time.process_time()
 
     async def worker(index: int, client: httpx2.AsyncClient) -> None:
         nonlocal window_end
@@ -167,8 +247,10 @@ async def run_phase(clients: list[httpx2.AsyncClient], server: ChildServer, work
             phase.calls_total += 1
             if t1 >= window_start:
                 phase.calls_after_mark += 1
-            out, why = tool_call_outcome(response.status_code, response.headers.get("content-type", ""),
-                                         response.content)
+            content_type = response.headers.get("content-type", "")
+            if content_type.startswith("text/event-stream"):
+                phase.sse_framed += 1
+            out, why = tool_call_outcome(response.status_code, content_type, response.content)
             if out is None or not work.check(out):
                 phase.failures.append(why or f"unexpected result {out}")
             if t0 >= window_start and t1 <= window_end:
@@ -178,11 +260,11 @@ async def run_phase(clients: list[httpx2.AsyncClient], server: ChildServer, work
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(mark_window)
-        for i, client in enumerate(clients):
+        for i, client in enumerate(target.clients):
             tg.start_soon(worker, i, client)
     phase.elapsed = window_end - window_start
     if cpu_marks:
-        phase.hub_cpu = server.cpu_seconds() - cpu_marks["hub"]
+        phase.server_cpu = server.cpu_seconds() - cpu_marks["server"]
         phase.client_cpu = time.process_time() - cpu_marks["client"]
     return phase
 
@@ -195,7 +277,8 @@ def merge(phases: list[Phase]) -> Phase:
         merged.failures += p.failures
         merged.calls_total += p.calls_total
         merged.calls_after_mark += p.calls_after_mark
-        merged.hub_cpu += p.hub_cpu
+        merged.sse_framed += p.sse_framed
+        merged.server_cpu += p.server_cpu
         merged.client_cpu += p.client_cpu
     return merged
 
@@ -208,53 +291,78 @@ def ms(seconds: float) -> str:
     return fmt(seconds * 1000, 2)
 
 
-async def measure(server: ChildServer, token: str, args: argparse.Namespace) -> dict[str, Phase]:
+async def measure(servers: dict[str, ChildServer], token: str, args: argparse.Namespace) -> dict[str, Phase]:
     limits = httpx2.Limits(max_connections=1, max_keepalive_connections=1)
     timeout = httpx2.Timeout(30.0)
-    clients = [httpx2.AsyncClient(base_url=server.url, headers=tool_call_headers(token), limits=limits,
-                                  timeout=timeout) for _ in range(args.clients)]
+    # The bare servers ignore the token; every server gets the same headers and bodies.
+    targets = {name: Target(server=server, clients=[
+        httpx2.AsyncClient(base_url=server.url, headers=tool_call_headers(token), limits=limits, timeout=timeout)
+        for _ in range(args.clients)]) for name, server in servers.items()}
     try:
         per_round = args.window / args.rounds
-        runs: dict[str, list[Phase]] = {"echo": [], "share": []}
+        keys = list(WORKLOADS)
+        runs: dict[str, list[Phase]] = {key: [] for key in keys}
         for r in range(args.rounds):
-            order = ("echo", "share") if r % 2 == 0 else ("share", "echo")
-            for key in order:
-                phase = await run_phase(clients, server, WORKLOADS[key], warmup=args.warmup, window=per_round,
-                                        cap=args.cap // args.rounds)
-                print(f"  round {r + 1} {phase.label:<16} {rate(phase):8,.0f} calls/s  "
+            for key in keys[r % len(keys):] + keys[:r % len(keys)]:
+                phase = await run_phase(targets[SERVER_OF[key]], WORKLOADS[key], warmup=args.warmup,
+                                        window=per_round, cap=args.cap // args.rounds)
+                print(f"  round {r + 1} {phase.label:<20} {rate(phase):8,.0f} calls/s  "
                       f"p50 {ms(percentile(phase.latencies, 50))} ms  p99 {ms(percentile(phase.latencies, 99))} ms",
                       flush=True)
                 runs[key].append(phase)
-        results = {key: merge(phases) for key, phases in runs.items()}
-        return results
+        return {key: merge(phases) for key, phases in runs.items()}
     finally:
-        for client in clients:
-            await client.aclose()
+        for target in targets.values():
+            for client in target.clients:
+                await client.aclose()
+
+
+def throughput_row(p: Phase, base: Phase, *, bar: float | None = None) -> Row:
+    """p's calls/s against base's: ratio ≥ 1 means p is at least as fast. Without `bar` the row is a goal, info."""
+    ratio = rate(p) / rate(base) if rate(base) else 0.0
+    if bar is None:
+        return Row(figure=f"{p.label} calls/s", value=fmt(rate(p), 0), baseline=f"{fmt(rate(base), 0)} ({base.label})",
+                   ratio=f"{ratio:.2f}", bar=f"goal >= {GOAL_RATIO}")
+    return Row(figure=f"{p.label} calls/s", value=fmt(rate(p), 0), baseline=f"{fmt(rate(base), 0)} ({base.label})",
+               ratio=f"{ratio:.2f}", bar=f">= {bar}", passed=ratio >= bar)
+
+
+def latency_row(p: Phase, base: Phase, q: float) -> Row:
+    mine, theirs = percentile(p.latencies, q), percentile(base.latencies, q)
+    return Row(figure=f"{p.label} p{q:.0f} latency (ms)", value=ms(mine), baseline=f"{ms(theirs)} ({base.label})",
+               ratio=f"{mine / theirs:.2f}")
 
 
 def report(results: dict[str, Phase], clients: int) -> bool:
-    share, echo = results["share"], results["echo"]
-    ratio = rate(share) / rate(echo) if rate(echo) else 0.0
+    share, echo, lowlevel, high = (results[k] for k in ("share", "echo", "lowlevel", "mcpserver"))
     rows = [
-        Row(figure="share_discovery calls/s", value=fmt(rate(share), 0), baseline=fmt(rate(echo), 0) + " (echo)",
-            ratio=f"{ratio:.2f}", bar=f">= {BAR_RATIO}", passed=ratio >= BAR_RATIO),
-        Row(figure="share_discovery p50 latency (ms)", value=ms(percentile(share.latencies, 50)),
-            baseline=ms(percentile(echo.latencies, 50)) + " (echo)",
-            ratio=f"{percentile(share.latencies, 50) / percentile(echo.latencies, 50):.2f}"),
-        Row(figure="share_discovery p99 latency (ms)", value=ms(percentile(share.latencies, 99)),
-            baseline=ms(percentile(echo.latencies, 99)) + " (echo)",
-            ratio=f"{percentile(share.latencies, 99) / percentile(echo.latencies, 99):.2f}"),
+        throughput_row(share, echo, bar=BAR_RATIO),
+        latency_row(share, echo, 50),
+        latency_row(share, echo, 99),
+        throughput_row(share, lowlevel),
+        throughput_row(share, high),
+        throughput_row(echo, lowlevel),
+        throughput_row(echo, high),
+        latency_row(share, lowlevel, 50),
+        latency_row(share, lowlevel, 99),
     ]
-    for p in (share, echo):
+    for p in (share, echo, lowlevel, high):
         calls = max(1, p.calls_after_mark)
-        rows.append(Row(figure=f"{p.label}: hub CPU per call (us)", value=fmt(p.hub_cpu / calls * 1e6, 0)))
+        where = "hub" if p in (share, echo) else "server"
+        rows.append(Row(figure=f"{p.label}: us per call (1 s / calls/s)",
+                        value=fmt(1e6 / rate(p), 0) if rate(p) else "-"))
+        rows.append(Row(figure=f"{p.label}: {where} CPU per call (us)", value=fmt(p.server_cpu / calls * 1e6, 0)))
         rows.append(Row(figure=f"{p.label}: load-generator cores busy", value=fmt(p.client_cpu / p.elapsed, 2)))
+        rows.append(Row(figure=f"{p.label}: answers SSE-framed", value=f"{p.sse_framed:,} of {p.calls_total:,}"))
     failures = [f for p in results.values() for f in p.failures]
     calls = sum(p.calls_total for p in results.values())
     rows.append(Row(figure="failed calls (all phases)", value=f"{len(failures)} of {calls:,}", bar="0",
                     passed=not failures))
-    ok = print_table(f"share_discovery vs echo, {clients} clients, raw 2026-07-28 tools/call "
-                     f"({len(share.latencies):,} + {len(echo.latencies):,} measured calls)", rows)
+    measured = " + ".join(f"{len(p.latencies):,}" for p in (share, echo, lowlevel, high))
+    ok = print_table(f"share_discovery vs echo (hub, bare low-level Server, bare MCPServer), {clients} clients, "
+                     f"raw 2026-07-28 tools/call ({measured} measured calls)", rows)
+    print(f"  ratios of calls/s are throughput ratios, same {clients} workers, same run: >= 1.0 means as fast as "
+          "the baseline; bare servers are stateless with JSON responses")
     for why in failures[:5]:
         print(f"  failure: {why}")
     return ok
@@ -264,21 +372,29 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clients", type=int, default=50, help="concurrent workers, one httpx2 client each")
     parser.add_argument("--warmup", type=float, default=1.0, help="seconds before each measured window")
-    parser.add_argument("--window", type=float, default=8.0, help="measured seconds per tool (split over rounds)")
-    parser.add_argument("--rounds", type=int, default=2, help="alternating echo/share rounds")
-    parser.add_argument("--cap", type=int, default=40_000, help="most measured calls per tool")
+    parser.add_argument("--window", type=float, default=8.0,
+                        help="measured seconds per workload (split over rounds)")
+    parser.add_argument("--rounds", type=int, default=4, help="rounds, each running all four workloads in turn")
+    parser.add_argument("--cap", type=int, default=40_000, help="most measured calls per workload")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--serve-lowlevel", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--serve-mcpserver", action="store_true", help=argparse.SUPPRESS)
     add_hub_child_arguments(parser)
     args = parser.parse_args()
     if args.serve:
         serve_child(args)
         return
+    if args.serve_lowlevel or args.serve_mcpserver:
+        serve_bare_child(lowlevel_app if args.serve_lowlevel else mcpserver_app, args.port)
+        return
     raise_fd_limit()
     print(f"share_discovery benchmark: {cpu_count_note()}", flush=True)
-    with embedded_services() as services, \
-            ChildServer(__file__, ["--serve", *hub_child_args(services, HUB_NAME)]) as server:
+    with embedded_services() as services, contextlib.ExitStack() as stack:
+        servers = {"hub": stack.enter_context(ChildServer(__file__, ["--serve", *hub_child_args(services, HUB_NAME)])),
+                   "lowlevel": stack.enter_context(ChildServer(__file__, ["--serve-lowlevel"])),
+                   "mcpserver": stack.enter_context(ChildServer(__file__, ["--serve-mcpserver"]))}
         token = operator_token(services, HUB_NAME)
-        results = anyio.run(measure, server, token, args, backend_options={"use_uvloop": True})
+        results = anyio.run(measure, servers, token, args, backend_options={"use_uvloop": True})
     sys.exit(0 if report(results, args.clients) else 1)
 
 
