@@ -67,6 +67,7 @@ ECHO_TOOL = types.Tool(
 BAR_RATIO = 0.5
 GOAL_RATIO = 1.0  # issue 15: share_discovery at least as fast as the bare low-level SDK server
 HUB_NAME = "hub"
+CLIENT_BOUND_CORES = 0.85  # the load generator is one process: near one core busy, it is the limit
 
 
 def echo_result(params: types.CallToolRequestParams) -> types.CallToolResult:
@@ -363,6 +364,11 @@ def report(results: dict[str, Phase], clients: int) -> bool:
                      f"raw 2026-07-28 tools/call ({measured} measured calls)", rows)
     print(f"  ratios of calls/s are throughput ratios, same {clients} workers, same run: >= 1.0 means as fast as "
           "the baseline; bare servers are stateless with JSON responses")
+    for p in (echo, lowlevel, high):
+        busy = p.client_cpu / p.elapsed if p.elapsed else 0.0
+        if busy >= CLIENT_BOUND_CORES:
+            print(f"  {p.label}: the load generator was the limit ({busy:.2f} cores busy), so its calls/s is the "
+                  "client's ceiling and share's ratio against it an upper bound; compare server CPU per call")
     for why in failures[:5]:
         print(f"  failure: {why}")
     return ok
