@@ -11,12 +11,11 @@ import shlex
 import shutil
 import subprocess
 import sys
-import threading
 import tomllib
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit
@@ -28,6 +27,7 @@ import yaml
 from agenthub.embedded import EmbeddedNats
 from agenthub.settings import Settings
 from tests.conftest import RunningHub
+from tests.served import http_server
 from web_ui.guard import PUBLIC_PATHS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -359,15 +359,8 @@ def not_ready() -> Iterator[str]:
         def log_message(self, format: str, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Unready)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    with http_server(Unready) as url:
+        yield url
 
 
 async def test_the_hub_healthcheck_passes_on_a_ready_hub_and_fails_while_ready_says_503(

@@ -8,6 +8,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -36,6 +37,14 @@ SLEEPER = [sys.executable, "-c", "import time; time.sleep(1000)"]
 STUBBORN = [sys.executable, "-c",
             "import signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); "
             "time.sleep(1000)"]
+# On SIGTERM: marks itself in directory argv[1] and exits once argv[2] children have marked themselves there.
+WAITS_FOR_SIBLINGS = [sys.executable, "-c",
+                      "import os, signal, sys, time\n"
+                      "def term(*_):\n"
+                      "    open(os.path.join(sys.argv[1], str(os.getpid())), 'w').close()\n"
+                      "    while len(os.listdir(sys.argv[1])) < int(sys.argv[2]): time.sleep(0.01)\n"
+                      "    sys.exit(0)\n"
+                      "signal.signal(signal.SIGTERM, term); print('ready', flush=True); time.sleep(1000)"]
 # Leaves a grandchild in its process group, like an agent that spawned a tool.
 SPAWNER = [sys.executable, "-c",
            "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(1000)']); "
@@ -513,20 +522,21 @@ async def test_dynamic_children_can_be_started_terminated_restarted_and_deleted(
                 await call("nope")
 
 
-async def test_simple_one_for_one_stops_its_children_concurrently() -> None:
+async def test_simple_one_for_one_stops_its_children_concurrently(tmp_path: Path) -> None:
+    # Each child, on SIGTERM, marks itself and exits only once all four are marked: stopped one after the other,
+    # the first would wait for its siblings until its grace ran out and be killed; stopped together, all exit 0.
     with ready_pipe() as (read_fd, write_fd):
         async with supervised(strategy=Strategy.SIMPLE_ONE_FOR_ONE) as (sup, events):
             for n in range(5):
-                await sup.start_child(ChildSpec(id=f"w{n}", start=process(STUBBORN, stdout=write_fd), shutdown=3.0,
+                waits = [*WAITS_FOR_SIBLINGS, str(tmp_path), "4"]
+                await sup.start_child(ChildSpec(id=f"w{n}", start=process(waits, stdout=write_fd), shutdown=60.0,
                                                 restart=RestartType.TEMPORARY))
             await wait_ready(read_fd, 5)
             started = [pid for pid in pids(sup).values() if pid is not None]
             os.kill(started[3], signal.SIGKILL)  # temporary: just gone
             await events.until(lambda: len(sup.which_children()) == 4)
-            began = time.monotonic()
-        # Four children each taking their full 3 s grace: one after the other cannot take less than 12 s.
-        assert time.monotonic() - began < 4 * 3.0
-    assert [e.exit.detail for e in events.of("exited") if e.exit is not None].count("killed by SIGKILL") == 5
+    details = [e.exit.detail for e in events.of("exited") if e.exit is not None]
+    assert sorted(details) == ["exit code 0"] * 4 + ["killed by SIGKILL"], details
     for pid in started:
         await assert_gone(pid)
 
