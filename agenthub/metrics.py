@@ -31,6 +31,8 @@ class HubMetrics:
         self.tool_calls = Counter("agenthub_tool_calls", "MCP tool calls", ["tool", "outcome"], registry=r)
         self.tool_latency = Histogram("agenthub_tool_call_seconds", "MCP tool call latency", ["tool"],
                                       buckets=_LATENCY_BUCKETS, registry=r)
+        self.direct_calls = Counter("agenthub_mcp_direct_calls", "Stateless MCP tool calls answered by the hub "
+                                    "itself rather than through the SDK's dispatch (mcp_server.direct)", registry=r)
         self.discoveries = Counter("agenthub_discoveries", "Discoveries shared through this hub", ["type"], registry=r)
         self.sse_clients = Gauge("agenthub_sse_clients", "Connected SSE clients (read from the feed at scrape time)",
                                  registry=r)

@@ -21,6 +21,13 @@ class LimitSettings(BaseModel):
     max_body_bytes: int = Field(default=1 << 20, ge=1024)
 
 
+class McpSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    # Stateless tool calls answered by the hub itself rather than through the SDK's dispatch (mcp_server.direct).
+    direct_tool_calls: bool = True
+
+
 class SSESettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -218,6 +225,7 @@ class Settings(BaseSettings):
     limits: LimitSettings = Field(default_factory=LimitSettings)
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
     sse: SSESettings = Field(default_factory=SSESettings)
+    mcp: McpSettings = Field(default_factory=McpSettings)
     agents: AgentSettings = Field(default_factory=AgentSettings)
     market: MarketSettings = Field(default_factory=MarketSettings)
     rate_limits: RateLimitSettings = Field(default_factory=RateLimitSettings)

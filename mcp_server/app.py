@@ -19,11 +19,12 @@ from typing import Any
 import anyio
 import asyncpg
 import uvicorn
+from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Mount, Route
+from starlette.routing import Route
 
 from agent_pool.pool import AgentPool
 from agenthub.activity import ActivityFeed, ActivityLog
@@ -39,6 +40,7 @@ from agenthub.token_cache import TokenCache
 from collaboration.orchestrator import Orchestrator
 from collaboration.service import Collaboration
 from market.service import Market
+from mcp_server.direct import McpEndpoint
 from mcp_server.server import ResourceNotifier, build_server
 from sandbox.modules import ModuleCache
 from sandbox.runner import Runner
@@ -216,13 +218,11 @@ def create_app(hub: HubState) -> Starlette:
     hub.collab.feed.add_hook(notifier.discovery_shared)
     server = build_server(hub, notifier)
     settings = hub.settings
-    mcp_app = server.streamable_http_app(
-        streamable_http_path="/mcp",
-        max_request_body_size=settings.limits.max_body_bytes,
+    session_manager = StreamableHTTPSessionManager(
+        app=server, max_request_body_size=settings.limits.max_body_bytes,
         # The Guard below already checks Host and Origin for every path, MCP included.
-        transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False),
+        security_settings=TransportSecuritySettings(enable_dns_rebinding_protection=False),
     )
-    session_manager = server.session_manager
     # OAuth sign-in (web_ui.oauth): the hub is the protected resource at <its URL>/mcp and its own issuer.
     resource_server = oauth.resource_server_for(settings.public_url or local_url(settings)) \
         if settings.auth and settings.oauth.enabled else None
@@ -252,13 +252,15 @@ def create_app(hub: HubState) -> Starlette:
         *dashboard.routes(),
         *(oauth.routes(hub, resource_server) if resource_server is not None else []),
         *(ep.route() for ep in _ENDPOINTS),
-        Mount("/", app=mcp_app),  # MCP at /mcp; must stay last, it matches every path
     ]
     app = Starlette(routes=routes, lifespan=lifespan,
                     exception_handlers=dict.fromkeys(UNAVAILABLE, problems.unavailable_problem))
     app.state.hub = hub
     app.state.mcp_server = server
     app.state.resource_server = resource_server
+    # /mcp before any route: McpEndpoint hands it to the SDK's transport, or answers a direct tool call itself.
+    app.add_middleware(McpEndpoint, sdk=session_manager.handle_request, hub=hub, server=server,
+                       direct=settings.mcp.direct_tool_calls)
     app.add_middleware(
         Guard, max_body=settings.limits.max_body_bytes, max_upload=settings.sandbox.max_module_bytes,
         auth=settings.auth, allowed_hosts=settings.allowed_hosts, allowed_origins=settings.allowed_origins,

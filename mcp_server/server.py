@@ -22,11 +22,12 @@ from mcp.server.session import ServerSession
 from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler, ResourceUpdated
 from mcp.shared.exceptions import MCPError
 from starlette.requests import Request
+from starlette.types import Scope
 
-from agenthub.auth import LOCAL_OPERATOR, Principal
+from agenthub.auth import Principal
 from agenthub.database import UNAVAILABLE as UNAVAILABLE_ERRORS
 from agenthub.database import unavailable
-from agenthub.errors import DiscoveryNotFound, RateLimited, Unauthenticated
+from agenthub.errors import DiscoveryNotFound, Unauthenticated
 from collaboration.models import Discovery, collection_uri
 from mcp_server.prompts import get_prompt, visible_prompts
 from mcp_server.tools import (
@@ -38,6 +39,7 @@ from mcp_server.tools import (
     tool_input_schema,
     visible_tools,
 )
+from web_ui.guard import principal_of, rate_limited
 from web_ui.state import HubState
 
 logger = logging.getLogger(__name__)
@@ -62,25 +64,18 @@ def _answerable() -> Iterator[None]:
         raise MCPError(UNAVAILABLE, down.message, {"retry_after": down.retry_after}) from exc
 
 
-def _rate_limited(ctx: ServerRequestContext[Any, Any]) -> RateLimited | None:
-    """The guard's refusal of this request's token (over its rate), left for the MCP server to answer."""
+def _scope(ctx: ServerRequestContext[Any, Any]) -> Scope:
     request = ctx.request
-    limited = request.scope.get("state", {}).get("rate_limited") if isinstance(request, Request) else None
-    assert limited is None or isinstance(limited, RateLimited)
-    return limited
+    return request.scope if isinstance(request, Request) else {}
 
 
 def _principal(ctx: ServerRequestContext[Any, Any], hub: HubState) -> Principal:
-    limited = _rate_limited(ctx)
+    limited = rate_limited(_scope(ctx))
     if limited is not None:  # a tool call says so as a tool error; other requests as a JSON-RPC error
         raise MCPError(RATE_LIMITED, limited.message, {"retry_after": round(limited.retry_after, 3)})
-    request = ctx.request
-    principal = request.scope.get("state", {}).get("principal") if isinstance(request, Request) else None
+    principal = principal_of(_scope(ctx), hub.settings.auth)
     if principal is None:
-        if not hub.settings.auth:
-            return LOCAL_OPERATOR
         raise MCPError(types.INVALID_REQUEST, Unauthenticated("missing bearer token").message)
-    assert isinstance(principal, Principal)
     return principal
 
 
@@ -134,7 +129,7 @@ def build_server(hub: HubState, notifier: ResourceNotifier) -> Server[Any]:
 
     async def on_call_tool(ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
                            ) -> types.CallToolResult:
-        limited = _rate_limited(ctx)
+        limited = rate_limited(_scope(ctx))
         if limited is not None:
             return tool_error(limited)
         return await call_tool(hub, _principal(ctx, hub), params.name, params.arguments, _selection(ctx))

@@ -81,6 +81,7 @@ class ToolSpec:
     run: Run
     roles: frozenset[Role]
     read_only: bool = False
+    wait_argument: str | None = None  # the argument that makes a call wait for news (seconds)
 
     def definition(self) -> types.Tool:
         return types.Tool(
@@ -113,7 +114,7 @@ TOOLS: list[ToolSpec] = [
         name="poll_discoveries", group="discoveries",
         description="A subscription's discoveries after cursor, oldest first, and the next cursor; wait_seconds "
         "> 0 waits for new ones. Always pass back the returned cursor: then none is skipped or repeated.",
-        input=PollInput, roles=AGENT_PROFILE,
+        input=PollInput, roles=AGENT_PROFILE, wait_argument="wait_seconds",
         run=lambda h, who, req: h.collab.poll(who, req),
     ),
     ToolSpec(
@@ -236,6 +237,17 @@ class ToolSelection:
 EVERYTHING = ToolSelection(None)
 
 
+def tool_visible(who: Principal, name: str) -> bool:
+    spec = _BY_NAME.get(name)
+    return spec is not None and who.role in spec.roles
+
+
+def may_wait(name: str, arguments: dict[str, Any] | None) -> bool:
+    """Whether this call may wait for news (a poll with `wait_seconds`) rather than answer at once."""
+    spec = _BY_NAME.get(name)
+    return spec is not None and spec.wait_argument is not None and bool((arguments or {}).get(spec.wait_argument))
+
+
 def visible_tools(who: Principal, selection: ToolSelection = EVERYTHING) -> list[types.Tool]:
     return [_DEFINITIONS[t.name] for t in TOOLS if who.role in t.roles and selection.includes(t.name)]
 
@@ -269,7 +281,7 @@ def _validation_message(exc: ValidationError) -> str:
 async def call_tool(hub: HubState, who: Principal, name: str, arguments: dict[str, Any] | None,
                     selection: ToolSelection = EVERYTHING) -> types.CallToolResult:
     spec = _BY_NAME.get(name)
-    if spec is None or who.role not in spec.roles:
+    if spec is None or not tool_visible(who, name):
         raise MCPError(types.INVALID_PARAMS, f"Unknown tool: {name}")
     if not selection.includes(name):
         raise MCPError(types.INVALID_PARAMS, f"{name} is not among the tools this connection selected "

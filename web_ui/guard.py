@@ -200,6 +200,23 @@ def _bearer(headers: dict[str, str]) -> str | None:
     return authorization[7:].strip() if authorization[:7].lower() == "bearer " else None
 
 
+def principal_of(scope: Scope, auth: bool) -> Principal | None:
+    """The caller the guard authenticated (everyone is the local operator without auth); None for a request it let
+    through without a token (a public path)."""
+    principal = scope.get("state", {}).get("principal")
+    if principal is None:
+        return None if auth else LOCAL_OPERATOR
+    assert isinstance(principal, Principal)
+    return principal
+
+
+def rate_limited(scope: Scope) -> RateLimited | None:
+    """The guard's refusal of an MCP request's token (over its rate), left for the MCP server to answer."""
+    limited = scope.get("state", {}).get("rate_limited")
+    assert limited is None or isinstance(limited, RateLimited)
+    return limited
+
+
 def session_owner(token_id: str) -> AuthenticatedUser:
     """A token as the MCP SDK's user. The SDK's session manager binds each 2025-11-25 session to the user whose
     request opened it, answers another user's request for it (POST, GET stream, DELETE) with 404 as if it did not
