@@ -18,10 +18,9 @@ wasm code checks the epoch at function entries and loop heads only; host calls c
 import ctypes
 import heapq
 import itertools
+import math
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from types import TracebackType
 from typing import Any, Self
 
@@ -55,13 +54,17 @@ _ON_EPOCH = _Callback(_on_epoch)  # module-level: wasmtime calls it for as long 
 
 class EpochClock:
     """Wall-clock deadlines for the stores of one engine (see the module's docstring). Use as a context manager (it
-    owns the timer thread); `armed(store, deadline_ns)` arms a store for its guest's deadline while the block runs."""
+    owns the timer thread); `arm(store, deadline_ns)` arms a store for its guest's deadline until `disarm`.
+
+    The timer thread is woken only for a deadline earlier than the one it sleeps until: runs one after another
+    (each with a later deadline than the last) wake it once per deadline span, not once per run."""
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
         self._wake = threading.Condition()
         self._due: list[list[Any]] = []  # a heap of [deadline (monotonic ns), run number, still armed]
         self._runs = itertools.count()
+        self._alarm_ns: float = math.inf  # when the timer thread wakes by itself
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="wasm-epoch")
 
@@ -79,34 +82,36 @@ class EpochClock:
         """Move the epoch now: every running guest checks whether it must stop."""
         self._engine.increment_epoch()
 
-    @contextmanager
-    def armed(self, store: Store, deadline_ns: int) -> Iterator[None]:
+    def arm(self, store: Store, deadline_ns: int) -> list[Any]:
         """Make `store` ask its guest (`current_guest()`) whether to stop whenever the epoch moves, and ring at
-        `deadline_ns` (monotonic), while the block runs."""
+        `deadline_ns` (monotonic) unless `disarm`ed first with what this returns."""
         store.set_epoch_deadline(1)
         _bindings.wasmtime_store_epoch_deadline_callback(store.ptr(), _ON_EPOCH, None, _NO_FINALIZER)
         entry = [deadline_ns, next(self._runs), True]
         with self._wake:
             heapq.heappush(self._due, entry)
-            if self._due[0] is entry:
+            if deadline_ns < self._alarm_ns:
                 self._wake.notify()
-        try:
-            yield
-        finally:
-            with self._wake:
-                entry[2] = False
-                while self._due and not self._due[0][2]:  # ended runs need no ring
-                    heapq.heappop(self._due)
+        return entry
+
+    def disarm(self, entry: list[Any]) -> None:
+        """The run of `entry` (from `arm`) ended: its deadline needs no ring."""
+        with self._wake:
+            entry[2] = False
+            while self._due and not self._due[0][2]:
+                heapq.heappop(self._due)
 
     def _run(self) -> None:
         """Sleep until the earliest pending deadline, then ring once for every deadline due by then."""
         with self._wake:
             while not self._closed:
                 if not self._due:
+                    self._alarm_ns = math.inf
                     self._wake.wait()
                     continue
                 now = time.monotonic_ns()
                 if now < self._due[0][0]:
+                    self._alarm_ns = self._due[0][0]
                     self._wake.wait((self._due[0][0] - now) / 1e9)
                     continue
                 due = False

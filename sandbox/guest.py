@@ -4,6 +4,12 @@ A `Guest` holds the run's stdio in memory, its deadline and, once it must stop, 
 thread, where `current_guest()` finds it: host functions and the epoch callback get no other context. Other
 threads only call `stop` (the runner, when the caller gave up or the runner shuts down); a stopped guest ends at
 its next host call or epoch check, and a host call asleep in `sleep_until` wakes at once.
+
+An inline guest (run on its caller's thread, `Runner.execute`) has a slice: `INLINE_FUEL` of its fuel, and
+`INLINE_NS` of its thread's CPU time as its host calls see it (CPU time, so that a busy machine taking the CPU away
+does not count), and it never sleeps. Past its slice, or asking to sleep, it yields: it ends, and runs again, whole,
+on a runner thread, with what is left of its deadline. (A run is a function of its stdin and of what WASI tells it,
+the clocks and random bytes: nothing of the first attempt is seen.)
 """
 
 import math
@@ -13,10 +19,14 @@ from enum import StrEnum
 
 from sandbox.models import RunLimits
 
+INLINE_FUEL = 1_000_000  # about a millisecond of wasm code on this machine's loops
+INLINE_NS = 1_000_000
+
 
 class StopReason(StrEnum):
     DEADLINE = "deadline"  # the run's wall-clock limit passed
     STOPPED = "stopped"  # the runner stopped it: its caller gave up, or the runner is shutting down
+    YIELDED = "yielded"  # an inline guest's slice is over: it runs again on a runner thread
 
 
 class GuestStopped(Exception):
@@ -41,13 +51,15 @@ def set_current_guest(guest: "Guest | None") -> None:
 
 
 class Guest:
-    """One run's stdin, stdout, stderr, deadline and stop reason. `wake` is shared by the runner's guests: `stop`
-    notifies it, and every sleeping host call checks whether it was meant."""
+    """One run's stdin, stdout, stderr, fuel, deadline and stop reason. `wake` is shared by the runner's guests:
+    `stop` notifies it, and every sleeping host call checks whether it was meant. `inline`: the guest has a slice
+    (see the module's docstring). `started_ns`: the run began then, in an inline attempt that yielded."""
 
-    __slots__ = ("stdin", "read", "out", "out_limit", "err", "err_limit", "overflow", "started_ns", "deadline_ns",
-                 "clock_origin_ns", "stop_reason", "_deadline_seconds", "_wake")
+    __slots__ = ("stdin", "read", "out", "out_limit", "err", "err_limit", "overflow", "fuel", "inline", "started_ns",
+                 "deadline_ns", "clock_origin_ns", "stop_reason", "_slice_end_ns", "_deadline_seconds", "_wake")
 
-    def __init__(self, stdin: bytes, limits: RunLimits, wake: threading.Condition) -> None:
+    def __init__(self, stdin: bytes, limits: RunLimits, wake: threading.Condition, *, inline: bool = False,
+                 started_ns: int = 0) -> None:
         self.stdin = stdin
         self.read = 0
         self.out = bytearray()
@@ -55,15 +67,20 @@ class Guest:
         self.err = bytearray()
         self.err_limit = limits.log_bytes
         self.overflow = False
+        self.inline = inline
+        self.fuel = min(limits.fuel, INLINE_FUEL) if inline else limits.fuel
         self._deadline_seconds = limits.deadline_seconds
-        self.started_ns = self.deadline_ns = self.clock_origin_ns = 0  # set by `start`
+        self.started_ns = started_ns
+        self.deadline_ns = self.clock_origin_ns = self._slice_end_ns = 0  # set by `start`
         self.stop_reason: StopReason | None = None
         self._wake = wake
 
     def start(self) -> None:
-        """The run begins now: its deadline counts from here."""
-        self.started_ns = time.monotonic_ns()
+        """The run begins now, unless it began in an inline attempt: its deadline counts from then."""
+        self.started_ns = self.started_ns or time.monotonic_ns()
         self.deadline_ns = self.started_ns + math.ceil(self._deadline_seconds * 1e9)
+        if self.inline:
+            self._slice_end_ns = time.thread_time_ns() + INLINE_NS
 
     def clock_started(self) -> None:
         """The guest's WASI context exists now. wasmtime's monotonic clock counts from its creation, so this instant
@@ -72,9 +89,13 @@ class Guest:
         self.clock_origin_ns = time.monotonic_ns()
 
     def must_stop(self) -> bool:
-        """Whether the guest must end now: stopped, or past its deadline (which then becomes the reason)."""
-        if self.stop_reason is None and time.monotonic_ns() >= self.deadline_ns:
-            self.stop_reason = StopReason.DEADLINE
+        """Whether the guest must end now: stopped, or past its deadline or its slice (which then becomes the
+        reason)."""
+        if self.stop_reason is None:
+            if time.monotonic_ns() >= self.deadline_ns:
+                self.stop_reason = StopReason.DEADLINE
+            elif self.inline and time.thread_time_ns() >= self._slice_end_ns:
+                self.stop_reason = StopReason.YIELDED
         return self.stop_reason is not None
 
     def check(self) -> None:
@@ -83,8 +104,10 @@ class Guest:
             raise GuestStopped(self.stop_reason)
 
     def sleep_until(self, wake_ns: int) -> None:
-        """Sleep until `wake_ns` (monotonic) but not past the deadline, and wake at once if the run is stopped;
-        then `check`."""
+        """Sleep until `wake_ns` (monotonic) but not past the deadline, and wake at once if the run is stopped; then
+        `check`. An inline guest yields instead: it would hold its caller's thread."""
+        if self.inline and self.stop_reason is None and wake_ns > time.monotonic_ns():
+            self.stop_reason = StopReason.YIELDED
         end = min(wake_ns, self.deadline_ns)
         with self._wake:
             while self.stop_reason is None and (left := end - time.monotonic_ns()) > 0:

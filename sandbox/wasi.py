@@ -11,8 +11,8 @@ could outlast the run's limits, which are host functions of ours.
 Every one of them first checks the run (`Guest.check`): past its deadline, or stopped, the guest ends there. No
 other call blocks: there are no files, directories, sockets or terminal, and wasmtime's stdin is empty.
 
-Guest pointers arrive as signed i32 values and are unsigned addresses: masked, checked against the memory's size,
-never trusted.
+They are host functions with raw arguments (`sandbox.native`): guest pointers arrive as unsigned addresses,
+checked against the memory's size, never trusted.
 """
 
 import ctypes
@@ -21,16 +21,17 @@ import struct
 import time
 from typing import NamedTuple
 
-from wasmtime import Caller, Engine, FuncType, Linker, Memory, ValType
+from wasmtime import Engine, Linker
 
+from sandbox import native
 from sandbox.guest import Guest, GuestStopped, OutputTooLarge, current_guest
+from sandbox.native import Memory
 
 WASI = "wasi_snapshot_preview1"
 _EBADF, _EFAULT, _EINVAL = 8, 21, 28  # WASI errno values
 _IOV_MAX = 1024  # iovecs per call, as POSIX's IOV_MAX: a guest cannot make the host build a huge list
 _POLL_MAX = 1024  # subscriptions per poll, for the same reason (a guest has three descriptors to poll)
 _RANDOM_CHUNK = 1 << 20
-_U32_MASK = 0xFFFF_FFFF
 _IOVEC = struct.Struct("<II")
 _U32 = struct.Struct("<I")
 # subscription: userdata, tag, clock id or fd, timeout (ns), precision, flags; event: userdata, errno, type,
@@ -51,14 +52,6 @@ def _guest() -> Guest:
     return guest
 
 
-def _memory(caller: Caller) -> tuple[int, int] | None:
-    """The guest memory's address and size, valid until the guest runs again."""
-    memory = caller["memory"]
-    if not isinstance(memory, Memory):
-        return None
-    return ctypes.addressof(memory.data_ptr(caller).contents), memory.data_len(caller)
-
-
 class _Call(NamedTuple):
     """A checked fd_read or fd_write: the guest memory's address, its buffers and where the count goes."""
 
@@ -67,13 +60,11 @@ class _Call(NamedTuple):
     result: int
 
 
-def _io_call(caller: Caller, iovs: int, count: int, result: int) -> _Call | int:
+def _io_call(memory: Memory, iovs: int, count: int, result: int) -> _Call | int:
     """The call's arguments if the iovec array, every buffer it names and the result slot lie inside the guest's
     memory; otherwise the errno to return."""
-    iovs, count, result = iovs & _U32_MASK, count & _U32_MASK, result & _U32_MASK
     if count > _IOV_MAX:
         return _EINVAL
-    memory = _memory(caller)
     if memory is None:
         return _EBADF
     base, size = memory
@@ -85,9 +76,9 @@ def _io_call(caller: Caller, iovs: int, count: int, result: int) -> _Call | int:
     return _Call(base, vecs, result)
 
 
-def _fd_read(caller: Caller, fd: int, iovs: int, count: int, nread: int) -> int:
+def _fd_read(memory: Memory, fd: int, iovs: int, count: int, nread: int) -> int:
     io = _guest()
-    call = _io_call(caller, iovs, count, nread) if fd == 0 else _EBADF
+    call = _io_call(memory, iovs, count, nread) if fd == 0 else _EBADF
     if isinstance(call, int):
         return call
     base, vecs, nread = call
@@ -103,9 +94,9 @@ def _fd_read(caller: Caller, fd: int, iovs: int, count: int, nread: int) -> int:
     return 0
 
 
-def _fd_write(caller: Caller, fd: int, iovs: int, count: int, nwritten: int) -> int:
+def _fd_write(memory: Memory, fd: int, iovs: int, count: int, nwritten: int) -> int:
     io = _guest()
-    call = _io_call(caller, iovs, count, nwritten) if fd in (1, 2) else _EBADF
+    call = _io_call(memory, iovs, count, nwritten) if fd in (1, 2) else _EBADF
     if isinstance(call, int):
         return call
     base, vecs, nwritten = call
@@ -125,14 +116,12 @@ def _fd_write(caller: Caller, fd: int, iovs: int, count: int, nwritten: int) -> 
     return 0
 
 
-def _poll_oneoff(caller: Caller, subs: int, events: int, count: int, nevents: int) -> int:
+def _poll_oneoff(memory: Memory, subs: int, events: int, count: int, nevents: int) -> int:
     """Wait for the first of the subscriptions (clocks, or stdio, which is always ready), as wasmtime's does, but
     never past the run's deadline. Clock ids other than realtime and monotonic are refused (EINVAL), as there."""
     guest = _guest()
-    subs, events, count, nevents = subs & _U32_MASK, events & _U32_MASK, count & _U32_MASK, nevents & _U32_MASK
     if count == 0 or count > _POLL_MAX:  # no subscriptions: wasmtime refuses to sleep forever, so do we
         return _EINVAL
-    memory = _memory(caller)
     if memory is None:
         return _EBADF
     base, size = memory
@@ -168,10 +157,8 @@ def _poll_oneoff(caller: Caller, subs: int, events: int, count: int, nevents: in
     return 0
 
 
-def _random_get(caller: Caller, buf: int, length: int) -> int:
+def _random_get(memory: Memory, buf: int, length: int) -> int:
     guest = _guest()
-    buf, length = buf & _U32_MASK, length & _U32_MASK
-    memory = _memory(caller)
     if memory is None:
         return _EBADF
     base, size = memory
@@ -185,16 +172,18 @@ def _random_get(caller: Caller, buf: int, length: int) -> int:
     return 0
 
 
+# name, parameter count, C callback: module-level, so they live as long as any linker that uses them
+_HOST_FUNCTIONS = [(name, params, native.host_function(body, params)) for name, params, body in (
+    ("fd_read", 4, _fd_read), ("fd_write", 4, _fd_write), ("poll_oneoff", 4, _poll_oneoff),
+    ("random_get", 2, _random_get))]
+
+
 def wasi_linker(engine: Engine) -> Linker:
     """WASI preview 1, with the calls above replaced by host functions that keep to the run's limits."""
     linker = Linker(engine)
     linker.define_wasi()
     linker.allow_shadowing = True
-    i32 = ValType.i32()
-    io_type = FuncType([i32] * 4, [i32])
-    linker.define_func(WASI, "fd_read", io_type, _fd_read, access_caller=True)
-    linker.define_func(WASI, "fd_write", io_type, _fd_write, access_caller=True)
-    linker.define_func(WASI, "poll_oneoff", FuncType([i32] * 4, [i32]), _poll_oneoff, access_caller=True)
-    linker.define_func(WASI, "random_get", FuncType([i32] * 2, [i32]), _random_get, access_caller=True)
+    for name, params, callback in _HOST_FUNCTIONS:
+        native.define(linker, WASI, name, params, callback)
     linker.allow_shadowing = False
     return linker
