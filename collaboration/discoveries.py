@@ -133,11 +133,9 @@ class DiscoveryLog:
             raise pending.error
         discovery = pending.discovery
         assert discovery is not None
-        subject = discovery_subject(self._bus, discovery.agent_id, discovery.discovery_type)
-        await self._bus.publish(subject, discovery)
-        self._metrics.discoveries.labels(discovery.discovery_type).inc()
         return SharedDiscovery(discovery_id=discovery.discovery_id, uri=discovery.uri, sequence=discovery.sequence,
-                               nats_subject=subject, timestamp=discovery.timestamp)
+                               nats_subject=discovery_subject(self._bus, discovery.agent_id, discovery.discovery_type),
+                               timestamp=discovery.timestamp)
 
     async def _write(self, batch: list[_Pending]) -> None:
         failure = ServiceUnavailable("the discovery could not be stored; retry")
@@ -160,6 +158,7 @@ class DiscoveryLog:
                 discoveries.sort(key=lambda d: d.sequence)
                 for listener in self._listeners:
                     listener(discoveries)
+                await self._publish(discoveries)
         except Exception as exc:
             # A statement that timed out may still run when a frozen server thaws: the whole batch's outcome is
             # unknown, and every caller in it is told so, not only the one whose statement it was.
@@ -170,6 +169,12 @@ class DiscoveryLog:
                 if p.row is None and p.error is None:
                     p.error = ServiceUnavailable(failure.message, retry_after=failure.retry_after)  # one each
                 p.done = True
+
+    async def _publish(self, discoveries: list[Discovery]) -> None:
+        """Publish a write's discoveries one after the other without yielding: NATS's client sends them in one go."""
+        for d in discoveries:
+            await self._bus.publish(discovery_subject(self._bus, d.agent_id, d.discovery_type), d)
+            self._metrics.discoveries.labels(d.discovery_type).inc()
 
     async def _insert(self, todo: list[_Pending]) -> None:
         """Write `todo` in one statement; when PostgreSQL refuses a value of it (a data or constraint error, which
