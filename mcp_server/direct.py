@@ -48,7 +48,7 @@ class McpEndpoint:
         self.app = app
         self._sdk = sdk
         self._hub = hub
-        self._server = server
+        self._stamp = server.server_info_stamp  # the SDK's `serverInfo` stamp: our copy, serialised as it is
         self._direct = direct
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -109,7 +109,7 @@ class McpEndpoint:
         hub.metrics.direct_calls.inc()
         wire = result.model_dump(by_alias=True, mode="json", exclude_none=True)
         wire["resultType"] = "complete"
-        wire["_meta"] = {**wire.get("_meta", {}), SERVER_INFO_META_KEY: self._server.server_info_stamp}
+        wire["_meta"] = {**wire.get("_meta", {}), SERVER_INFO_META_KEY: self._stamp}
         return 200, pydantic_core.to_json({"jsonrpc": "2.0", "id": request_id, "result": wire})
 
 

@@ -14,6 +14,7 @@ refused like an unknown one.
 
 import logging
 import re
+from functools import lru_cache, partial
 from urllib.parse import parse_qs
 
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
@@ -50,6 +51,9 @@ class Guard:
         self.max_upload = max_upload
         self.auth = auth
         self.allowed_hosts = allowed_hosts
+        # Clients send the same few Host values again and again; parsing one (an IP address) costs more than the
+        # rest of the checks. Bounded: the values are the client's to choose.
+        self._host_allowed = lru_cache(maxsize=64)(partial(host_allowed, allowed=tuple(allowed_hosts)))
         self.allowed_origins = allowed_origins
         self._tokens = tokens
         self._limiter = limiter
@@ -62,7 +66,7 @@ class Guard:
             return
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         host = field_value(scope["headers"], b"host") or ""
-        if not host_allowed(host, self.allowed_hosts):
+        if not self._host_allowed(host):
             await problem(403, "Forbidden host", f"Host {host!r} is not allowed")(scope, receive, send)
             return
         origin = field_value(scope["headers"], b"origin")

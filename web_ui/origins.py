@@ -14,6 +14,7 @@ as RFC 9110 §5.3 allows, or a list) are refused.
 
 import ipaddress
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "[::1]"})
@@ -95,7 +96,7 @@ def parse_origin(value: str) -> Origin | None:
     return Origin(scheme, host.name, host.port if host.port is not None else _DEFAULT_PORTS[scheme])
 
 
-def host_allowed(value: str, allowed: list[str]) -> bool:
+def host_allowed(value: str, allowed: Sequence[str]) -> bool:
     """Loopback names on any port, plus the configured `host[:port]` values (a configured value without a port
     allows only a Host without one)."""
     host = parse_host(value)
