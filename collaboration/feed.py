@@ -14,11 +14,12 @@ a replay; each is dropped and counted (`agenthub_bus_rejected_total{kind}`), nev
 the real discovery. A huge sequence costs one read of the log's bounds, and its claim is dropped.
 
 Delivered events go into a `Ring` shared by every stream (`agenthub/ring.py`): a stream that wakes up late
-takes everything it missed in one go, and one that falls further behind than the ring reaches reads the log
-instead (`events_after` returns None). Pollers wait on `wait_beyond`. Hooks (MCP resource notifications) run
-for each event in order.
+takes everything it missed in one go (`ring.after`), and one that falls further behind than the ring reaches
+reads the log instead (`ring.after` returns None). Streams wait on `next_event`, pollers on `wait_beyond`. Hooks
+(MCP resource notifications) run for each event in order.
 """
 
+import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable
@@ -89,6 +90,7 @@ class DiscoveryFeed:
         log.add_listener(self._stored)
         self.ring: Ring[FeedEvent] = Ring(ring_size)
         self._streams = 0
+        self._waiting: set[asyncio.Future[None]] = set()  # streams waiting for the next event (`next_event`)
         self._hooks: list[Hook] = []
         self._tg: TaskGroup | None = None
 
@@ -137,16 +139,27 @@ class DiscoveryFeed:
         return self.ring.frontier
 
     def end_streams(self) -> None:
-        """The hub is shutting down: every `events_after` returns [] from now on, so streams end."""
+        """The hub is shutting down: `ring.ending` from now on, and every stream waiting is woken, so streams end."""
         self.ring.end()
+        self._wake_streams()
 
-    async def events_after(self, sequence: int) -> list[FeedEvent] | None:
-        """Wait until the feed has delivered past `sequence`, then return every event after it, oldest first.
+    async def next_event(self, woken: asyncio.Future[None]) -> None:
+        """Return at the feed's next event or its end, or when `woken` is set by someone else (a stream's heartbeat).
 
-        None means the ring no longer reaches back to `sequence`: the caller reads the log from there instead.
-        An empty list means the feed is ending.
+        A stream waits on a future of its own rather than on the ring's `anyio.Event`, so that one future serves
+        every reason to wake it: this is the path each event takes to each of a thousand streams.
         """
-        return await self.ring.events_after(sequence)
+        self._waiting.add(woken)
+        try:
+            await woken
+        finally:
+            self._waiting.discard(woken)
+
+    def _wake_streams(self) -> None:
+        waiting, self._waiting = self._waiting, set()
+        for woken in waiting:
+            if not woken.done():
+                woken.set_result(None)
 
     async def wait_beyond(self, sequence: int, seconds: float) -> None:
         """Return when the frontier passes `sequence`, or after `seconds`."""
@@ -258,7 +271,8 @@ class DiscoveryFeed:
         for claim in claims:
             if claim != d:
                 self._reject("forged", f"sequence {d.sequence}")
-        self.ring.push(FeedEvent(d))  # wakes the streams and pollers first; hooks may take a moment
+        self.ring.push(FeedEvent(d))  # wakes the pollers and streams first; hooks may take a moment
+        self._wake_streams()
         for hook in self._hooks:
             try:
                 await hook(d)

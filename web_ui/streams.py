@@ -8,27 +8,32 @@ the log, then follows the live feed, writing whatever is waiting in one go; an e
 client that drops resumes exactly where it was. A client that stops reading is disconnected when a write times
 out, and can resume. A position the retention policy deleted is refused (410, naming the oldest one left), or,
 when retention overtakes a replay, ends the stream with an `expired` event saying the same. Both streams end when
-their token is revoked (on any replica) or expires.
+their token is revoked (on any replica) or expires, and at once when the hub shuts down.
+
+A stream is written by its request's own task (`EventStream`), with one more small task that waits for the
+client to go away; its heartbeat and the deadline of a blocked write are checked by a timer. A thousand streams
+on one replica are the point: sse-starlette's response runs four tasks in a task group per stream and a cancel
+scope per write, which took most of the memory of an idle connection and a third of the CPU of a delivery.
 """
 
+import asyncio
 import json
 import logging
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AbstractContextManager
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from contextlib import AbstractContextManager, aclosing
+from datetime import UTC, datetime
 from functools import partial
-from typing import Any
 
 import anyio
 from pydantic import ValidationError
-from sse_starlette import EventSourceResponse, ServerSentEvent
-from sse_starlette.sse import SendTimeoutError
+from sse_starlette import ServerSentEvent
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from agenthub.auth import Principal
-from agenthub.errors import CursorExpired, CursorInFuture, HubError, InvalidInput, QuotaExceeded, TooManyConnections
+from agenthub.errors import CursorExpired, CursorInFuture, HubError, InvalidInput, TooManyConnections
 from collaboration.feed import FeedEvent
 from collaboration.filters import DiscoveryFilter
 from web_ui.api import DiscoveryFilterQuery
@@ -42,6 +47,8 @@ logger = logging.getLogger(__name__)
 _POSITION_PARAMS = frozenset({"start", "last_event_id", "access_token"})  # not filters
 _REPLAY_PAGE = 100
 _RETRY_MS = 2000
+_HEADERS = {"cache-control": "no-store", "x-accel-buffering": "no"}  # no proxy buffers or caches the stream
+_MEDIA_TYPE = "text/event-stream"
 # ASCII digits only (str.isdigit also takes '²', which int() refuses), and few enough for int() to parse.
 _SEQUENCE = re.compile(r"[0-9]{1,20}")
 
@@ -65,7 +72,7 @@ def _start_point(request: Request, default: int, oldest: int, newest: int) -> in
     return start
 
 
-async def discovery_stream(request: Request) -> Response:
+async def discovery_stream(request: Request) -> Response | ASGIApp:
     hub = hub_of(request)
     try:
         who = principal_of(request)
@@ -82,27 +89,33 @@ async def discovery_stream(request: Request) -> Response:
             query = parse_query(DiscoveryFilterQuery, request.query_params, skip=_POSITION_PARAMS)
             flt, default = query.to_filter(), newest
         start = _start_point(request, default, oldest, newest)
-        if hub.collab.feed.stream_count >= hub.settings.sse.max_clients:
-            raise TooManyConnections(hub.settings.sse.max_clients)
     except ValidationError as exc:
         return validation_problem(exc)
     except HubError as exc:
         return problem_for(exc)
-    if request.method == "HEAD":
-        return EventSourceResponse(iter(()))  # headers only
+    return _open(hub, who, request, partial(_events, hub, flt, start, newest))
+
+
+def _open(hub: HubState, who: Principal, request: Request, events: "Events") -> Response | ASGIApp:
+    """The stream's response once its request is valid: headers only for HEAD, else counted against the replica's
+    limit and the agent's quota (`TooManyConnections`, `QuotaExceeded`)."""
     try:
+        if hub.collab.feed.stream_count >= hub.settings.sse.max_clients:
+            raise TooManyConnections(hub.settings.sse.max_clients)
+        if request.method == "HEAD":
+            return Response(media_type=_MEDIA_TYPE, headers=_HEADERS)
         release = _count_stream(hub, who)
-    except QuotaExceeded as exc:
+    except HubError as exc:
         return problem_for(exc)
     hub.collab.feed.add_stream()  # counted now, so concurrent connections cannot all pass the limit
-    return _Stream(
-        _events(hub, flt, start, newest),
-        ping=hub.settings.sse.heartbeat_seconds,
-        send_timeout=hub.settings.sse.send_timeout_seconds,
-        hold=hub.tokens.bound_to(who),
-        on_drop=hub.metrics.sse_dropped.inc,
-        on_close=release,
-    )
+
+    def closed() -> None:
+        hub.collab.feed.remove_stream()
+        release()
+
+    sse = hub.settings.sse
+    return EventStream(events, heartbeat=sse.heartbeat_seconds, send_timeout=sse.send_timeout_seconds,
+                       hold=hub.tokens.bound_to(who), on_drop=hub.metrics.sse_dropped.inc, on_close=closed)
 
 
 def _count_stream(hub: HubState, who: Principal) -> Callable[[], None]:
@@ -113,72 +126,171 @@ def _count_stream(hub: HubState, who: Principal) -> Callable[[], None]:
     return partial(hub.limiter.close_stream, who.agent_id)
 
 
-class _Stream(EventSourceResponse):
-    """A client that stops reading is dropped when a send times out: expected, so counted and logged quietly."""
+# -- the response --------------------------------------------------------------------------------------------------
 
-    def __init__(self, *args: Any, hold: AbstractContextManager[anyio.CancelScope], on_drop: Callable[[], None],
-                 on_close: Callable[[], None], **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._hold = hold  # the stream runs inside it: its token's lifetime (`TokenCache.bound_to`)
+
+class Wakeup:
+    """What a stream's events wait on between writes: besides whatever they wait for (the feed's next event), the
+    stream's heartbeat sets it, so that the stream can write its ping. One asyncio future per wait, which the feed
+    sets directly (`DiscoveryFeed.next_event`): the cheapest wake there is, and each event wakes every stream."""
+
+    __slots__ = ("_future",)
+
+    def __init__(self) -> None:
+        self._future: asyncio.Future[None] | None = None
+
+    def arm(self) -> asyncio.Future[None]:
+        """A new future for the next wait, which `set` completes."""
+        self._future = future = asyncio.get_running_loop().create_future()
+        return future
+
+    def set(self) -> None:
+        future = self._future
+        if future is not None and not future.done():
+            future.set_result(None)
+
+    async def wait(self) -> None:
+        await self.arm()
+
+
+# A stream's events: a generator of what to write, each chunk one or more whole events, b"" when woken with
+# nothing new (the stream then writes its ping if one is due). It ends when the stream should end.
+Events = Callable[[Wakeup], AsyncGenerator[bytes, None]]
+
+
+class EventStream:
+    """A Server-Sent Events response written by its request's own task.
+
+    A second task only waits for the client to disconnect (ASGI says so only through `receive`). A timer, checked
+    every quarter of the shorter of the two intervals, sets the heartbeat's `Wakeup` and ends a stream whose write
+    has been blocked for `send_timeout` seconds (a client that stopped reading: dropped, counted by `on_drop`,
+    and it can resume); the write path itself holds no timer. The stream runs inside `hold`, its token's
+    lifetime: revoked or expired, the response ends properly. When `events` end (the hub shuts down, or a replay
+    expired), so does the response.
+    """
+
+    __slots__ = ("_events", "_heartbeat", "_send_timeout", "_hold", "_on_drop", "_on_close", "_scope",
+                 "_wakeup", "_timer", "_next_beat", "_beat", "_sending_since", "_gone", "_dropped")
+
+    def __init__(self, events: Events, *, heartbeat: float, send_timeout: float,
+                 hold: AbstractContextManager[anyio.CancelScope], on_drop: Callable[[], None],
+                 on_close: Callable[[], None]) -> None:
+        self._events = events
+        self._heartbeat = heartbeat
+        self._send_timeout = send_timeout
+        self._hold = hold
         self._on_drop = on_drop
         self._on_close = on_close
+        self._scope: anyio.CancelScope | None = None
+        self._wakeup = Wakeup()
+        self._timer: asyncio.TimerHandle | None = None
+        self._next_beat = 0.0
+        self._beat = False
+        self._sending_since: float | None = None
+        self._gone = self._dropped = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        started = False
-
-        async def tracked(message: Message) -> None:
-            nonlocal started
-            started = True
-            await send(message)
-
+        loop = asyncio.get_running_loop()
+        watcher: asyncio.Task[None] | None = None
         try:
             with self._hold as held:
-                await super().__call__(scope, receive, tracked)
-            if held.cancelled_caught and started:  # its token was revoked or expired: end the response properly
+                self._scope = held
+                watcher = loop.create_task(self._watch(receive))
+                self._next_beat = loop.time() + self._heartbeat
+                self._timer = loop.call_later(self._tick(), self._check, loop)
+                await send({"type": "http.response.start", "status": 200, "headers": _RAW_HEADERS})
+                async with aclosing(self._events(self._wakeup)) as events:
+                    async for chunk in events:
+                        if self._beat:
+                            self._beat = False
+                            chunk += _ping()
+                        if chunk:
+                            self._sending_since = loop.time()
+                            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                            self._sending_since = None
+            if self._dropped:
+                self._on_drop()
+                logger.info("dropped an SSE client that stopped reading")
+            elif not self._gone:  # the events ended, or the token was revoked or expired: end the response
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
-        except* SendTimeoutError:
-            self._on_drop()
-            logger.info("dropped an SSE client that stopped reading")
         finally:
+            if self._timer is not None:
+                self._timer.cancel()
+            if watcher is not None:
+                watcher.cancel()
+                await asyncio.wait([watcher])
             self._on_close()
 
+    def _tick(self) -> float:
+        return min(self._heartbeat, self._send_timeout) / 4
 
-async def _events(hub: HubState, flt: DiscoveryFilter, cursor: int, newest: int
-                  ) -> AsyncIterator[ServerSentEvent | bytes]:
+    def _check(self, loop: asyncio.AbstractEventLoop) -> None:
+        now = loop.time()
+        assert self._scope is not None
+        if self._sending_since is not None and now - self._sending_since >= self._send_timeout:
+            self._dropped = True
+            self._scope.cancel()
+            return
+        if now >= self._next_beat:
+            self._next_beat = now + self._heartbeat
+            self._beat = True
+            self._wakeup.set()
+        self._timer = loop.call_later(self._tick(), self._check, loop)
+
+    async def _watch(self, receive: Receive) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        self._gone = True
+        assert self._scope is not None
+        self._scope.cancel()
+
+
+_RAW_HEADERS = [(b"content-type", f"{_MEDIA_TYPE}; charset=utf-8".encode()), (b"connection", b"keep-alive"),
+                *((k.encode(), v.encode()) for k, v in _HEADERS.items())]
+
+
+def _ping() -> bytes:
+    return f": ping - {datetime.now(UTC)}\r\n\r\n".encode()
+
+
+# -- the discovery stream ------------------------------------------------------------------------------------------
+
+
+async def _events(hub: HubState, flt: DiscoveryFilter, cursor: int, newest: int, wakeup: Wakeup
+                  ) -> AsyncGenerator[bytes, None]:
     """Replay the log up to what was newest at connect time, then follow the feed, back to the log whenever the
     stream falls further behind than the feed keeps."""
     feed = hub.collab.feed
-    try:
-        yield ServerSentEvent(json.dumps({"cursor": cursor, "newest": newest}), event="connected", retry=_RETRY_MS)
-        catch_up_to = newest
-        while True:
-            if cursor < catch_up_to:
-                try:
-                    items, cursor = await hub.collab.log.read(flt, cursor, _REPLAY_PAGE)
-                except CursorExpired as exc:  # retention overtook a slow replay: say so rather than skip
-                    yield _expired(exc)
-                    return
-                if items:
-                    yield b"".join(FeedEvent(d).frame for d in items)
-                continue
-            events = await feed.events_after(cursor)
-            if events is None:
-                catch_up_to = feed.frontier
-                continue
-            if not events:  # the hub is shutting down
+    yield ServerSentEvent(json.dumps({"cursor": cursor, "newest": newest}), event="connected",
+                          retry=_RETRY_MS).encode()
+    catch_up_to = newest
+    while True:
+        if cursor < catch_up_to:
+            try:
+                items, cursor = await hub.collab.log.read(flt, cursor, _REPLAY_PAGE)
+            except CursorExpired as exc:  # retention overtook a slow replay: say so rather than skip
+                yield _expired(exc)
                 return
+            yield b"".join(FeedEvent(d).frame for d in items)
+            continue
+        events = feed.ring.after(cursor)
+        if events is None:
+            catch_up_to = feed.frontier
+            continue
+        if events:
             cursor = events[-1].discovery.sequence
-            frames = [e.frame for e in events if flt.matches(e.discovery)]
-            if frames:
-                yield b"".join(frames)  # all that was waiting, in one write
-    finally:
-        feed.remove_stream()
+            yield b"".join([e.frame for e in events if flt.matches(e.discovery)])  # all that was waiting, at once
+            continue
+        if feed.ring.ending:  # the hub is shutting down
+            return
+        await feed.next_event(wakeup.arm())
+        yield b""
 
 
-def _expired(exc: CursorExpired) -> ServerSentEvent:
+def _expired(exc: CursorExpired) -> bytes:
     """The last event of a stream whose position retention deleted: where the log now begins, then the end."""
     return ServerSentEvent(json.dumps({"detail": exc.message, "cursor": exc.cursor, "oldest_cursor": exc.oldest}),
-                           event="expired")
+                           event="expired").encode()
 
 
 # -- the hub-wide stream -------------------------------------------------------------------------------------------
@@ -210,7 +322,7 @@ def _hub_start(request: Request, oldest: int, discoveries: int, activity: int) -
     raise InvalidInput(f"invalid stream start {start!r}: use 'now' or 'beginning' (or Last-Event-ID to resume)")
 
 
-async def hub_stream(request: Request) -> Response:
+async def hub_stream(request: Request) -> Response | ASGIApp:
     """`GET /events/stream`: everything that happens in the hub, as Server-Sent Events.
 
     `discovery` events, the activity log's `agent`, `task`, `bid` and `transfer` events, and `metrics_update`
@@ -223,58 +335,43 @@ async def hub_stream(request: Request) -> Response:
         who = principal_of(request)
         (oldest, discoveries), activity = await hub.collab.log.bounds(), await hub.activity.log.newest()
         d, e = _hub_start(request, oldest, discoveries, activity)
-        if hub.collab.feed.stream_count >= hub.settings.sse.max_clients:
-            raise TooManyConnections(hub.settings.sse.max_clients)
     except HubError as exc:
         return problem_for(exc)
-    if request.method == "HEAD":
-        return EventSourceResponse(iter(()))
-    try:
-        release = _count_stream(hub, who)
-    except QuotaExceeded as exc:
-        return problem_for(exc)
-    hub.collab.feed.add_stream()
-    return _Stream(_hub_events(hub, d, e), ping=hub.settings.sse.heartbeat_seconds,
-                   send_timeout=hub.settings.sse.send_timeout_seconds, hold=hub.tokens.bound_to(who),
-                   on_drop=hub.metrics.sse_dropped.inc, on_close=release)
+    return _open(hub, who, request, partial(_hub_events, hub, d, e))
 
 
-async def _hub_events(hub: HubState, d: int, e: int) -> AsyncIterator[ServerSentEvent | bytes]:
+async def _hub_events(hub: HubState, d: int, e: int, wakeup: Wakeup) -> AsyncGenerator[bytes, None]:
     feed, ring, snapshots = hub.collab.feed, hub.activity.ring, hub.snapshots
     everything = DiscoveryFilter()
-    try:
-        yield ServerSentEvent(json.dumps({"discovery_cursor": d, "activity_cursor": e}), event="connected",
-                              retry=_RETRY_MS)
-        yield ServerSentEvent(json.dumps(await snapshot(hub)), event="metrics_update")
-        version = snapshots.version
-        while not feed.ring.ending:
-            frames: list[bytes] = []
-            discoveries = feed.ring.after(d)
-            if discoveries is None:  # further behind than the ring reaches: from the log
-                try:
-                    items, _ = await hub.collab.log.read(everything, d, _REPLAY_PAGE)
-                except CursorExpired as exc:
-                    yield _expired(exc)
-                    return
-                discoveries = [FeedEvent(item) for item in items]
-            for event in discoveries:
-                d = event.discovery.sequence
-                frames.append(ServerSentEvent(event.data, event="discovery", id=f"{d}.{e}").encode())
-            activity = ring.after(e)
-            if activity is None:
-                activity = await hub.activity.log.read(e, _REPLAY_PAGE)
-            for item in activity:
-                e = item.seq
-                frames.append(item.frame(f"{d}.{e}"))
-            if snapshots.version != version and snapshots.latest is not None:
-                version = snapshots.version
-                frames.append(ServerSentEvent(snapshots.latest, event="metrics_update").encode())
-            if frames:
-                yield b"".join(frames)
-                continue
-            await _first(feed.ring.changed, ring.changed, snapshots.changed)
-    finally:
-        feed.remove_stream()
+    yield ServerSentEvent(json.dumps({"discovery_cursor": d, "activity_cursor": e}), event="connected",
+                          retry=_RETRY_MS).encode()
+    yield ServerSentEvent(json.dumps(await snapshot(hub)), event="metrics_update").encode()
+    version = snapshots.version
+    while not feed.ring.ending:
+        frames: list[bytes] = []
+        discoveries = feed.ring.after(d)
+        if discoveries is None:  # further behind than the ring reaches: from the log
+            try:
+                items, _ = await hub.collab.log.read(everything, d, _REPLAY_PAGE)
+            except CursorExpired as exc:
+                yield _expired(exc)
+                return
+            discoveries = [FeedEvent(item) for item in items]
+        for event in discoveries:
+            d = event.discovery.sequence
+            frames.append(ServerSentEvent(event.data, event="discovery", id=f"{d}.{e}").encode())
+        activity = ring.after(e)
+        if activity is None:
+            activity = await hub.activity.log.read(e, _REPLAY_PAGE)
+        for item in activity:
+            e = item.seq
+            frames.append(item.frame(f"{d}.{e}"))
+        if snapshots.version != version and snapshots.latest is not None:
+            version = snapshots.version
+            frames.append(ServerSentEvent(snapshots.latest, event="metrics_update").encode())
+        if not frames:  # this stream is for the few who watch the whole hub: a task group per wait is fine here
+            await _first(feed.ring.changed, ring.changed, snapshots.changed, wakeup.wait)
+        yield b"".join(frames)
 
 
 async def _first(*waits: Callable[[], Awaitable[None]]) -> None:
