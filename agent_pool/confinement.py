@@ -26,7 +26,8 @@ Contract:
   setgid, setuid; then a check that root cannot be regained. Python and the hub's code may live where the agent's
   user cannot reach them (a pyenv under /root, 0700): before the switch, each import directory is opened and
   imports go through `/proc/self/fd/{fd}` from then on (a descriptor keeps its directory reachable whatever the
-  path to it; a process may always use its own descriptors), so lazy imports keep working. The agent's commands
+  path to it; a process may always use its own descriptors), so lazy imports keep working. The fork server does
+  this once (`agent_pool.worker.prepare`); its children inherit the descriptors. The agent's commands
   run programs by path: they must be reachable by the agent's user.
 """
 
@@ -51,6 +52,7 @@ LOGS_DIR = "agents"
 _OPEN_TO_OTHERS = (HOMES_DIR, "postgres")  # data directory entries others must traverse
 _KEPT_ENV = ("PATH", "LANG", "LANGUAGE", "TZ", "PYTHONPATH")
 _DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
+_imports_aliased = False  # `import_through_descriptors` ran in this process (or in the fork server before it)
 
 
 class Confinement(BaseModel):
@@ -163,7 +165,7 @@ def confine(confinement: Confinement) -> None:
     os.chdir(confinement.home)
     if confinement.uid is None or confinement.gid is None:
         return
-    _import_through_descriptors()
+    import_through_descriptors()
     os.setgroups([])
     os.setgid(confinement.gid)
     os.setuid(confinement.uid)
@@ -174,9 +176,14 @@ def confine(confinement: Confinement) -> None:
     raise PermissionError("the agent process could regain root after dropping it")
 
 
-def _import_through_descriptors() -> None:
+def import_through_descriptors() -> None:
     """Point `sys.path` and every loaded package's `__path__` at descriptors of their directories (see the
-    module's contract)."""
+    module's contract). Once per process: the fork server does it before it forks workers (it touches every
+    module, 20-40 ms a worker), and its children inherit the descriptors and the paths."""
+    global _imports_aliased
+    if _imports_aliased:
+        return
+    _imports_aliased = True
     aliases: dict[str, str] = {}
     for entry in sys.path:
         path = os.path.abspath(entry or ".")

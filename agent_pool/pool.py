@@ -81,6 +81,7 @@ from agenthub.errors import (
     ServiceUnavailable,
     TooManyConnections,
 )
+from agenthub.ids import TokenId
 from agenthub.metrics import HubMetrics
 from agenthub.nats_auth import NATS_LOGIN_ENV, NatsLogin, NatsUsers
 from agenthub.settings import AgentSettings
@@ -112,6 +113,7 @@ _BUS_PROBE_SECONDS = 1.0  # how long the heartbeat watcher waits for its probe t
 
 WORKER_ARGV = (sys.executable, "-m", "agent_pool.worker")
 WORKER_ENTRY = "agent_pool.worker:main"
+WORKER_PREPARE = "agent_pool.worker:prepare"
 # What the fork server imports once for every agent process it forks (a worker started from scratch imports the
 # same before it drops its privileges): forked, a worker spends about 0.04 s of CPU until it announces itself.
 WORKER_PRELOAD = worker.MODULES
@@ -134,6 +136,8 @@ class _Live:
     last_beat: float = field(default_factory=time.monotonic)
     announced: bool = False
     up: anyio.Event = field(default_factory=anyio.Event)  # the current process announced itself or ended
+    # The current process's start is recorded (state starting): its pid, announce and exit are recorded after it.
+    recorded: anyio.Event = field(default_factory=anyio.Event)
     heartbeat_lost: bool = False  # the watcher killed it: its exit is that failure, not a second one
     work_done: int = 0
     metrics: dict[str, Any] | None = None
@@ -219,8 +223,8 @@ class AgentPool:
         self._breaker_views: dict[str, str] = {}
         self._ops: TaskGroup | None = None
         self.supervisor = Supervisor("agents", strategy=Strategy.SIMPLE_ONE_FOR_ONE, max_restarts=10, period=60)
-        self.fork_server = (ForkServer(WORKER_PRELOAD, WORKER_ENTRY, log=self._log_dir / "fork-server.log")
-                            if settings.fork_server else None)
+        self.fork_server = (ForkServer(WORKER_PRELOAD, WORKER_ENTRY, prepare=WORKER_PREPARE,
+                                       log=self._log_dir / "fork-server.log") if settings.fork_server else None)
         self._cold_starts = anyio.Semaphore(settings.max_cold_starts)
         self._fork_starts = anyio.Semaphore(settings.max_fork_starts)
         metrics.open_breakers.set_function(self.open_breakers)
@@ -386,34 +390,60 @@ class AgentPool:
         await announce_revoked(self._bus, [row["id"] for row in revoked])  # refused on every replica at once
 
     async def _start_worker(self, agent_id: str, tg: TaskGroup) -> _Worker:
-        """Start one worker for the agent: a fresh token and instance id each time, its process brought up in `tg`
-        (the agent supervisor's task group) without waiting for it."""
+        """Start one worker for the agent: a fresh token, NATS login and instance id each time, its process brought
+        up in `tg` (the agent supervisor's task group) without waiting for it. The steps that do not need each other
+        (the old token's revocation, the new token, the NATS login, the files) run at once, so a restart waits for
+        the slowest of them, not for their sum."""
         info = await self.registry.get(agent_id)
         if info.desired != "running":
             raise RuntimeError(f"agent {agent_id} is not meant to run")
-        await self._revoke(info, nats=False)  # the new login below replaces the NATS one in the same reload
-        token_id, token = await create_token(self._pool, Role.AGENT, agent_id)
         instance = secrets.token_hex(6)
-        nats_login = await self.credentials.issue(agent_id, instance)
+        token_id, token, nats_login, confinement = TokenId(""), "", NatsLogin(), None
+
+        async def mint() -> None:
+            nonlocal token_id, token
+            token_id, token = await create_token(self._pool, Role.AGENT, agent_id)
+
+        async def login() -> None:
+            nonlocal nats_login
+            nats_login = await self.credentials.issue(agent_id, instance)
+
+        async def confine() -> None:
+            nonlocal confinement
+            confinement = await anyio.to_thread.run_sync(self._confinement, info)
+
+        async with anyio.create_task_group() as steps:
+            steps.start_soon(partial(self._revoke, info, nats=False))  # its NATS user: once the new one is up
+            for step in (mint, login, confine):
+                steps.start_soon(step)
         restarted = info.state is not AgentState.CREATED
-        info = await self.registry.transition(
-            agent_id, AgentState.STARTING, "restarting the process" if restarted else "starting the process",
-            count_restart=restarted, token_id=token_id, pid=None)
-        if restarted:
-            self._metrics.agent_restarts.inc()
-        live = self._live[agent_id]
         config = WorkerConfig(
             agent_id=agent_id, instance=instance, role=info.role, capabilities=info.capabilities,
             executor=info.executor, executor_config=info.executor_config, hub_url=self._hub_url,
             nats_url=self._nats_url, subject_prefix=self._bus.prefix, heartbeat_seconds=info.heartbeat_seconds,
-            compile_limits=self._compile_limits if info.executor == "wasm" else None,
-            confinement=await anyio.to_thread.run_sync(self._confinement, info))
+            compile_limits=self._compile_limits if info.executor == "wasm" else None, confinement=confinement)
         env = {**self._environment(info, config), "AGENTHUB_WORKER": config.model_dump_json(),
                "AGENTHUB_AGENT_TOKEN": token, NATS_LOGIN_ENV: json.dumps(asdict(nats_login))}
+        live = self._live[agent_id]
         live.instance, live.process, live.announced, live.heartbeat_lost = instance, None, False, False
-        live.work_done, live.metrics, live.state, live.up = 0, None, AgentState.STARTING, anyio.Event()
+        live.work_done, live.metrics, live.state = 0, None, AgentState.STARTING
+        live.up, live.recorded = anyio.Event(), anyio.Event()
         worker = _Worker(self, agent_id, instance, live.up)
         await tg.start(self._bring_up, worker, live, env, self._log_dir / f"{agent_id}.log", tg)
+        # Recorded while the process starts (its pid, announce and exit wait for this): a state change takes a few
+        # database round trips, which a busy machine makes long.
+        try:
+            await self.registry.transition(
+                agent_id, AgentState.STARTING, "restarting the process" if restarted else "starting the process",
+                count_restart=restarted, token_id=token_id, pid=None)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await worker.stop(None)  # not a child of the supervisor: its process must not run on unsupervised
+            raise
+        finally:
+            live.recorded.set()
+        if restarted:
+            self._metrics.agent_restarts.inc()
         return worker
 
     async def _bring_up(self, worker: _Worker, live: _Live, env: dict[str, str], log_path: Path, tg: TaskGroup, *,
@@ -486,13 +516,21 @@ class AgentPool:
 
     async def _until_up(self, worker: _Worker, live: _Live, process: GroupLeader) -> None:
         """Hand the new process to its worker, then wait (keeping the caller's start slot) until it announces
-        itself or ends, at most the announce limit."""
+        itself or ends, at most the announce limit; then retire the NATS users of the processes it replaced.
+
+        Not earlier: nats-server re-checks every connection when it reloads its users, and drops one that is still
+        signing in (the new process would lose half a second to nats-py's reconnect wait)."""
         worker.started(process)
         live.process, live.last_beat = process, time.monotonic()  # the announce deadline counts from here
         logger.info("agent %s: started process %d", worker.agent_id, process.pid)
+        await live.recorded.wait()
         await self.registry.update(worker.agent_id, pid=process.pid)
         with anyio.move_on_after(self._announce_limit(live)):
             await live.up.wait()
+        try:
+            await self.credentials.settle(worker.agent_id)
+        except Exception:  # the process runs and stays supervised; the next reload takes the change along
+            logger.exception("agent %s: retiring the NATS users of replaced processes failed", worker.agent_id)
 
     def _announce_limit(self, live: _Live) -> float:
         """How long a new process may take to announce itself before it is killed as stuck."""
@@ -503,6 +541,7 @@ class AgentPool:
         live = self._current(agent_id, instance)
         if live is None:
             return
+        await live.recorded.wait()
         live.process = None
         detail = (f"process {pid} exited: {exit_.detail or exit_.kind.value}" if pid is not None
                   else exit_.detail or exit_.kind.value)
@@ -517,8 +556,9 @@ class AgentPool:
             target = AgentState.STOPPED
         await self._transition(agent_id, target, detail, pid=None,
                                last_error=None if target is AgentState.STOPPED else detail)
-        if target is not AgentState.ERROR:
+        if target is not AgentState.ERROR:  # not restarted: its NATS users (the process's, the spare) go
             self._live.pop(agent_id, None)
+            await self.credentials.revoke(agent_id)
 
     async def _on_event(self, agent_id: str, event: SupervisorEvent) -> None:
         """Events of an agent's own supervisor, in order (after the fact: exits are recorded by `_Worker`)."""
@@ -535,6 +575,7 @@ class AgentPool:
             self._live.pop(agent_id, None)
             await self._transition(agent_id, AgentState.FAILED, detail, last_error=detail, pid=None)
             await self._alert(agent_id, "restart_intensity", detail)
+            await self.credentials.revoke(agent_id)  # its last process's NATS user, and its spare
 
     async def _transition(self, agent_id: str, target: AgentState, detail: str, **fields: Any) -> None:
         """A transition the pool observed; one the state machine refuses (a stop raced it) is logged, not raised."""
@@ -586,6 +627,7 @@ class AgentPool:
             live = self._current(agent_id, announce.instance)
             if live is None or announce.agent_id != agent_id:
                 return
+            await live.recorded.wait()  # as long as one state change: it was made while the process started
             live.announced, live.last_beat = True, time.monotonic()
             live.up.set()
             await self._transition(agent_id, AgentState.RUNNING, f"announced itself (pid {announce.pid})")

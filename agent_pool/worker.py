@@ -17,7 +17,7 @@ import sys
 import anyio
 from pydantic import ValidationError
 
-from agent_pool.confinement import confine
+from agent_pool.confinement import confine, import_through_descriptors
 from agent_pool.models import WorkerConfig
 from agenthub.nats_auth import NATS_LOGIN_ENV, NatsLogin
 
@@ -30,6 +30,13 @@ MODULES = ("agent_pool.runtime", "agent_pool.executors.scripted", "agent_pool.ex
            "agent_pool.executors.claude", "agent_pool.executors.wasm", "httpcore2", "anyio._backends._asyncio")
 
 EX_CONFIG = 78
+
+
+def prepare() -> None:
+    """Run once by the fork server, before it forks workers: as root (agents then run as users of their own),
+    the import paths every worker would otherwise point at descriptors itself (`confine`)."""
+    if os.geteuid() == 0:
+        import_through_descriptors()
 
 
 def _exit_code(exc: BaseException) -> int | None:

@@ -22,10 +22,17 @@ server: a program that drops its privileges keeps writing to it), takes the requ
 environment and runs the entry point. When its parent (the hub) goes away, or its stdin closes, the server kills
 every child's process group and exits, so nothing outlives the hub.
 
-Run as `python -m supervisor.forkserver PRELOAD_MODULES MODULE:FUNCTION`.
+Copy-on-write: a child shares the server's memory until it writes to it, and Python writes to every object it
+touches (reference counts) and to every object a garbage collection visits. So the server runs the program's
+`prepare` function once (work every child would otherwise repeat), collects, and freezes what it holds
+(`gc.freeze`) before each fork: the children's collections then never walk the server's objects.
+
+Run as `python -m supervisor.forkserver PRELOAD_MODULES MODULE:FUNCTION [MODULE:FUNCTION]` (the entry point, then
+the optional `prepare`).
 """
 
 import contextlib
+import gc
 import importlib
 import json
 import logging
@@ -70,8 +77,9 @@ class ForkServer:
     so the supervisor starts a new server). `start` forks a child; it raises `ServiceUnavailable` while no server is
     ready, so callers can wait for it (`wait_ready`) or start the program directly meanwhile."""
 
-    def __init__(self, preload: Sequence[str], target: str, *, log: Path) -> None:
-        self._argv = [sys.executable, "-m", "supervisor.forkserver", ",".join(preload), target]
+    def __init__(self, preload: Sequence[str], target: str, *, log: Path, prepare: str | None = None) -> None:
+        self._argv = [sys.executable, "-m", "supervisor.forkserver", ",".join(preload), target,
+                      *([prepare] if prepare else [])]
         self._log = log
         self._process: Process | None = None
         self._children: dict[int, ForkedChild] = {}
@@ -240,6 +248,7 @@ def _send(message: dict[str, Any]) -> None:
 
 def _fork(request: dict[str, Any], entry: Callable[[], object], wakeup: tuple[int, int]) -> int:
     ready_r, ready_w = os.pipe()
+    gc.freeze()  # what the server made since the last fork too: no collection in the child walks it
     pid = os.fork()
     if pid:
         # Report the child only once it leads its own process group, so that signalling the group reaches it.
@@ -288,11 +297,20 @@ def _kill_children(children: set[int]) -> None:
             pass
 
 
-def serve(preload: Sequence[str], target: str) -> None:
+def _function(name: str) -> Callable[[], object]:
+    module, _, function = name.partition(":")
+    found: Callable[[], object] = getattr(importlib.import_module(module), function)
+    return found
+
+
+def serve(preload: Sequence[str], target: str, prepare: str | None = None) -> None:
     for name in preload:
         importlib.import_module(name)
-    module, _, function = target.partition(":")
-    entry: Callable[[], object] = getattr(importlib.import_module(module), function)
+    entry = _function(target)
+    if prepare is not None:
+        _function(prepare)()
+    gc.collect()  # the imports' garbage, before the rest is frozen and shared with every child
+    gc.freeze()
     parent = os.getppid()
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
@@ -332,4 +350,4 @@ def serve(preload: Sequence[str], target: str) -> None:
 
 
 if __name__ == "__main__":
-    serve([m for m in sys.argv[1].split(",") if m], sys.argv[2])
+    serve([m for m in sys.argv[1].split(",") if m], sys.argv[2], *sys.argv[3:4])

@@ -76,10 +76,21 @@ def worker_pids() -> set[int]:
     return pids
 
 
+_prepared: list[int] = []  # the pid of each process `fork_prepare` ran in
+
+
+def fork_prepare() -> None:
+    """The `prepare` of fork-server tests: notes which process it ran in."""
+    _prepared.append(os.getpid())
+
+
 def fork_target() -> None:
-    """A program for fork-server tests: prints FORK_SAY, then exits with FORK_EXIT after FORK_SLEEP seconds."""
+    """A program for fork-server tests: prints FORK_SAY, then what `fork_prepare` noted and how many objects are
+    frozen (`gc.freeze`), then exits with FORK_EXIT after FORK_SLEEP seconds."""
+    import gc
     import time
 
     print(os.environ.get("FORK_SAY", ""), flush=True)
+    print(f"prepared in {_prepared}, {gc.get_freeze_count()} frozen", flush=True)
     time.sleep(float(os.environ.get("FORK_SLEEP", "0")))
     raise SystemExit(int(os.environ.get("FORK_EXIT", "0")))

@@ -2,6 +2,7 @@
 
 import contextlib
 import os
+import re
 import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -16,12 +17,13 @@ from supervisor.policy import ExitKind
 from tests.agents_helpers import eventually, gone
 
 TARGET = "tests.agents_helpers:fork_target"
+PREPARE = "tests.agents_helpers:fork_prepare"
 
 
 @asynccontextmanager
-async def running(tmp_path: Path) -> AsyncIterator[ForkServer]:
+async def running(tmp_path: Path, prepare: str | None = None) -> AsyncIterator[ForkServer]:
     """A fork server until the block ends; its death inside the block is expected by the caller, not an error."""
-    fork = ForkServer(["json"], TARGET, log=tmp_path / "fork-server.log")
+    fork = ForkServer(["json"], TARGET, log=tmp_path / "fork-server.log", prepare=prepare)
 
     async def run(task_status: TaskStatus[None]) -> None:
         with contextlib.suppress(RuntimeError):  # "fork server exited": what a supervisor would restart
@@ -54,6 +56,22 @@ async def forked_child_runs(server: ForkServer, tmp_path: Path) -> None:
     exit = await child.stop(5)
     assert exit.kind is ExitKind.SHUTDOWN and exit.code == -signal.SIGTERM
     assert gone(child.pid)
+
+
+async def test_the_program_is_prepared_once_in_the_server_and_children_share_its_frozen_objects(
+        tmp_path: Path) -> None:
+    async with running(tmp_path, PREPARE) as server:
+        logs = [tmp_path / f"child-{i}.log" for i in range(2)]
+        children = [await server.start(env={}, log=log) for log in logs]
+        with anyio.fail_after(10):
+            for child in children:
+                assert (await child.wait()).kind is ExitKind.NORMAL
+        for log in logs:
+            said = re.fullmatch(r"\nprepared in \[(\d+)\], (\d+) frozen\n", log.read_text())
+            assert said is not None, log.read_text()
+            prepared, frozen = said.groups()
+            assert int(prepared) == server.pid  # once, in the server, before the fork: not in the child
+            assert int(frozen) > 0  # the child's garbage collections skip what the server holds
 
 
 async def test_exit_codes_and_kills_arrive_as_exits(tmp_path: Path) -> None:
