@@ -56,7 +56,8 @@ class Guest:
     (see the module's docstring). `started_ns`: the run began then, in an inline attempt that yielded."""
 
     __slots__ = ("stdin", "read", "out", "out_limit", "err", "err_limit", "overflow", "fuel", "inline", "started_ns",
-                 "deadline_ns", "clock_origin_ns", "stop_reason", "_slice_end_ns", "_deadline_seconds", "_wake")
+                 "deadline_ns", "clock_origin_ns", "stop_reason", "_slice_wall_ns", "_slice_end_ns",
+                 "_deadline_seconds", "_wake")
 
     def __init__(self, stdin: bytes, limits: RunLimits, wake: threading.Condition, *, inline: bool = False,
                  started_ns: int = 0) -> None:
@@ -71,15 +72,17 @@ class Guest:
         self.fuel = min(limits.fuel, INLINE_FUEL) if inline else limits.fuel
         self._deadline_seconds = limits.deadline_seconds
         self.started_ns = started_ns
-        self.deadline_ns = self.clock_origin_ns = self._slice_end_ns = 0  # set by `start`
+        self.deadline_ns = self.clock_origin_ns = self._slice_wall_ns = self._slice_end_ns = 0  # set by `start`
         self.stop_reason: StopReason | None = None
         self._wake = wake
 
     def start(self) -> None:
         """The run begins now, unless it began in an inline attempt: its deadline counts from then."""
-        self.started_ns = self.started_ns or time.monotonic_ns()
+        now = time.monotonic_ns()
+        self.started_ns = self.started_ns or now
         self.deadline_ns = self.started_ns + math.ceil(self._deadline_seconds * 1e9)
         if self.inline:
+            self._slice_wall_ns = now + INLINE_NS  # CPU time is never ahead of wall time: no need to ask before
             self._slice_end_ns = time.thread_time_ns() + INLINE_NS
 
     def clock_started(self) -> None:
@@ -92,9 +95,10 @@ class Guest:
         """Whether the guest must end now: stopped, or past its deadline or its slice (which then becomes the
         reason)."""
         if self.stop_reason is None:
-            if time.monotonic_ns() >= self.deadline_ns:
+            now = time.monotonic_ns()
+            if now >= self.deadline_ns:
                 self.stop_reason = StopReason.DEADLINE
-            elif self.inline and time.thread_time_ns() >= self._slice_end_ns:
+            elif self.inline and now >= self._slice_wall_ns and time.thread_time_ns() >= self._slice_end_ns:
                 self.stop_reason = StopReason.YIELDED
         return self.stop_reason is not None
 

@@ -15,14 +15,17 @@ wasmtime-py binds these calls (`wasmtime._bindings`) but does not expose them; t
 """
 
 import ctypes
+import struct
 import threading
 from collections.abc import Callable
 from typing import Any
 
 from wasmtime import FuncType, InstancePre, Linker, Store, Trap, ValType, WasmtimeError, _bindings
+from wasmtime._ffi import dll
 
 _FUNC, _MEMORY = 0, 3  # WASMTIME_EXTERN_FUNC, WASMTIME_EXTERN_MEMORY
-_U32_MASK = 0xFFFF_FFFF
+_EXTERN_SIZE, _EXTERN_OF = 32, 8  # a wasmtime_extern_t: its kind, and where its union starts
+_RAW_SIZE = 16  # a wasmtime_val_raw_t
 _MEMORY_NAME = b"memory"
 _HOST_TRAP = b"agenthub: a host function raised"
 _NO_FINALIZER = ctypes.cast(0, ctypes.CFUNCTYPE(None, ctypes.c_void_p))
@@ -85,32 +88,43 @@ def _raise_failure(error: Any, trap: Any) -> None:
     raise failure
 
 
-def _caller_memory(caller: Any) -> Memory:
-    item: Any = _bindings.wasmtime_extern_t()
-    if not _bindings._wasmtime_caller_export_get(caller, _MEMORY_NAME, len(_MEMORY_NAME), ctypes.byref(item)) \
-            or item.kind != _MEMORY:
+# The calls a host function makes, with addresses as plain integers: wasmtime-py's bindings build a ctypes object
+# for each pointer they take or return.
+_void_p, _size_t = ctypes.c_void_p, ctypes.c_size_t
+_caller_export_get = ctypes.CFUNCTYPE(ctypes.c_bool, _void_p, ctypes.c_char_p, _size_t, _void_p)(
+    ("wasmtime_caller_export_get", dll))
+_caller_context = ctypes.CFUNCTYPE(_void_p, _void_p)(("wasmtime_caller_context", dll))
+_memory_data = ctypes.CFUNCTYPE(_void_p, _void_p, _void_p)(("wasmtime_memory_data", dll))
+_memory_data_size = ctypes.CFUNCTYPE(_size_t, _void_p, _void_p)(("wasmtime_memory_data_size", dll))
+_trap_new = ctypes.CFUNCTYPE(_void_p, ctypes.c_char_p, _size_t)(("wasmtime_trap_new", dll))
+_Callback = ctypes.CFUNCTYPE(_void_p, _void_p, _void_p, _void_p, _size_t)
+
+
+def _caller_memory(caller: int) -> Memory:
+    item = (ctypes.c_uint8 * _EXTERN_SIZE)()
+    if not _caller_export_get(caller, _MEMORY_NAME, len(_MEMORY_NAME), item) or item[0] != _MEMORY:
         return None
-    context = _bindings._wasmtime_caller_context(caller)
-    memory = ctypes.byref(item.of.memory)
-    base = ctypes.cast(_bindings._wasmtime_memory_data(context, memory), ctypes.c_void_p).value or 0
-    return base, _bindings._wasmtime_memory_data_size(context, memory)
+    context = _caller_context(caller)
+    memory = ctypes.addressof(item) + _EXTERN_OF
+    return _memory_data(context, memory) or 0, _memory_data_size(context, memory)
 
 
 def host_function(body: HostBody, params: int) -> Any:
     """A C callback for `define`: `body(memory, *arguments)` with `params` unsigned i32 arguments. Keep it alive
     as long as a linker may use it (a module-level name)."""
+    arguments = struct.Struct("<" + f"I{_RAW_SIZE - 4}x" * params)
 
-    def callback(env: Any, caller: Any, raw: Any, count: int) -> int:
+    def callback(env: int | None, caller: int, raw: int, count: int) -> int:
         try:
-            arguments = [raw[n].i32 & _U32_MASK for n in range(params)]
-            raw[0].i32 = body(_caller_memory(caller), *arguments)
+            result = body(_caller_memory(caller), *arguments.unpack(ctypes.string_at(raw, arguments.size)))
+            ctypes.c_int32.from_address(raw).value = result
             return 0
         except BaseException as exc:  # ends the guest's call; `instantiate` or `call` raises it on this thread
             _raised.exception = exc
-            trap = _bindings.wasmtime_trap_new(_HOST_TRAP, len(_HOST_TRAP))
-            return ctypes.cast(trap, ctypes.c_void_p).value or 0  # never 0: wasmtime owns the trap now
+            trap: int = _trap_new(_HOST_TRAP, len(_HOST_TRAP))  # wasmtime owns it once returned
+            return trap
 
-    return _bindings.wasmtime_func_unchecked_callback_t(callback)
+    return ctypes.cast(_Callback(callback), _bindings.wasmtime_func_unchecked_callback_t)
 
 
 def define(linker: Linker, module: str, name: str, params: int, callback: Any) -> None:

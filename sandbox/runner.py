@@ -370,7 +370,7 @@ def _result(guest: Guest, exit_code: int | None, failure: tuple[Outcome, str] | 
     if exit_code != 0:
         return {"outcome": Outcome.EXITED, "output": None, "error": f"the module exited with code {exit_code}"}
     try:
-        output = json.loads(guest.out)
+        output = json.loads(guest.out.decode())  # JSON is UTF-8: no encoding to detect
     except ValueError as exc:
         return {"outcome": Outcome.INVALID_OUTPUT, "output": None, "error": f"stdout is not JSON: {exc}"}
     if not isinstance(output, dict):

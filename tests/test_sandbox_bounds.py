@@ -1,6 +1,7 @@
 """The sandbox is bounded in every way: a guest asleep or spinning in host calls stops at its deadline, a cancelled
-caller and a runner that shuts down stop their runs at once, and a run's memory is given back when it ends, with
-the cyclic garbage collector off. How far past the deadline, and RSS over 1,000 runs: `bench/wasm_deadline.py`."""
+caller and a runner that shuts down stop their runs at once, a run that outlasts its slice on the caller's thread
+runs again whole on a runner thread, and a run's memory is given back when it ends, with the cyclic garbage
+collector off. How far past the deadline, and RSS over 1,000 runs: `bench/wasm_deadline.py`."""
 
 import gc
 import json
@@ -14,6 +15,7 @@ from wasmtime import Module, Store
 
 from agenthub.errors import ServiceUnavailable
 from sandbox.compiler import compile_module
+from sandbox.guest import INLINE_FUEL
 from sandbox.models import MIB, Outcome, RunLimits, RunResult
 from sandbox.runner import Runner
 from tests.agents_helpers import eventually
@@ -57,6 +59,19 @@ async def test_guests_asleep_in_poll_oneoff_stop_at_their_deadline_and_a_run_que
         assert results[name].outcome is Outcome.DEADLINE_EXCEEDED, results[name]
         assert results[name].duration_ms >= 500, results[name]  # never before its deadline
     assert (results["trivial"].outcome, results["trivial"].output) == (Outcome.OK, {"words": 5})
+
+
+async def test_a_guest_that_outlasts_its_inline_slice_runs_again_whole_on_a_runner_thread(runner: Runner) -> None:
+    # The guest writes {} and then counts for more than its slice of fuel on the caller's thread: it yields and runs
+    # again on a runner thread, from the start, with all its fuel. Kept, the first attempt's {} would make the
+    # output {}{} (not JSON), and its fuel would be missing from the second run's.
+    module = await load(runner, "write_then_count")
+    results = [await runner.execute(module, b"{}", RunLimits()) for _ in range(3)]
+    for result in results:
+        assert (result.outcome, result.output) == (Outcome.OK, {}), result
+        assert result.fuel_used == results[0].fuel_used and result.fuel_used > INLINE_FUEL, result
+    cut = await runner.execute(module, b"{}", RunLimits(fuel=INLINE_FUEL + 1))
+    assert cut.outcome is Outcome.OUT_OF_FUEL and cut.fuel_used == INLINE_FUEL + 1, cut
 
 
 async def test_a_guest_spinning_on_host_calls_stops_at_its_deadline_never_before(runner: Runner) -> None:
