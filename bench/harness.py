@@ -60,6 +60,22 @@ class Services:
     nats_url: str
     nats_dir: Path  # the embedded server's directory, where hubs register their NATS users
     database_url: str
+    pids: tuple[int, ...] = ()  # nats-server and the postmaster
+
+    def cpu_seconds(self) -> float:
+        """CPU time used so far by nats-server and PostgreSQL (the postmaster and every backend it runs)."""
+        total = 0.0
+        for pid in self.pids:
+            try:
+                root = psutil.Process(pid)
+                processes = [root, *root.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                continue
+            for process in processes:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    times = process.cpu_times()
+                    total += times.user + times.system
+        return total
 
 
 @contextlib.contextmanager
@@ -70,7 +86,8 @@ def embedded_services() -> Iterator[Services]:
     root.chmod(0o755)
     try:
         with EmbeddedNats(root / "nats") as nats, EmbeddedPostgres(root / "postgres") as pg:
-            yield Services(root=root, nats_url=nats.url, nats_dir=nats.root, database_url=pg.url)
+            yield Services(root=root, nats_url=nats.url, nats_dir=nats.root, database_url=pg.url,
+                           pids=tuple(pid for pid in (nats.pid, pg.pid) if pid is not None))
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

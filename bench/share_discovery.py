@@ -3,9 +3,11 @@ the same stack and by two bare MCP SDK servers, all in the same run.
 
 The hub runs under uvicorn (uvloop) in a child process, with its own embedded NATS and PostgreSQL. 50 workers,
 each with its own httpx2 client, send raw 2026-07-28 single-exchange `tools/call` POSTs to /mcp with the
-operator token. The echo tool exists only in this benchmark's server: the child wraps the low-level server's
-`tools/call` and `tools/list` handlers that `create_app` builds, so echo passes through the same guard, MCP
-transport and SDK dispatch as the product's tools, and costs nothing beyond them.
+operator token. The hub answers such calls of its own tools itself (`mcp_server.direct`). The echo tool exists
+only in this benchmark's server: the child wraps the low-level server's `tools/call` and `tools/list` handlers that
+`create_app` builds, so echo, which the direct path does not know, passes through the same guard and the SDK's
+transport and dispatch, as every call did before the direct path. `AGENTHUB_MCP__DIRECT_TOOL_CALLS=false` in the
+environment sends share through the SDK too.
 
 The baselines are what the hub stands on, with nothing of the hub: the SDK's low-level `Server` and its high-level
 `MCPServer`, each with one echo tool, each in a child process under the same uvicorn settings, configured the
@@ -14,11 +16,13 @@ server keeps its connections warm).
 
 Rounds rotate through hub share, hub echo, bare `Server` echo and bare `MCPServer` echo, so that host drift hits
 all four alike; each phase has a warm-up and then a measured window capped in time and count. The ratios are
-throughput ratios: share calls/s ÷ a baseline's calls/s, same load; 1.0 means share is as fast as that server.
-Run: `python bench/share_discovery.py`.
+throughput ratios: share calls/s ÷ a baseline's calls/s, same load; 1.0 means share is as fast as that server; the
+median of the per-round ratios compares neighbours in time. CPU per call adds NATS's and PostgreSQL's CPU to the
+hub's for share, the durable part of its work. Run: `python bench/share_discovery.py`.
 """
 import argparse
 import contextlib
+import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -31,6 +35,7 @@ import mcp.types as types
 from harness import (
     ChildServer,
     Row,
+    Services,
     add_hub_child_arguments,
     cpu_count_note,
     embedded_services,
@@ -179,6 +184,7 @@ class Phase:
     calls_after_mark: int = 0  # calls that completed while server CPU was being counted
     sse_framed: int = 0  # answers sent as an SSE stream rather than one JSON body
     server_cpu: float = 0.0
+    services_cpu: float = 0.0  # nats-server and PostgreSQL, over the same span as server_cpu
     client_cpu: float = 0.0
 
 
@@ -220,7 +226,8 @@ class Target:
     clients: list[httpx2.AsyncClient]
 
 
-async def run_phase(target: Target, work: Workload, *, warmup: float, window: float, cap: int) -> Phase:
+async def run_phase(target: Target, work: Workload, services: Services, *, warmup: float, window: float,
+                    cap: int) -> Phase:
     """All workers call `work.tool` back to back; calls that start and end inside the window are measured."""
     phase = Phase(label=work.label)
     server = target.server
@@ -232,6 +239,7 @@ async def run_phase(target: Target, work: Workload, *, warmup: float, window: fl
     async def mark_window() -> None:
         await anyio.sleep(warmup)
         cpu_marks["server"], cpu_marks["client"] = server.cpu_seconds(), time.process_time()
+        cpu_marks["services"] = services.cpu_seconds()
 
     async def worker(index: int, client: httpx2.AsyncClient) -> None:
         nonlocal window_end
@@ -267,6 +275,7 @@ async def run_phase(target: Target, work: Workload, *, warmup: float, window: fl
     if cpu_marks:
         phase.server_cpu = server.cpu_seconds() - cpu_marks["server"]
         phase.client_cpu = time.process_time() - cpu_marks["client"]
+        phase.services_cpu = services.cpu_seconds() - cpu_marks["services"]
     return phase
 
 
@@ -280,6 +289,7 @@ def merge(phases: list[Phase]) -> Phase:
         merged.calls_after_mark += p.calls_after_mark
         merged.sse_framed += p.sse_framed
         merged.server_cpu += p.server_cpu
+        merged.services_cpu += p.services_cpu
         merged.client_cpu += p.client_cpu
     return merged
 
@@ -292,7 +302,8 @@ def ms(seconds: float) -> str:
     return fmt(seconds * 1000, 2)
 
 
-async def measure(servers: dict[str, ChildServer], token: str, args: argparse.Namespace) -> dict[str, Phase]:
+async def measure(servers: dict[str, ChildServer], services: Services, token: str, args: argparse.Namespace
+                  ) -> dict[str, list[Phase]]:
     limits = httpx2.Limits(max_connections=1, max_keepalive_connections=1)
     timeout = httpx2.Timeout(30.0)
     # The bare servers ignore the token; every server gets the same headers and bodies.
@@ -305,13 +316,13 @@ async def measure(servers: dict[str, ChildServer], token: str, args: argparse.Na
         runs: dict[str, list[Phase]] = {key: [] for key in keys}
         for r in range(args.rounds):
             for key in keys[r % len(keys):] + keys[:r % len(keys)]:
-                phase = await run_phase(targets[SERVER_OF[key]], WORKLOADS[key], warmup=args.warmup,
+                phase = await run_phase(targets[SERVER_OF[key]], WORKLOADS[key], services, warmup=args.warmup,
                                         window=per_round, cap=args.cap // args.rounds)
                 print(f"  round {r + 1} {phase.label:<20} {rate(phase):8,.0f} calls/s  "
                       f"p50 {ms(percentile(phase.latencies, 50))} ms  p99 {ms(percentile(phase.latencies, 99))} ms",
                       flush=True)
                 runs[key].append(phase)
-        return {key: merge(phases) for key, phases in runs.items()}
+        return runs
     finally:
         for target in targets.values():
             for client in target.clients:
@@ -334,25 +345,50 @@ def latency_row(p: Phase, base: Phase, q: float) -> Row:
                ratio=f"{mine / theirs:.2f}")
 
 
-def report(results: dict[str, Phase], clients: int) -> bool:
+def per_round_row(runs: dict[str, list[Phase]], key: str, base: str) -> Row:
+    """The median over rounds of key's calls/s ÷ base's in the same round: neighbours in time, so the machine's
+    drift between rounds cancels out."""
+    ratios = sorted(rate(p) / rate(b) for p, b in zip(runs[key], runs[base], strict=True) if rate(b))
+    low, high = (f"{ratios[0]:.2f}", f"{ratios[-1]:.2f}") if ratios else ("-", "-")
+    return Row(figure=f"{runs[key][0].label} calls/s per round (median; range {low}-{high})",
+               value="", baseline=runs[base][0].label, ratio=f"{statistics.median(ratios):.2f}" if ratios else "-",
+               bar=f"goal >= {GOAL_RATIO}")
+
+
+def cpu_per_call(p: Phase, *, services: bool) -> float:
+    """Microseconds of CPU per call: the server process's, and with `services` also NATS's and PostgreSQL's."""
+    return (p.server_cpu + (p.services_cpu if services else 0.0)) / max(1, p.calls_after_mark) * 1e6
+
+
+def report(runs: dict[str, list[Phase]], clients: int) -> bool:
+    results = {key: merge(phases) for key, phases in runs.items()}
     share, echo, lowlevel, high = (results[k] for k in ("share", "echo", "lowlevel", "mcpserver"))
+    share_all_in = cpu_per_call(share, services=True)
     rows = [
         throughput_row(share, echo, bar=BAR_RATIO),
         latency_row(share, echo, 50),
         latency_row(share, echo, 99),
         throughput_row(share, lowlevel),
+        per_round_row(runs, "share", "lowlevel"),
         throughput_row(share, high),
+        per_round_row(runs, "share", "mcpserver"),
         throughput_row(echo, lowlevel),
         throughput_row(echo, high),
         latency_row(share, lowlevel, 50),
         latency_row(share, lowlevel, 99),
     ]
+    for base in (lowlevel, high):
+        theirs = cpu_per_call(base, services=False)
+        rows.append(Row(figure="share CPU per call: hub + NATS + PostgreSQL (us)", value=fmt(share_all_in, 0),
+                        baseline=f"{fmt(theirs, 0)} ({base.label})", ratio=f"{share_all_in / theirs:.2f}"))
     for p in (share, echo, lowlevel, high):
-        calls = max(1, p.calls_after_mark)
         where = "hub" if p in (share, echo) else "server"
         rows.append(Row(figure=f"{p.label}: us per call (1 s / calls/s)",
                         value=fmt(1e6 / rate(p), 0) if rate(p) else "-"))
-        rows.append(Row(figure=f"{p.label}: {where} CPU per call (us)", value=fmt(p.server_cpu / calls * 1e6, 0)))
+        rows.append(Row(figure=f"{p.label}: {where} CPU per call (us)", value=fmt(cpu_per_call(p, services=False), 0)))
+        if p is share:
+            rows.append(Row(figure=f"{p.label}: NATS + PostgreSQL CPU per call (us)",
+                            value=fmt(p.services_cpu / max(1, p.calls_after_mark) * 1e6, 0)))
         rows.append(Row(figure=f"{p.label}: load-generator cores busy", value=fmt(p.client_cpu / p.elapsed, 2)))
         rows.append(Row(figure=f"{p.label}: answers SSE-framed", value=f"{p.sse_framed:,} of {p.calls_total:,}"))
     failures = [f for p in results.values() for f in p.failures]
@@ -377,10 +413,10 @@ def report(results: dict[str, Phase], clients: int) -> bool:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clients", type=int, default=50, help="concurrent workers, one httpx2 client each")
-    parser.add_argument("--warmup", type=float, default=1.0, help="seconds before each measured window")
+    parser.add_argument("--warmup", type=float, default=0.5, help="seconds before each measured window")
     parser.add_argument("--window", type=float, default=8.0,
                         help="measured seconds per workload (split over rounds)")
-    parser.add_argument("--rounds", type=int, default=4, help="rounds, each running all four workloads in turn")
+    parser.add_argument("--rounds", type=int, default=8, help="rounds, each running all four workloads in turn")
     parser.add_argument("--cap", type=int, default=40_000, help="most measured calls per workload")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--serve-lowlevel", action="store_true", help=argparse.SUPPRESS)
@@ -400,8 +436,8 @@ def main() -> None:
                    "lowlevel": stack.enter_context(ChildServer(__file__, ["--serve-lowlevel"])),
                    "mcpserver": stack.enter_context(ChildServer(__file__, ["--serve-mcpserver"]))}
         token = operator_token(services, HUB_NAME)
-        results = anyio.run(measure, servers, token, args, backend_options={"use_uvloop": True})
-    sys.exit(0 if report(results, args.clients) else 1)
+        runs = anyio.run(measure, servers, services, token, args, backend_options={"use_uvloop": True})
+    sys.exit(0 if report(runs, args.clients) else 1)
 
 
 if __name__ == "__main__":
