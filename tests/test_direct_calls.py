@@ -190,3 +190,6 @@ async def test_the_sdk_client_shares_and_polls_through_it(hub: RunningHub, mode:
         assert shared.structured_content is not None and polled.structured_content is not None
         assert [d["discovery_id"] for d in polled.structured_content["discoveries"]] == [
             shared.structured_content["discovery_id"]]
+    # The SDK's 2026-07-28 client was answered directly but for the poll that waits; a session never is.
+    direct = hub.state.metrics.registry.get_sample_value("agenthub_mcp_direct_calls_total")
+    assert direct == (2 if mode == "auto" else 0)
