@@ -91,6 +91,8 @@ class DiscoveryFeed:
         self.ring: Ring[FeedEvent] = Ring(ring_size)
         self._streams = 0
         self._waiting: set[asyncio.Future[None]] = set()  # streams waiting for the next event (`next_event`)
+        self._next_round = 0.0  # the loop time before which waking the streams again waits (`_streams_behind`)
+        self._round: asyncio.TimerHandle | None = None  # a round of waking put off until then
         self._hooks: list[Hook] = []
         self._tg: TaskGroup | None = None
 
@@ -141,7 +143,7 @@ class DiscoveryFeed:
     def end_streams(self) -> None:
         """The hub is shutting down: `ring.ending` from now on, and every stream waiting is woken, so streams end."""
         self.ring.end()
-        self._wake_streams()
+        self._wake_streams(asyncio.get_running_loop())
 
     async def next_event(self, woken: asyncio.Future[None]) -> None:
         """Return at the feed's next event or its end, or when `woken` is set by someone else (a stream's heartbeat).
@@ -155,11 +157,35 @@ class DiscoveryFeed:
         finally:
             self._waiting.discard(woken)
 
-    def _wake_streams(self) -> None:
+    def _streams_behind(self) -> None:
+        """New events for the streams: wake them now, or, if the last round of waking them ended less time ago
+        than it took, then. A round is each stream writing all it has not sent yet; under a burst, putting off the
+        next one leaves the rest of the hub (the calls that share discoveries) as much time as the streams had,
+        and the next round carries every event that arrived meanwhile, in one write per stream. When events come
+        further apart than a round lasts, they go out at once."""
+        if self._round is not None:  # already put off: that round takes this event too
+            return
+        loop = asyncio.get_running_loop()
+        delay = self._next_round - loop.time()
+        if delay > 0:
+            self._round = loop.call_later(delay, self._wake_streams, loop)
+        else:
+            self._wake_streams(loop)
+
+    def _wake_streams(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._round is not None:
+            self._round.cancel()
+            self._round = None
         waiting, self._waiting = self._waiting, set()
         for woken in waiting:
             if not woken.done():
                 woken.set_result(None)
+        # Each woken stream writes in its first step, all of which the loop runs before this.
+        loop.call_soon(self._round_ended, loop, loop.time())
+
+    def _round_ended(self, loop: asyncio.AbstractEventLoop, started: float) -> None:
+        now = loop.time()
+        self._next_round = now + (now - started)
 
     async def wait_beyond(self, sequence: int, seconds: float) -> None:
         """Return when the frontier passes `sequence`, or after `seconds`."""
@@ -272,7 +298,7 @@ class DiscoveryFeed:
             if claim != d:
                 self._reject("forged", f"sequence {d.sequence}")
         self.ring.push(FeedEvent(d))  # wakes the pollers and streams first; hooks may take a moment
-        self._wake_streams()
+        self._streams_behind()
         for hook in self._hooks:
             try:
                 await hook(d)

@@ -247,8 +247,8 @@ def create_app(hub: HubState) -> Starlette:
         Route("/metrics", ops.metrics),
         Route("/metrics/system", ops.system_metrics),
         Route("/openapi.json", openapi_json),
-        Route("/discoveries/stream", streams.discovery_stream),
-        Route("/events/stream", streams.hub_stream),
+        Route("/discoveries/stream", streams.discovery_stream, methods=["GET"]),  # bare ASGI apps: methods named
+        Route("/events/stream", streams.hub_stream, methods=["GET"]),
         *dashboard.routes(),
         *(oauth.routes(hub, resource_server) if resource_server is not None else []),
         *(ep.route() for ep in _ENDPOINTS),

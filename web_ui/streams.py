@@ -72,7 +72,21 @@ def _start_point(request: Request, default: int, oldest: int, newest: int) -> in
     return start
 
 
-async def discovery_stream(request: Request) -> Response | ASGIApp:
+class _Endpoint:
+    """A stream endpoint as a bare ASGI app rather than a Starlette function endpoint, whose wrappers (a
+    `Request` and two closures around `send`) would live as long as the stream and stand in every write."""
+
+    __slots__ = ("_open",)
+
+    def __init__(self, open_: Callable[[Request], Awaitable[ASGIApp]]) -> None:
+        self._open = open_
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = await self._open(Request(scope, receive, send))
+        await response(scope, receive, send)
+
+
+async def _discovery_stream(request: Request) -> ASGIApp:
     hub = hub_of(request)
     try:
         who = principal_of(request)
@@ -96,7 +110,7 @@ async def discovery_stream(request: Request) -> Response | ASGIApp:
     return _open(hub, who, request, partial(_events, hub, flt, start, newest))
 
 
-def _open(hub: HubState, who: Principal, request: Request, events: "Events") -> Response | ASGIApp:
+def _open(hub: HubState, who: Principal, request: Request, events: "Events") -> ASGIApp:
     """The stream's response once its request is valid: headers only for HEAD, else counted against the replica's
     limit and the agent's quota (`TooManyConnections`, `QuotaExceeded`)."""
     try:
@@ -116,6 +130,9 @@ def _open(hub: HubState, who: Principal, request: Request, events: "Events") -> 
     sse = hub.settings.sse
     return EventStream(events, heartbeat=sse.heartbeat_seconds, send_timeout=sse.send_timeout_seconds,
                        hold=hub.tokens.bound_to(who), on_drop=hub.metrics.sse_dropped.inc, on_close=closed)
+
+
+discovery_stream = _Endpoint(_discovery_stream)
 
 
 def _count_stream(hub: HubState, who: Principal) -> Callable[[], None]:
@@ -322,7 +339,7 @@ def _hub_start(request: Request, oldest: int, discoveries: int, activity: int) -
     raise InvalidInput(f"invalid stream start {start!r}: use 'now' or 'beginning' (or Last-Event-ID to resume)")
 
 
-async def hub_stream(request: Request) -> Response | ASGIApp:
+async def _hub_stream(request: Request) -> ASGIApp:
     """`GET /events/stream`: everything that happens in the hub, as Server-Sent Events.
 
     `discovery` events, the activity log's `agent`, `task`, `bid` and `transfer` events, and `metrics_update`
@@ -338,6 +355,9 @@ async def hub_stream(request: Request) -> Response | ASGIApp:
     except HubError as exc:
         return problem_for(exc)
     return _open(hub, who, request, partial(_hub_events, hub, d, e))
+
+
+hub_stream = _Endpoint(_hub_stream)
 
 
 async def _hub_events(hub: HubState, d: int, e: int, wakeup: Wakeup) -> AsyncGenerator[bytes, None]:
