@@ -122,6 +122,12 @@ _QUERY_QUEUE_GROUP = "agenthub-agents"
 _CANCELLED_START_WAIT = 15.0
 
 
+def _set_event() -> anyio.Event:
+    event = anyio.Event()
+    event.set()
+    return event
+
+
 @dataclass(slots=True, kw_only=True)
 class _Live:
     """An agent whose process this replica runs (or is about to run)."""
@@ -136,6 +142,7 @@ class _Live:
     last_beat: float = field(default_factory=time.monotonic)
     announced: bool = False
     up: anyio.Event = field(default_factory=anyio.Event)  # the current process announced itself or ended
+    ended: anyio.Event = field(default_factory=_set_event)  # the current process's exit is recorded (or none is)
     # The current process's start is recorded (state starting): its pid, announce and exit are recorded after it.
     recorded: anyio.Event = field(default_factory=anyio.Event)
     heartbeat_lost: bool = False  # the watcher killed it: its exit is that failure, not a second one
@@ -146,20 +153,23 @@ class _Live:
 class _Worker:
     """A worker process as its supervisor's child, from before the process exists: the pool's `_bring_up` starts
     it (in `bringing_up`, which a stop cancels) and hands it over with `started`, or ends with `unstarted` and no
-    process. When the process ends on its own, `wait` records the exit (state, breaker) before the supervisor learns
-    of it, so a restart always follows the recorded failure; a process that could not start counts as a crash."""
+    process. When the process ends on its own, `wait` has the exit recorded (state, breaker) in `tg` while the
+    supervisor decides, and sets `ended` once it is: the next process starts only then (`_start_worker`), so a
+    restart always follows the recorded failure. A process that could not start counts as a crash."""
 
-    def __init__(self, pool: "AgentPool", agent_id: str, instance: str, up: anyio.Event) -> None:
+    def __init__(self, pool: "AgentPool", agent_id: str, instance: str, *, up: anyio.Event, ended: anyio.Event,
+                 tg: TaskGroup) -> None:
         self._pool = pool
         self.agent_id = agent_id
         self._instance = instance
         self._up = up
+        self._ended = ended
+        self._tg = tg
         self.process: GroupLeader | None = None
         self.bringing_up = anyio.CancelScope()
         self._settled = anyio.Event()  # the process exists, or never will
         self._unstarted = Exit(kind=ExitKind.SHUTDOWN, detail="stopped before its process started")
-        self._recorded: Exit | None = None
-        self._lock = anyio.Lock()
+        self._recording = False
         self._stopping = False
 
     @property
@@ -180,12 +190,17 @@ class _Worker:
         await self._settled.wait()  # as long as the bring-up takes, which is bounded (see `_bring_up`)
         exit_ = self._unstarted if self.process is None else await self.process.wait()
         self._up.set()
-        async with self._lock:
-            if self._recorded is None:
-                self._recorded = exit_
-                if not self._stopping:
-                    await self._pool._exited(self.agent_id, self._instance, self.pid, exit_)
+        if not self._recording:
+            self._recording = True
+            self._tg.start_soon(self._record, exit_, name=f"record the exit of agent {self.agent_id}")
         return exit_
+
+    async def _record(self, exit_: Exit) -> None:
+        try:
+            if not self._stopping:  # a stop is the supervisor's doing, not a failure
+                await self._pool._exited(self.agent_id, self._instance, self.pid, exit_)
+        finally:
+            self._ended.set()
 
     async def stop(self, timeout: float | None) -> Exit:  # noqa: ASYNC109 (the Child protocol's kill grace)
         self._stopping = True  # the supervisor's doing, not a failure
@@ -412,7 +427,9 @@ class AgentPool:
             nonlocal confinement
             confinement = await anyio.to_thread.run_sync(self._confinement, info)
 
+        live = self._live[agent_id]
         async with anyio.create_task_group() as steps:
+            steps.start_soon(live.ended.wait)  # the previous process's exit is recorded meanwhile (`_Worker`)
             steps.start_soon(partial(self._revoke, info, nats=False))  # its NATS user: once the new one is up
             for step in (mint, login, confine):
                 steps.start_soon(step)
@@ -424,11 +441,10 @@ class AgentPool:
             compile_limits=self._compile_limits if info.executor == "wasm" else None, confinement=confinement)
         env = {**self._environment(info, config), "AGENTHUB_WORKER": config.model_dump_json(),
                "AGENTHUB_AGENT_TOKEN": token, NATS_LOGIN_ENV: json.dumps(asdict(nats_login))}
-        live = self._live[agent_id]
         live.instance, live.process, live.announced, live.heartbeat_lost = instance, None, False, False
         live.work_done, live.metrics, live.state = 0, None, AgentState.STARTING
-        live.up, live.recorded = anyio.Event(), anyio.Event()
-        worker = _Worker(self, agent_id, instance, live.up)
+        live.up, live.recorded, live.ended = anyio.Event(), anyio.Event(), anyio.Event()
+        worker = _Worker(self, agent_id, instance, up=live.up, ended=live.ended, tg=tg)
         await tg.start(self._bring_up, worker, live, env, self._log_dir / f"{agent_id}.log", tg)
         # Recorded while the process starts (its pid, announce and exit wait for this): a state change takes a few
         # database round trips, which a busy machine makes long.

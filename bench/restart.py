@@ -4,11 +4,12 @@ loop of the same interpreter in the same run (issue 3).
 The hub runs under uvicorn (uvloop) in a child process, with its own embedded NATS and PostgreSQL. One scripted
 responder agent is spawned through `POST /api/v1/agents` with a permanent restart policy that restarts at once
 (`backoff_initial_seconds` and `backoff_max_seconds` 0) and allows every kill of the run (100 restarts per hour).
-This process listens on `{prefix}agents.discovery.announce` with nats-py and, for each kill, waits until the
-agent runs (its announce received and its REST state running, busy or idle), SIGKILLs the worker, and takes the
-time until the next announce from a new pid. That is the whole restart path: the hub notices the exit, records it,
-issues a token, starts `python -m agent_pool.worker`, which imports its modules, connects to NATS and over MCP to
-the hub, then announces itself.
+This process listens on `{prefix}agents.{id}.announce` (the worker's own announce) with nats-py and, for each
+kill, waits until the agent runs (its announce received and its REST state running, busy or idle), SIGKILLs the
+worker, and takes the time until the next announce from a new pid. That is the whole restart path: the hub notices
+the exit, decides the restart (recording the exit alongside), issues a token and a NATS login, has its fork server
+fork a worker (`agent_pool.worker`, imported already), which connects to NATS and over MCP to the hub, then
+announces itself.
 
 The baselines are bare supervisor loops in this process (`anyio.open_process` on uvloop, in a new session, as
 `supervisor.process` starts workers), each restarting a `python -c` child of `sys.executable` that connects to a
@@ -18,9 +19,10 @@ hello arrives.
 
 The three are interleaved kill by kill, in an order that rotates each round, so that host drift hits them alike;
 no new round starts after a time budget. The hub's restarts are then split into steps by timestamps taken along
-the way: the agent's state changes (`agents.{id}.events.state`), the new worker's start (`/proc/<pid>/stat`, in
-10 ms ticks), its NATS connection (nats-server's `/connz`) and its first MCP answer (the worker log's first
-"HTTP Request" line), and each new worker is marked forked (its parent is the fork server) or cold.
+the way: the new worker's start (`/proc/<pid>/stat`, in 10 ms ticks), its NATS connection (nats-server's `/connz`)
+and its first MCP answer (the worker log's first "HTTP Request" line), and, recorded alongside while the worker
+starts, the agent's state changes (`agents.{id}.events.state`); each new worker is marked forked (its parent is
+the fork server) or cold.
 
 Bars: issue 15's p50 <= 100 ms and p99 <= 300 ms, and issue 3's p50 <= 600 ms. `--burners N` runs the whole
 measurement beside N processes spinning on the CPU (issue 15: "also under load"). Run: `python bench/restart.py`.
@@ -404,13 +406,16 @@ def mcp_answers(log: Path) -> dict[int, float]:
 
 # Marks along one restart, in the order they happen; each step of the breakdown runs from one mark to the next.
 STEPS = [
-    ("error", "kill -> hub recorded the exit (state error)"),
-    ("starting", "-> restart begun (state starting: token, DB)"),
-    ("forked", "-> worker forked (10 ms ticks)"),
+    ("forked", "kill -> worker forked (exit seen, restart decided, token, NATS login, files; 10 ms ticks)"),
     ("nats", "-> NATS accepted its connection (config, event loop, executor; imports if cold)"),
     ("mcp", "-> first MCP answer (NATS login, HTTP client, MCP initialize)"),
     ("announced", "-> announce received (the figure ends here)"),
     ("running", "-> hub marked it running"),
+]
+# Marks the hub records alongside, while the next worker starts: each is timed from the kill.
+ALONGSIDE = [
+    ("error", "kill -> hub recorded the exit (state error), alongside"),
+    ("starting", "kill -> hub recorded the restart (state starting), alongside"),
 ]
 
 
@@ -422,7 +427,7 @@ def first_in(times: list[float], start: float, end: float) -> float | None:
 def breakdown(results: Results) -> dict[str, list[float]]:
     """Each step of the hub's restarts: its state changes, the worker's start, NATS connection and first answer."""
     hub = results.hub
-    steps: dict[str, list[float]] = {label: [] for _, label in STEPS}
+    steps: dict[str, list[float]] = {label: [] for _, label in STEPS + ALONGSIDE}
     entered = {name: [t for t, s in hub.states if s == name] for name in ("error", "starting", "running")}
     ends = [r.killed for r in hub.restarts[1:]] + [float("inf")]
     for r, end in zip(hub.restarts, ends, strict=True):
@@ -434,8 +439,8 @@ def breakdown(results: Results) -> dict[str, list[float]]:
             "running": first_in(entered["running"], r.killed, end),
         }
         # /proc counts in 10 ms ticks, rounded down: keep the fork between its neighbours.
-        if marks["forked"] is not None and marks["starting"] is not None:
-            marks["forked"] = max(marks["forked"], marks["starting"])
+        if marks["forked"] is not None:
+            marks["forked"] = max(marks["forked"], r.killed)
         if marks["forked"] is not None and marks["nats"] is not None:
             marks["forked"] = min(marks["forked"], marks["nats"])
         previous: float | None = r.killed
@@ -444,6 +449,9 @@ def breakdown(results: Results) -> dict[str, list[float]]:
             if mark is not None and previous is not None:
                 steps[label].append(mark - previous)
             previous = mark
+        for key, label in ALONGSIDE:
+            if (mark := marks[key]) is not None:
+                steps[label].append(mark - r.killed)
     return steps
 
 
