@@ -1,7 +1,9 @@
 """Agent processes' NATS users: one per process, the next one loaded ahead as a spare, the replaced ones removed."""
 
 import json
+import os
 import secrets
+import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -12,8 +14,8 @@ from nats.aio.client import Client as NatsClient
 
 from agent_pool.credentials import AgentCredentials
 from agenthub.nats_auth import AUTH_CONF, NatsAuthority, NatsLogin
-from tests.agents_helpers import eventually
-from tests.conftest import Services
+from tests.agents_helpers import eventually, scripted, wait_for
+from tests.conftest import RunningHub, Services
 
 
 @asynccontextmanager
@@ -99,3 +101,24 @@ async def test_without_nats_users_every_process_gets_the_shared_login(services: 
     assert await issuer.issue("carol", "i2") == shared
     await issuer.settle("carol")
     await issuer.revoke("carol")
+
+
+async def test_a_restarted_agent_keeps_its_process_user_and_one_spare_and_a_stopped_one_none(
+        hub: RunningHub, services: Services) -> None:
+    agent_id = f"phoenix-{secrets.token_hex(3)}"
+
+    async def two_users() -> bool:
+        return len(users_of(services, agent_id)) == 2
+
+    async with hub.http() as http:
+        await http.post("/api/v1/agents", json=scripted(agent_id))
+        agent = await wait_for(http, agent_id, "idle")
+        await eventually(two_users, 10, "its process's user and the spare")
+        for _ in range(3):
+            os.kill(agent["pid"], signal.SIGKILL)
+            agent = await wait_for(http, agent_id, "idle", "running", pid_not=agent["pid"])
+            # The replaced process's user is gone once the new process is up; a new spare replaces the one used.
+            await eventually(two_users, 10, "the replaced process's user removed")
+        response = await http.delete(f"/api/v1/agents/{agent_id}")
+        assert response.json()["state"] == "stopped"
+        assert users_of(services, agent_id) == []
