@@ -31,10 +31,8 @@ import logging
 import os
 import secrets
 import shutil
-import signal
-import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -42,12 +40,10 @@ from typing import Any
 
 import anyio
 import asyncpg
-import psutil
 from anyio.abc import TaskGroup, TaskStatus
 from nats.aio.msg import Msg
 from pydantic import ValidationError
 
-from agent_pool import worker
 from agent_pool.confinement import Confinement, agent_environment, agent_uid, check_reachable, open_log, prepare_files
 from agent_pool.credentials import AgentCredentials
 from agent_pool.heartbeats import Judgement, Silence
@@ -67,6 +63,15 @@ from agent_pool.models import (
     Performance,
     SpawnAgentInput,
     WorkerConfig,
+)
+from agent_pool.processes import (
+    WORKER_ARGV,
+    WORKER_ENTRY,
+    WORKER_PRELOAD,
+    WORKER_PREPARE,
+    LiveAgent,
+    WorkerChild,
+    kill_leftover,
 )
 from agent_pool.registry import AgentRegistry
 from agent_pool.states import LIVE, AgentState, is_working
@@ -111,107 +116,7 @@ logger = logging.getLogger(__name__)
 
 _BUS_PROBE_SECONDS = 1.0  # how long the heartbeat watcher waits for its probe to come back through NATS
 
-WORKER_ARGV = (sys.executable, "-m", "agent_pool.worker")
-WORKER_ENTRY = "agent_pool.worker:main"
-WORKER_PREPARE = "agent_pool.worker:prepare"
-# What the fork server imports once for every agent process it forks (a worker started from scratch imports the
-# same before it drops its privileges): forked, a worker spends about 0.04 s of CPU until it announces itself.
-WORKER_PRELOAD = worker.MODULES
 _QUERY_QUEUE_GROUP = "agenthub-agents"
-# A cancelled start ends at once, unless it is killing a process it had just started (bounded in `start_process`).
-_CANCELLED_START_WAIT = 15.0
-
-
-def _set_event() -> anyio.Event:
-    event = anyio.Event()
-    event.set()
-    return event
-
-
-@dataclass(slots=True, kw_only=True)
-class _Live:
-    """An agent whose process this replica runs (or is about to run)."""
-
-    role: str
-    capabilities: frozenset[str]
-    heartbeat_seconds: float
-    restart: RestartType
-    instance: str = ""
-    process: GroupLeader | None = None
-    state: AgentState = AgentState.CREATED
-    last_beat: float = field(default_factory=time.monotonic)
-    announced: bool = False
-    up: anyio.Event = field(default_factory=anyio.Event)  # the current process announced itself or ended
-    ended: anyio.Event = field(default_factory=_set_event)  # the current process's exit is recorded (or none is)
-    # The current process's start is recorded (state starting): its pid, announce and exit are recorded after it.
-    recorded: anyio.Event = field(default_factory=anyio.Event)
-    heartbeat_lost: bool = False  # the watcher killed it: its exit is that failure, not a second one
-    work_done: int = 0
-    metrics: dict[str, Any] | None = None
-
-
-class _Worker:
-    """A worker process as its supervisor's child, from before the process exists: the pool's `_bring_up` starts
-    it (in `bringing_up`, which a stop cancels) and hands it over with `started`, or ends with `unstarted` and no
-    process. When the process ends on its own, `wait` has the exit recorded (state, breaker) in `tg` while the
-    supervisor decides, and sets `ended` once it is: the next process starts only then (`_start_worker`), so a
-    restart always follows the recorded failure. A process that could not start counts as a crash."""
-
-    def __init__(self, pool: "AgentPool", agent_id: str, instance: str, *, up: anyio.Event, ended: anyio.Event,
-                 tg: TaskGroup) -> None:
-        self._pool = pool
-        self.agent_id = agent_id
-        self._instance = instance
-        self._up = up
-        self._ended = ended
-        self._tg = tg
-        self.process: GroupLeader | None = None
-        self.bringing_up = anyio.CancelScope()
-        self._settled = anyio.Event()  # the process exists, or never will
-        self._unstarted = Exit(kind=ExitKind.SHUTDOWN, detail="stopped before its process started")
-        self._recording = False
-        self._stopping = False
-
-    @property
-    def pid(self) -> int | None:
-        return self.process.pid if self.process is not None else None
-
-    def started(self, process: GroupLeader) -> None:
-        self.process = process
-        self._settled.set()
-
-    def unstarted(self, exit_: Exit | None = None) -> None:
-        """The bring-up ended without a process (`exit_`: why, else a stop cancelled it)."""
-        if exit_ is not None:
-            self._unstarted = exit_
-        self._settled.set()
-
-    async def wait(self) -> Exit:
-        await self._settled.wait()  # as long as the bring-up takes, which is bounded (see `_bring_up`)
-        exit_ = self._unstarted if self.process is None else await self.process.wait()
-        self._up.set()
-        if not self._recording:
-            self._recording = True
-            self._tg.start_soon(self._record, exit_, name=f"record the exit of agent {self.agent_id}")
-        return exit_
-
-    async def _record(self, exit_: Exit) -> None:
-        try:
-            if not self._stopping:  # a stop is the supervisor's doing, not a failure
-                await self._pool._exited(self.agent_id, self._instance, self.pid, exit_)
-        finally:
-            self._ended.set()
-
-    async def stop(self, timeout: float | None) -> Exit:  # noqa: ASYNC109 (the Child protocol's kill grace)
-        self._stopping = True  # the supervisor's doing, not a failure
-        self.bringing_up.cancel()
-        with anyio.move_on_after(_CANCELLED_START_WAIT):
-            await self._settled.wait()
-        if self.process is None:
-            return self._unstarted
-        return await self.process.stop(timeout)
-
-
 class AgentPool:
     def __init__(self, *, pool: asyncpg.Pool, bus: Bus, metrics: HubMetrics, settings: AgentSettings, replica: str,
                  hub_url: str, nats_url: str, data_dir: Path, anthropic_api_key: str | None,
@@ -232,7 +137,7 @@ class AgentPool:
         self._reachable: set[Path] = set()
         self._anthropic_api_key = anthropic_api_key
         self._compile_limits = compile_limits
-        self._live: dict[str, _Live] = {}
+        self._live: dict[str, LiveAgent] = {}
         self.heartbeats = Judgement()  # whether silence is judged now (not while the bus is out)
         self._breakers: dict[str, Breaker] = {}
         self._breaker_views: dict[str, str] = {}
@@ -373,7 +278,7 @@ class AgentPool:
 
     async def _launch(self, agent_id: str) -> None:
         info = await self.registry.get(agent_id)
-        self._live[agent_id] = _Live(role=info.role, capabilities=frozenset(info.capabilities),
+        self._live[agent_id] = LiveAgent(role=info.role, capabilities=frozenset(info.capabilities),
                                      heartbeat_seconds=info.heartbeat_seconds,
                                      restart=RestartType(info.restart_policy.restart), state=info.state)
         if any(c.id == agent_id for c in self.supervisor.which_children()):
@@ -404,7 +309,7 @@ class AgentPool:
                                          info.agent_id)
         await announce_revoked(self._bus, [row["id"] for row in revoked])  # refused on every replica at once
 
-    async def _start_worker(self, agent_id: str, tg: TaskGroup) -> _Worker:
+    async def _start_worker(self, agent_id: str, tg: TaskGroup) -> WorkerChild:
         """Start one worker for the agent: a fresh token, NATS login and instance id each time, its process brought
         up in `tg` (the agent supervisor's task group) without waiting for it. The steps that do not need each other
         (the old token's revocation, the new token, the NATS login, the files) run at once, so a restart waits for
@@ -429,7 +334,7 @@ class AgentPool:
 
         live = self._live[agent_id]
         async with anyio.create_task_group() as steps:
-            steps.start_soon(live.ended.wait)  # the previous process's exit is recorded meanwhile (`_Worker`)
+            steps.start_soon(live.ended.wait)  # the previous process's exit is recorded meanwhile (`WorkerChild`)
             steps.start_soon(partial(self._revoke, info, nats=False))  # its NATS user: once the new one is up
             for step in (mint, login, confine):
                 steps.start_soon(step)
@@ -444,7 +349,7 @@ class AgentPool:
         live.instance, live.process, live.announced, live.heartbeat_lost = instance, None, False, False
         live.work_done, live.metrics, live.state = 0, None, AgentState.STARTING
         live.up, live.recorded, live.ended = anyio.Event(), anyio.Event(), anyio.Event()
-        worker = _Worker(self, agent_id, instance, up=live.up, ended=live.ended, tg=tg)
+        worker = WorkerChild(agent_id, instance, up=live.up, ended=live.ended, tg=tg, record=self._exited)
         await tg.start(self._bring_up, worker, live, env, self._log_dir / f"{agent_id}.log", tg)
         # Recorded while the process starts (its pid, announce and exit wait for this): a state change takes a few
         # database round trips, which a busy machine makes long.
@@ -462,8 +367,8 @@ class AgentPool:
             self._metrics.agent_restarts.inc()
         return worker
 
-    async def _bring_up(self, worker: _Worker, live: _Live, env: dict[str, str], log_path: Path, tg: TaskGroup, *,
-                        task_status: TaskStatus[None]) -> None:
+    async def _bring_up(self, worker: WorkerChild, live: LiveAgent, env: dict[str, str], log_path: Path,
+                        tg: TaskGroup, *, task_status: TaskStatus[None]) -> None:
         """Start the worker's process when a start slot is free: a fork once the fork server is ready (waiting for
         it at most `startup_seconds`), else from scratch. The process keeps its slot until it announces itself or
         ends (its start is what loads the CPU), at most the announce limit, so every slot comes back within that
@@ -530,7 +435,7 @@ class AgentPool:
                        agent_id, self._settings.startup_seconds)
         return False
 
-    async def _until_up(self, worker: _Worker, live: _Live, process: GroupLeader) -> None:
+    async def _until_up(self, worker: WorkerChild, live: LiveAgent, process: GroupLeader) -> None:
         """Hand the new process to its worker, then wait (keeping the caller's start slot) until it announces
         itself or ends, at most the announce limit; then retire the NATS users of the processes it replaced.
 
@@ -548,7 +453,7 @@ class AgentPool:
         except Exception:  # the process runs and stays supervised; the next reload takes the change along
             logger.exception("agent %s: retiring the NATS users of replaced processes failed", worker.agent_id)
 
-    def _announce_limit(self, live: _Live) -> float:
+    def _announce_limit(self, live: LiveAgent) -> float:
         """How long a new process may take to announce itself before it is killed as stuck."""
         return max(self._settings.startup_seconds, live.heartbeat_seconds * self._settings.missed_beats)
 
@@ -577,7 +482,7 @@ class AgentPool:
             await self.credentials.revoke(agent_id)
 
     async def _on_event(self, agent_id: str, event: SupervisorEvent) -> None:
-        """Events of an agent's own supervisor, in order (after the fact: exits are recorded by `_Worker`)."""
+        """Events of an agent's own supervisor, in order (after the fact: exits are recorded by `WorkerChild`)."""
         if event.kind == "restarting":
             await self.registry.record(agent_id, "restart", f"restarting in {event.delay or 0:.2f} s")
         elif event.kind == "start_failed":
@@ -678,7 +583,7 @@ class AgentPool:
             if error.category == "logical" and self._ops is not None:
                 self._ops.start_soon(self._fail_logical, agent_id, error.message)
 
-    def _current(self, agent_id: str, instance: str) -> _Live | None:
+    def _current(self, agent_id: str, instance: str) -> LiveAgent | None:
         """The live agent if the message comes from its current process (not a stale or foreign one)."""
         live = self._live.get(agent_id)
         if live is None or live.instance != instance:
@@ -751,7 +656,7 @@ class AgentPool:
                 live.heartbeat_lost = True
                 process.kill()
 
-    def _silence_limit(self, live: "_Live") -> float:
+    def _silence_limit(self, live: "LiveAgent") -> float:
         return (live.heartbeat_seconds * self._settings.missed_beats if live.announced
                 else self._announce_limit(live))
 
@@ -797,7 +702,7 @@ class AgentPool:
         for info in await self.registry.find(owner=self.replica):
             state = info.state
             if info.pid is not None:
-                _kill_leftover(info.pid, info.agent_id)
+                kill_leftover(info.pid, info.agent_id)
             if state in LIVE:
                 state = AgentState.ERROR
                 await self._transition(info.agent_id, state, "the hub restarted; the process is gone", pid=None)
@@ -826,22 +731,3 @@ class AgentPool:
             async with anyio.create_task_group() as tg:
                 for agent_id in list(self._live):
                     tg.start_soon(stop_one, agent_id)
-
-
-def _kill_leftover(pid: int, agent_id: str) -> None:
-    """Kill a worker that outlived its hub (SIGKILL of the hub leaves it orphaned), if the pid is still it."""
-    try:
-        process = psutil.Process(pid)
-        cmdline = process.cmdline()
-        if "agent_pool.worker" not in cmdline:
-            return
-        env = process.environ()
-    except (psutil.Error, OSError):
-        return
-    if f'"agent_id":"{agent_id}"' in env.get("AGENTHUB_WORKER", ""):
-        try:
-            os.killpg(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        logger.warning("agent %s: killed process %d left from the previous hub", agent_id, pid)
-
