@@ -333,8 +333,8 @@ class AgentPool:
             confinement = await anyio.to_thread.run_sync(self._confinement, info)
 
         live = self._live[agent_id]
+        replaced = live.ended  # the replaced process's exit, recorded meanwhile (`WorkerChild`)
         async with anyio.create_task_group() as steps:
-            steps.start_soon(live.ended.wait)  # the previous process's exit is recorded meanwhile (`WorkerChild`)
             steps.start_soon(partial(self._revoke, info, nats=False))  # its NATS user: once the new one is up
             for step in (mint, login, confine):
                 steps.start_soon(step)
@@ -349,20 +349,22 @@ class AgentPool:
         live.instance, live.process, live.announced, live.heartbeat_lost = instance, None, False, False
         live.work_done, live.metrics, live.state = 0, None, AgentState.STARTING
         live.up, live.recorded, live.ended = anyio.Event(), anyio.Event(), anyio.Event()
-        worker = WorkerChild(agent_id, instance, up=live.up, ended=live.ended, tg=tg, record=self._exited)
+        worker = WorkerChild(live, agent_id, tg=tg, record=self._exited)
         await tg.start(self._bring_up, worker, live, env, self._log_dir / f"{agent_id}.log", tg)
-        # Recorded while the process starts (its pid, announce and exit wait for this): a state change takes a few
-        # database round trips, which a busy machine makes long.
+        # Recorded while the process starts, after the replaced one's exit (the new one's pid, announce and exit
+        # wait for this): a state change takes a few database round trips, which a busy machine makes long.
         try:
+            await replaced.wait()
             await self.registry.transition(
                 agent_id, AgentState.STARTING, "restarting the process" if restarted else "starting the process",
                 count_restart=restarted, token_id=token_id, pid=None)
+            live.state = AgentState.STARTING  # the replaced exit's record said error
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await worker.stop(None)  # not a child of the supervisor: its process must not run on unsupervised
             raise
         finally:
-            live.recorded.set()
+            worker.recorded.set()
         if restarted:
             self._metrics.agent_restarts.inc()
         return worker
@@ -444,10 +446,10 @@ class AgentPool:
         worker.started(process)
         live.process, live.last_beat = process, time.monotonic()  # the announce deadline counts from here
         logger.info("agent %s: started process %d", worker.agent_id, process.pid)
-        await live.recorded.wait()
+        await worker.recorded.wait()
         await self.registry.update(worker.agent_id, pid=process.pid)
         with anyio.move_on_after(self._announce_limit(live)):
-            await live.up.wait()
+            await worker.up.wait()
         try:
             await self.credentials.settle(worker.agent_id)
         except Exception:  # the process runs and stays supervised; the next reload takes the change along
@@ -457,17 +459,19 @@ class AgentPool:
         """How long a new process may take to announce itself before it is killed as stuck."""
         return max(self._settings.startup_seconds, live.heartbeat_seconds * self._settings.missed_beats)
 
-    async def _exited(self, agent_id: str, instance: str, pid: int | None, exit_: Exit) -> None:
-        """A worker process ended on its own (or never started): record it as its supervisor will treat it."""
-        live = self._current(agent_id, instance)
-        if live is None:
+    async def _exited(self, worker: WorkerChild, exit_: Exit) -> None:
+        """A worker process ended on its own (or never started): record it as its supervisor will treat it. The
+        next process may be starting already (its start is recorded after this)."""
+        agent_id, live, pid = worker.agent_id, worker.live, worker.pid
+        if self._live.get(agent_id) is not live:  # stopped or relaunched meanwhile: not this agent's failure now
             return
-        await live.recorded.wait()
-        live.process = None
+        await worker.recorded.wait()
+        if live.process is worker.process:
+            live.process = None
         detail = (f"process {pid} exited: {exit_.detail or exit_.kind.value}" if pid is not None
                   else exit_.detail or exit_.kind.value)
         if exit_.kind is ExitKind.ABNORMAL:
-            await self._failure(agent_id, None if live.heartbeat_lost else "crash", RuntimeError(detail))
+            await self._failure(agent_id, None if worker.heartbeat_lost else "crash", RuntimeError(detail))
         if should_restart(live.restart, exit_):
             target = AgentState.ERROR
         elif exit_.kind is ExitKind.ABNORMAL:

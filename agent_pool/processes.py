@@ -31,8 +31,8 @@ WORKER_PRELOAD = worker.MODULES
 # A cancelled start ends at once, unless it is killing a process it had just started (bounded in `start_process`).
 _CANCELLED_START_WAIT = 15.0
 
-# Records a worker's exit: (agent id, instance, pid or None, exit).
-Recorder = Callable[[str, str, int | None, Exit], Awaitable[None]]
+# Records a worker's exit.
+Recorder = Callable[["WorkerChild", Exit], Awaitable[None]]
 
 
 def _set_event() -> anyio.Event:
@@ -67,16 +67,18 @@ class WorkerChild:
     """A worker process as its supervisor's child, from before the process exists: the pool starts it (in
     `bringing_up`, which a stop cancels) and hands it over with `started`, or ends with `unstarted` and no process.
     When the process ends on its own, `wait` has the exit recorded (`record`: state, breaker) in `tg` while the
-    supervisor decides, and sets `ended` once it is: the next process starts only then, so a restart always follows
-    the recorded failure. A process that could not start counts as a crash."""
+    supervisor decides and the next process starts, and sets `ended` once it is: the next process's start is
+    recorded only then, so a restart always follows the recorded failure. A process that could not start counts as
+    a crash. Its `live` agent's events (`up`, `recorded`, `ended`) are this process's, taken when it is made: the
+    next process gets new ones."""
 
-    def __init__(self, agent_id: str, instance: str, *, up: anyio.Event, ended: anyio.Event, tg: TaskGroup,
-                 record: Recorder) -> None:
+    def __init__(self, live: LiveAgent, agent_id: str, *, tg: TaskGroup, record: Recorder) -> None:
         self._record_exit = record
+        self.live = live
         self.agent_id = agent_id
-        self._instance = instance
-        self._up = up
-        self._ended = ended
+        self.instance = live.instance
+        self.up, self.recorded, self.ended = live.up, live.recorded, live.ended
+        self.heartbeat_lost = False  # the heartbeat watcher killed it (as it ended): its exit is that failure
         self._tg = tg
         self.process: GroupLeader | None = None
         self.bringing_up = anyio.CancelScope()
@@ -102,18 +104,19 @@ class WorkerChild:
     async def wait(self) -> Exit:
         await self._settled.wait()  # as long as the bring-up takes, which is bounded (see `_bring_up`)
         exit_ = self._unstarted if self.process is None else await self.process.wait()
-        self._up.set()
+        self.up.set()
         if not self._recording:
             self._recording = True
+            self.heartbeat_lost = self.live.heartbeat_lost  # before the next process starts and clears it
             self._tg.start_soon(self._record, exit_, name=f"record the exit of agent {self.agent_id}")
         return exit_
 
     async def _record(self, exit_: Exit) -> None:
         try:
             if not self._stopping:  # a stop is the supervisor's doing, not a failure
-                await self._record_exit(self.agent_id, self._instance, self.pid, exit_)
+                await self._record_exit(self, exit_)
         finally:
-            self._ended.set()
+            self.ended.set()
 
     async def stop(self, timeout: float | None) -> Exit:  # noqa: ASYNC109 (the Child protocol's kill grace)
         self._stopping = True  # the supervisor's doing, not a failure
