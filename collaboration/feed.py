@@ -43,6 +43,7 @@ logger = logging.getLogger(__name__)
 
 Hook = Callable[[Discovery], Awaitable[None]]
 Rejected = Literal["malformed", "forged", "out_of_range", "replayed", "overflow"]
+TICK_SECONDS = 0.5  # how often each stream's `tick` runs
 _MAX_CLAIMS = 10_000  # NATS payloads waiting for their check; beyond, hints are dropped (the periodic sync remains)
 
 
@@ -89,7 +90,7 @@ class DiscoveryFeed:
         self._wake = anyio.Event()
         log.add_listener(self._stored)
         self.ring: Ring[FeedEvent] = Ring(ring_size)
-        self._streams = 0
+        self._streams: set[Callable[[], None]] = set()  # each live stream's tick
         self._waiting: set[asyncio.Future[None]] = set()  # streams waiting for the next event (`next_event`)
         self._next_round = 0.0  # the loop time before which waking the streams again waits (`_streams_behind`)
         self._round: asyncio.TimerHandle | None = None  # a round of waking put off until then
@@ -107,6 +108,7 @@ class DiscoveryFeed:
         await self._tg.start(self._deliver_forever)
         self._sub = await self._bus.subscribe("discoveries.>", self._on_message)
         self._tg.start_soon(self._sync_forever)
+        self._tg.start_soon(self._tick_forever)
         logger.info("discovery feed started at sequence %d", self.frontier)
         return self
 
@@ -124,16 +126,17 @@ class DiscoveryFeed:
     def add_hook(self, hook: Hook) -> None:
         self._hooks.append(hook)
 
-    def add_stream(self) -> None:
-        """Count a live stream (an SSE client); `remove_stream` when it ends."""
-        self._streams += 1
+    def add_stream(self, tick: Callable[[], None]) -> None:
+        """Count a live stream (an SSE client), and call its `tick` every `TICK_SECONDS` (its heartbeat, the deadline
+        of a blocked write: one timer for all streams rather than one each) until `remove_stream(tick)`."""
+        self._streams.add(tick)
 
-    def remove_stream(self) -> None:
-        self._streams -= 1
+    def remove_stream(self, tick: Callable[[], None]) -> None:
+        self._streams.discard(tick)
 
     @property
     def stream_count(self) -> int:
-        return self._streams
+        return len(self._streams)
 
     @property
     def frontier(self) -> int:
@@ -243,6 +246,12 @@ class DiscoveryFeed:
                 continue
             if self._log_reaches > self.frontier:
                 self._wake.set()
+
+    async def _tick_forever(self) -> None:
+        while True:
+            await anyio.sleep(TICK_SECONDS)
+            for tick in list(self._streams):
+                tick()
 
     async def _deliver_forever(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         task_status.started()

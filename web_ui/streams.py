@@ -11,17 +11,19 @@ when retention overtakes a replay, ends the stream with an `expired` event sayin
 their token is revoked (on any replica) or expires, and at once when the hub shuts down.
 
 A stream is written by its request's own task (`EventStream`), with one more small task that waits for the
-client to go away; its heartbeat and the deadline of a blocked write are checked by a timer. A thousand streams
-on one replica are the point: sse-starlette's response runs four tasks in a task group per stream and a cancel
-scope per write, which took most of the memory of an idle connection and a third of the CPU of a delivery.
+client to go away; its heartbeat and the deadline of a blocked write are checked by the feed's tick. A thousand
+streams on one replica are the point: sse-starlette's response runs four tasks in a task group per stream and a
+cancel scope per write, which took most of the memory of an idle connection and a third of the CPU of a
+delivery.
 """
 
 import asyncio
 import json
 import logging
 import re
+import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
-from contextlib import AbstractContextManager, aclosing
+from contextlib import aclosing
 from datetime import UTC, datetime
 from functools import partial
 
@@ -110,7 +112,8 @@ async def _discovery_stream(request: Request) -> ASGIApp:
     return _open(hub, who, request, partial(_events, hub, flt, start, newest))
 
 
-def _open(hub: HubState, who: Principal, request: Request, events: "Events") -> ASGIApp:
+def _open(hub: HubState, who: Principal, request: Request,
+          events: "Callable[[EventStream], AsyncGenerator[bytes, None]]") -> ASGIApp:
     """The stream's response once its request is valid: headers only for HEAD, else counted against the replica's
     limit and the agent's quota (`TooManyConnections`, `QuotaExceeded`)."""
     try:
@@ -118,141 +121,106 @@ def _open(hub: HubState, who: Principal, request: Request, events: "Events") -> 
             raise TooManyConnections(hub.settings.sse.max_clients)
         if request.method == "HEAD":
             return Response(media_type=_MEDIA_TYPE, headers=_HEADERS)
-        release = _count_stream(hub, who)
+        if who.agent_id is not None:
+            hub.limiter.open_stream(who.agent_id)
     except HubError as exc:
         return problem_for(exc)
-    hub.collab.feed.add_stream()  # counted now, so concurrent connections cannot all pass the limit
-
-    def closed() -> None:
-        hub.collab.feed.remove_stream()
-        release()
-
-    sse = hub.settings.sse
-    return EventStream(events, heartbeat=sse.heartbeat_seconds, send_timeout=sse.send_timeout_seconds,
-                       hold=hub.tokens.bound_to(who), on_drop=hub.metrics.sse_dropped.inc, on_close=closed)
+    stream = EventStream(hub, who, events)
+    hub.collab.feed.add_stream(stream.tick)  # counted now, so concurrent connections cannot all pass the limit
+    return stream
 
 
 discovery_stream = _Endpoint(_discovery_stream)
 
 
-def _count_stream(hub: HubState, who: Principal) -> Callable[[], None]:
-    """Count an agent's stream against its quota (`QuotaExceeded` past it); returns what to call when it ends."""
-    if who.agent_id is None:
-        return lambda: None
-    hub.limiter.open_stream(who.agent_id)
-    return partial(hub.limiter.close_stream, who.agent_id)
-
-
 # -- the response --------------------------------------------------------------------------------------------------
 
 
-class Wakeup:
-    """What a stream's events wait on between writes: besides whatever they wait for (the feed's next event), the
-    stream's heartbeat sets it, so that the stream can write its ping. One asyncio future per wait, which the feed
-    sets directly (`DiscoveryFeed.next_event`): the cheapest wake there is, and each event wakes every stream."""
-
-    __slots__ = ("_future",)
-
-    def __init__(self) -> None:
-        self._future: asyncio.Future[None] | None = None
-
-    def arm(self) -> asyncio.Future[None]:
-        """A new future for the next wait, which `set` completes."""
-        self._future = future = asyncio.get_running_loop().create_future()
-        return future
-
-    def set(self) -> None:
-        future = self._future
-        if future is not None and not future.done():
-            future.set_result(None)
-
-    async def wait(self) -> None:
-        await self.arm()
-
-
-# A stream's events: a generator of what to write, each chunk one or more whole events, b"" when woken with
-# nothing new (the stream then writes its ping if one is due). It ends when the stream should end.
-Events = Callable[[Wakeup], AsyncGenerator[bytes, None]]
-
-
 class EventStream:
-    """A Server-Sent Events response written by its request's own task.
+    """A Server-Sent Events response written by its request's own task, counted by the feed from its creation to
+    its end.
 
-    A second task only waits for the client to disconnect (ASGI says so only through `receive`). A timer, checked
-    every quarter of the shorter of the two intervals, sets the heartbeat's `Wakeup` and ends a stream whose write
-    has been blocked for `send_timeout` seconds (a client that stopped reading: dropped, counted by `on_drop`,
-    and it can resume); the write path itself holds no timer. The stream runs inside `hold`, its token's
-    lifetime: revoked or expired, the response ends properly. When `events` end (the hub shuts down, or a replay
+    A second task only waits for the client to disconnect (ASGI says so only through `receive`). The feed calls
+    `tick` twice a second: it wakes the stream to write its heartbeat, and ends a stream whose write has been
+    blocked for `send_timeout_seconds` (a client that stopped reading: dropped, counted, and it can resume); the
+    write path itself holds no timer. The stream runs inside its token's lifetime (`TokenCache.bound_to`):
+    revoked or expired, the response ends properly. When its events end (the hub shuts down, or a replay
     expired), so does the response.
+
+    `events(stream)` makes what to write: a generator of chunks, each one or more whole events, b"" when woken with
+    nothing new. It waits on the stream itself (`arm`, `wait`), which the heartbeat sets: one asyncio future per
+    wait, which the feed sets directly (`DiscoveryFeed.next_event`), the cheapest wake there is, since each event
+    wakes every stream.
     """
 
-    __slots__ = ("_events", "_heartbeat", "_send_timeout", "_hold", "_on_drop", "_on_close", "_scope",
-                 "_wakeup", "_timer", "_next_beat", "_beat", "_sending_since", "_gone", "_dropped")
+    __slots__ = ("_hub", "_who", "_events", "_future", "_scope", "_next_beat", "_beat", "_sending_since", "_gone",
+                 "_dropped")
 
-    def __init__(self, events: Events, *, heartbeat: float, send_timeout: float,
-                 hold: AbstractContextManager[anyio.CancelScope], on_drop: Callable[[], None],
-                 on_close: Callable[[], None]) -> None:
-        self._events = events
-        self._heartbeat = heartbeat
-        self._send_timeout = send_timeout
-        self._hold = hold
-        self._on_drop = on_drop
-        self._on_close = on_close
+    def __init__(self, hub: HubState, who: Principal, events: Callable[["EventStream"], AsyncGenerator[bytes, None]]
+                 ) -> None:
+        self._hub = hub
+        self._who = who
+        self._events = events(self)
+        self._future: asyncio.Future[None] | None = None
         self._scope: anyio.CancelScope | None = None
-        self._wakeup = Wakeup()
-        self._timer: asyncio.TimerHandle | None = None
-        self._next_beat = 0.0
+        self._next_beat = time.monotonic() + hub.settings.sse.heartbeat_seconds
         self._beat = False
         self._sending_since: float | None = None
         self._gone = self._dropped = False
 
+    def arm(self) -> asyncio.Future[None]:
+        """A new future for the next wait, which the heartbeat completes (or whatever else it is given to)."""
+        self._future = future = asyncio.get_running_loop().create_future()
+        return future
+
+    async def wait(self) -> None:
+        """Wait for the heartbeat only."""
+        await self.arm()
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        loop = asyncio.get_running_loop()
+        hub = self._hub
         watcher: asyncio.Task[None] | None = None
         try:
-            with self._hold as held:
+            with hub.tokens.bound_to(self._who) as held:
                 self._scope = held
-                watcher = loop.create_task(self._watch(receive))
-                self._next_beat = loop.time() + self._heartbeat
-                self._timer = loop.call_later(self._tick(), self._check, loop)
+                watcher = asyncio.get_running_loop().create_task(self._watch(receive))
                 await send({"type": "http.response.start", "status": 200, "headers": _RAW_HEADERS})
-                async with aclosing(self._events(self._wakeup)) as events:
+                async with aclosing(self._events) as events:
                     async for chunk in events:
                         if self._beat:
                             self._beat = False
                             chunk += _ping()
                         if chunk:
-                            self._sending_since = loop.time()
+                            self._sending_since = time.monotonic()
                             await send({"type": "http.response.body", "body": chunk, "more_body": True})
                             self._sending_since = None
             if self._dropped:
-                self._on_drop()
+                hub.metrics.sse_dropped.inc()
                 logger.info("dropped an SSE client that stopped reading")
             elif not self._gone:  # the events ended, or the token was revoked or expired: end the response
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
-            if self._timer is not None:
-                self._timer.cancel()
             if watcher is not None:
                 watcher.cancel()
                 await asyncio.wait([watcher])
-            self._on_close()
+            hub.collab.feed.remove_stream(self.tick)
+            if self._who.agent_id is not None:
+                hub.limiter.close_stream(self._who.agent_id)
 
-    def _tick(self) -> float:
-        return min(self._heartbeat, self._send_timeout) / 4
-
-    def _check(self, loop: asyncio.AbstractEventLoop) -> None:
-        now = loop.time()
-        assert self._scope is not None
-        if self._sending_since is not None and now - self._sending_since >= self._send_timeout:
+    def tick(self) -> None:
+        if self._scope is None:  # not started yet
+            return
+        now = time.monotonic()
+        sse = self._hub.settings.sse
+        if self._sending_since is not None and now - self._sending_since >= sse.send_timeout_seconds:
             self._dropped = True
             self._scope.cancel()
-            return
-        if now >= self._next_beat:
-            self._next_beat = now + self._heartbeat
+        elif now >= self._next_beat:
+            self._next_beat = now + sse.heartbeat_seconds
             self._beat = True
-            self._wakeup.set()
-        self._timer = loop.call_later(self._tick(), self._check, loop)
+            future = self._future
+            if future is not None and not future.done():
+                future.set_result(None)
 
     async def _watch(self, receive: Receive) -> None:
         while (await receive())["type"] != "http.disconnect":
@@ -273,7 +241,7 @@ def _ping() -> bytes:
 # -- the discovery stream ------------------------------------------------------------------------------------------
 
 
-async def _events(hub: HubState, flt: DiscoveryFilter, cursor: int, newest: int, wakeup: Wakeup
+async def _events(hub: HubState, flt: DiscoveryFilter, cursor: int, newest: int, stream: EventStream
                   ) -> AsyncGenerator[bytes, None]:
     """Replay the log up to what was newest at connect time, then follow the feed, back to the log whenever the
     stream falls further behind than the feed keeps."""
@@ -300,7 +268,7 @@ async def _events(hub: HubState, flt: DiscoveryFilter, cursor: int, newest: int,
             continue
         if feed.ring.ending:  # the hub is shutting down
             return
-        await feed.next_event(wakeup.arm())
+        await feed.next_event(stream.arm())
         yield b""
 
 
@@ -360,7 +328,7 @@ async def _hub_stream(request: Request) -> ASGIApp:
 hub_stream = _Endpoint(_hub_stream)
 
 
-async def _hub_events(hub: HubState, d: int, e: int, wakeup: Wakeup) -> AsyncGenerator[bytes, None]:
+async def _hub_events(hub: HubState, d: int, e: int, stream: EventStream) -> AsyncGenerator[bytes, None]:
     feed, ring, snapshots = hub.collab.feed, hub.activity.ring, hub.snapshots
     everything = DiscoveryFilter()
     yield ServerSentEvent(json.dumps({"discovery_cursor": d, "activity_cursor": e}), event="connected",
@@ -390,7 +358,7 @@ async def _hub_events(hub: HubState, d: int, e: int, wakeup: Wakeup) -> AsyncGen
             version = snapshots.version
             frames.append(ServerSentEvent(snapshots.latest, event="metrics_update").encode())
         if not frames:  # this stream is for the few who watch the whole hub: a task group per wait is fine here
-            await _first(feed.ring.changed, ring.changed, snapshots.changed, wakeup.wait)
+            await _first(feed.ring.changed, ring.changed, snapshots.changed, stream.wait)
         yield b"".join(frames)
 
 
