@@ -5,15 +5,15 @@ limited compiler process and loaded into the runner's engine; every figure runs 
 in this one process, interleaved block by block (the order rotates) so host drift hits all alike:
 
 - executor: `Runner.execute` from the event loop (uvloop, as the hub runs it; `--asyncio` for the plain loop agent
-  processes use), one call at a time: a
-  fresh store with fuel, memory cap and epoch deadline, WASI granting nothing, in-memory stdio, the hand-off to a
-  runner thread and back, the outcome classified and stdout parsed as JSON.
+  processes use), one call at a time: a fresh store with fuel, memory cap and epoch deadline, WASI granting nothing,
+  in-memory stdio, the outcome classified and stdout parsed as JSON. The run is inline, on the loop's thread: this
+  module ends well within the slice a run gets there before it would yield to a runner thread.
 - raw (output captured): `Store` + `WasiConfig` with wasmtime's own `stdout_custom` capture + `instantiate` +
   call `_start`, on the calling thread: the least raw wasmtime needs to run the module and get its output back.
 - raw (output discarded): the same with no stdout configured, so that WASI's stdout is a sink (`fd_write` succeeds
   and the bytes go nowhere): the real anchor of issue 15.
 - raw (stdout to /dev/null): the same with `stdout_file = "/dev/null"`, opened for each store (info).
-- executor, 2 callers: two concurrent callers through a runner with 2 threads (info).
+- executor, 2 callers: two concurrent callers through a runner with 2 threads (info): each run inline in turn.
 
 Bars: executor ÷ raw with output discarded <= 2 (issue 15), and executor ÷ raw with output captured <= 2 (issue 5),
 both as raw executions/s ÷ executor executions/s.

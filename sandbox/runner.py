@@ -9,15 +9,15 @@ Runs are synchronous native calls that release the GIL. `Runner.execute` runs a 
 caller's thread, when a runner thread is free and none waits: most modules end within a slice of it (about a
 millisecond, `sandbox.guest`), and a hand-off to another thread and back costs more than a small module's whole
 run. A guest that outlasts its slice yields and runs again, whole, in one of the runner's own `concurrency`
-threads (and the module's next runs go there at once), so the event loop stays responsive and at most that many
-modules run at once.
+threads (and the module's next 16 runs go there directly), so the event loop stays responsive and at most that
+many modules run at once.
 
 Bounded in every way: a run ends at its deadline, in wasm code or in a host call; a cancelled caller stops its
 run (or takes it out of the queue) and waits only for it to stop; leaving the runner stops every run at once
 (their callers get `ServiceUnavailable`) and refuses new ones. A run's store is closed when the run ends, and the
 exception that ended it loses its frames: the guest's memory is given back then, not whenever the cyclic garbage
-collector (which the hub all but turns off) reaches the reference cycles that wasmtime-py's call wrappers leave
-in a traceback (63 MiB a run, kept, for a module that fills its memory).
+collector (which the hub all but turns off) reaches the reference cycles a traceback leaves (63 MiB a run, kept,
+for a module that fills its memory).
 """
 
 import asyncio
@@ -306,8 +306,8 @@ class Runner:
 
 
 def _drop_frames(exc: BaseException) -> None:
-    """Clear the frames of `exc`'s traceback and of the exceptions it chains. wasmtime-py raises through a
-    generator context manager, whose frames and the exception refer to each other; they refer to the store too."""
+    """Clear the frames of `exc`'s traceback and of the exceptions it chains: they refer to the store (the run's
+    own frame does), and the exception to them, so it would keep the guest's memory until the cyclic collector ran."""
     pending: list[BaseException | None] = [exc]
     seen: set[int] = set()
     while pending:
