@@ -22,8 +22,8 @@ import json
 import logging
 import re
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable
-from contextlib import aclosing
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from functools import partial
 
@@ -109,11 +109,10 @@ async def _discovery_stream(request: Request) -> ASGIApp:
         return validation_problem(exc)
     except HubError as exc:
         return problem_for(exc)
-    return _open(hub, who, request, partial(_events, hub, flt, start, newest))
+    return _open(hub, who, request, partial(DiscoveryStream, hub, who, flt, start, newest))
 
 
-def _open(hub: HubState, who: Principal, request: Request,
-          events: "Callable[[EventStream], AsyncGenerator[bytes, None]]") -> ASGIApp:
+def _open(hub: HubState, who: Principal, request: Request, make: "Callable[[], EventStream]") -> ASGIApp:
     """The stream's response once its request is valid: headers only for HEAD, else counted against the replica's
     limit and the agent's quota (`TooManyConnections`, `QuotaExceeded`)."""
     try:
@@ -125,7 +124,7 @@ def _open(hub: HubState, who: Principal, request: Request,
             hub.limiter.open_stream(who.agent_id)
     except HubError as exc:
         return problem_for(exc)
-    stream = EventStream(hub, who, events)
+    stream = make()
     hub.collab.feed.add_stream(stream.tick)  # counted now, so concurrent connections cannot all pass the limit
     return stream
 
@@ -136,46 +135,54 @@ discovery_stream = _Endpoint(_discovery_stream)
 # -- the response --------------------------------------------------------------------------------------------------
 
 
-class EventStream:
+class EventStream(ABC):
     """A Server-Sent Events response written by its request's own task, counted by the feed from its creation to
-    its end.
+    its end: its `hello` event, then each chunk `_next` returns.
 
     A second task only waits for the client to disconnect (ASGI says so only through `receive`). The feed calls
     `tick` twice a second: it wakes the stream to write its heartbeat, and ends a stream whose write has been
     blocked for `send_timeout_seconds` (a client that stopped reading: dropped, counted, and it can resume); the
     write path itself holds no timer. The stream runs inside its token's lifetime (`TokenCache.bound_to`):
-    revoked or expired, the response ends properly. When its events end (the hub shuts down, or a replay
-    expired), so does the response.
+    revoked or expired, the response ends properly; and it ends when `_next` says so (the hub shuts down, or a
+    replay expired).
 
-    `events(stream)` makes what to write: a generator of chunks, each one or more whole events, b"" when woken with
-    nothing new. It waits on the stream itself (`arm`, `wait`), which the heartbeat sets: one asyncio future per
-    wait, which the feed sets directly (`DiscoveryFeed.next_event`), the cheapest wake there is, since each event
-    wakes every stream.
+    A stream's state lives in its slots rather than in a generator's frame, and it waits on one asyncio future
+    per wait (`_arm`), which the feed sets directly (`DiscoveryFeed.next_event`) and the heartbeat too: the
+    cheapest wake there is, since each event wakes every stream.
     """
 
-    __slots__ = ("_hub", "_who", "_events", "_future", "_scope", "_next_beat", "_beat", "_sending_since", "_gone",
-                 "_dropped")
+    __slots__ = ("_hub", "_who", "_hello", "_future", "_scope", "_next_beat", "_beat", "_sending_since", "_gone",
+                 "_dropped", "_last")
 
-    def __init__(self, hub: HubState, who: Principal, events: Callable[["EventStream"], AsyncGenerator[bytes, None]]
-                 ) -> None:
+    def __init__(self, hub: HubState, who: Principal, hello: bytes) -> None:
         self._hub = hub
         self._who = who
-        self._events = events(self)
+        self._hello: bytes | None = hello
         self._future: asyncio.Future[None] | None = None
         self._scope: anyio.CancelScope | None = None
         self._next_beat = time.monotonic() + hub.settings.sse.heartbeat_seconds
         self._beat = False
         self._sending_since: float | None = None
-        self._gone = self._dropped = False
+        self._gone = self._dropped = self._last = False
 
-    def arm(self) -> asyncio.Future[None]:
+    @abstractmethod
+    async def _next(self) -> bytes | None:
+        """What to write next: one or more whole events, b"" when woken with nothing new (the heartbeat), None
+        when the stream ends."""
+
+    def _final(self, chunk: bytes) -> bytes:
+        """`chunk`, after which the stream ends."""
+        self._last = True
+        return chunk
+
+    def _arm(self) -> asyncio.Future[None]:
         """A new future for the next wait, which the heartbeat completes (or whatever else it is given to)."""
         self._future = future = asyncio.get_running_loop().create_future()
         return future
 
-    async def wait(self) -> None:
+    async def _wait(self) -> None:
         """Wait for the heartbeat only."""
-        await self.arm()
+        await self._arm()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         hub = self._hub
@@ -185,19 +192,20 @@ class EventStream:
                 self._scope = held
                 watcher = asyncio.get_running_loop().create_task(self._watch(receive))
                 await send({"type": "http.response.start", "status": 200, "headers": _RAW_HEADERS})
-                async with aclosing(self._events) as events:
-                    async for chunk in events:
-                        if self._beat:
-                            self._beat = False
-                            chunk += _ping()
-                        if chunk:
-                            self._sending_since = time.monotonic()
-                            await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                            self._sending_since = None
+                chunk, self._hello = self._hello, None
+                while chunk is not None:
+                    if self._beat:
+                        self._beat = False
+                        chunk += _ping()
+                    if chunk:
+                        self._sending_since = time.monotonic()
+                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                        self._sending_since = None
+                    chunk = None if self._last else await self._next()
             if self._dropped:
                 hub.metrics.sse_dropped.inc()
                 logger.info("dropped an SSE client that stopped reading")
-            elif not self._gone:  # the events ended, or the token was revoked or expired: end the response
+            elif not self._gone:  # the stream ended, or its token was revoked or expired: end the response
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             if watcher is not None:
@@ -241,35 +249,40 @@ def _ping() -> bytes:
 # -- the discovery stream ------------------------------------------------------------------------------------------
 
 
-async def _events(hub: HubState, flt: DiscoveryFilter, cursor: int, newest: int, stream: EventStream
-                  ) -> AsyncGenerator[bytes, None]:
+class DiscoveryStream(EventStream):
     """Replay the log up to what was newest at connect time, then follow the feed, back to the log whenever the
     stream falls further behind than the feed keeps."""
-    feed = hub.collab.feed
-    yield ServerSentEvent(json.dumps({"cursor": cursor, "newest": newest}), event="connected",
-                          retry=_RETRY_MS).encode()
-    catch_up_to = newest
-    while True:
-        if cursor < catch_up_to:
-            try:
-                items, cursor = await hub.collab.log.read(flt, cursor, _REPLAY_PAGE)
-            except CursorExpired as exc:  # retention overtook a slow replay: say so rather than skip
-                yield _expired(exc)
-                return
-            yield b"".join(FeedEvent(d).frame for d in items)
-            continue
-        events = feed.ring.after(cursor)
-        if events is None:
-            catch_up_to = feed.frontier
-            continue
-        if events:
-            cursor = events[-1].discovery.sequence
-            yield b"".join([e.frame for e in events if flt.matches(e.discovery)])  # all that was waiting, at once
-            continue
-        if feed.ring.ending:  # the hub is shutting down
-            return
-        await feed.next_event(stream.arm())
-        yield b""
+
+    __slots__ = ("_flt", "_cursor", "_catch_up_to")
+
+    def __init__(self, hub: HubState, who: Principal, flt: DiscoveryFilter, cursor: int, newest: int) -> None:
+        super().__init__(hub, who, ServerSentEvent(json.dumps({"cursor": cursor, "newest": newest}),
+                                                   event="connected", retry=_RETRY_MS).encode())
+        self._flt = flt
+        self._cursor = cursor
+        self._catch_up_to = newest
+
+    async def _next(self) -> bytes | None:
+        feed = self._hub.collab.feed
+        while True:
+            if self._cursor < self._catch_up_to:
+                try:
+                    items, self._cursor = await self._hub.collab.log.read(self._flt, self._cursor, _REPLAY_PAGE)
+                except CursorExpired as exc:  # retention overtook a slow replay: say so rather than skip
+                    return self._final(_expired(exc))
+                return b"".join(FeedEvent(d).frame for d in items)
+            events = feed.ring.after(self._cursor)
+            if events is None:
+                self._catch_up_to = feed.frontier
+                continue
+            if events:
+                self._cursor = events[-1].discovery.sequence
+                flt = self._flt
+                return b"".join([e.frame for e in events if flt.matches(e.discovery)])  # all that was waiting
+            if feed.ring.ending:  # the hub is shutting down
+                return None
+            await feed.next_event(self._arm())
+            return b""
 
 
 def _expired(exc: CursorExpired) -> bytes:
@@ -322,44 +335,55 @@ async def _hub_stream(request: Request) -> ASGIApp:
         d, e = _hub_start(request, oldest, discoveries, activity)
     except HubError as exc:
         return problem_for(exc)
-    return _open(hub, who, request, partial(_hub_events, hub, d, e))
+    return _open(hub, who, request, partial(HubStream, hub, who, d, e))
 
 
 hub_stream = _Endpoint(_hub_stream)
 
 
-async def _hub_events(hub: HubState, d: int, e: int, stream: EventStream) -> AsyncGenerator[bytes, None]:
-    feed, ring, snapshots = hub.collab.feed, hub.activity.ring, hub.snapshots
-    everything = DiscoveryFilter()
-    yield ServerSentEvent(json.dumps({"discovery_cursor": d, "activity_cursor": e}), event="connected",
-                          retry=_RETRY_MS).encode()
-    yield ServerSentEvent(json.dumps(await snapshot(hub)), event="metrics_update").encode()
-    version = snapshots.version
-    while not feed.ring.ending:
+class HubStream(EventStream):
+    __slots__ = ("_d", "_e", "_version")
+
+    def __init__(self, hub: HubState, who: Principal, d: int, e: int) -> None:
+        super().__init__(hub, who, ServerSentEvent(json.dumps({"discovery_cursor": d, "activity_cursor": e}),
+                                                   event="connected", retry=_RETRY_MS).encode())
+        self._d, self._e = d, e
+        self._version: int | None = None  # of the last `metrics_update` sent; None before the first
+
+    async def _next(self) -> bytes | None:
+        hub = self._hub
+        feed, ring, snapshots = hub.collab.feed, hub.activity.ring, hub.snapshots
+        if self._version is None:
+            self._version = snapshots.version
+            return ServerSentEvent(json.dumps(await snapshot(hub)), event="metrics_update").encode()
+        if feed.ring.ending:
+            return None
         frames: list[bytes] = []
-        discoveries = feed.ring.after(d)
+        discoveries = feed.ring.after(self._d)
         if discoveries is None:  # further behind than the ring reaches: from the log
             try:
-                items, _ = await hub.collab.log.read(everything, d, _REPLAY_PAGE)
+                items, _ = await hub.collab.log.read(_EVERYTHING, self._d, _REPLAY_PAGE)
             except CursorExpired as exc:
-                yield _expired(exc)
-                return
+                return self._final(_expired(exc))
             discoveries = [FeedEvent(item) for item in items]
         for event in discoveries:
-            d = event.discovery.sequence
-            frames.append(ServerSentEvent(event.data, event="discovery", id=f"{d}.{e}").encode())
-        activity = ring.after(e)
+            self._d = event.discovery.sequence
+            frames.append(ServerSentEvent(event.data, event="discovery", id=f"{self._d}.{self._e}").encode())
+        activity = ring.after(self._e)
         if activity is None:
-            activity = await hub.activity.log.read(e, _REPLAY_PAGE)
+            activity = await hub.activity.log.read(self._e, _REPLAY_PAGE)
         for item in activity:
-            e = item.seq
-            frames.append(item.frame(f"{d}.{e}"))
-        if snapshots.version != version and snapshots.latest is not None:
-            version = snapshots.version
+            self._e = item.seq
+            frames.append(item.frame(f"{self._d}.{self._e}"))
+        if snapshots.version != self._version and snapshots.latest is not None:
+            self._version = snapshots.version
             frames.append(ServerSentEvent(snapshots.latest, event="metrics_update").encode())
         if not frames:  # this stream is for the few who watch the whole hub: a task group per wait is fine here
-            await _first(feed.ring.changed, ring.changed, snapshots.changed, stream.wait)
-        yield b"".join(frames)
+            await _first(feed.ring.changed, ring.changed, snapshots.changed, self._wait)
+        return b"".join(frames)
+
+
+_EVERYTHING = DiscoveryFilter()
 
 
 async def _first(*waits: Callable[[], Awaitable[None]]) -> None:
