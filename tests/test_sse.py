@@ -582,6 +582,30 @@ async def test_an_agent_streams_its_own_subscription_but_not_another_agents(hub:
             assert (await stream.event()).content == "for agent-1"
 
 
+async def test_when_the_hub_begins_shutting_down_every_stream_ends_at_once_with_a_complete_response(
+        hub_factory: HubFactory) -> None:
+    async with hub_factory.run() as hub, hub.http() as client:
+        ended: list[str] = []
+
+        async def follow(path: str) -> None:
+            async with open_stream(client, path=path) as (stream, _):
+                await until(listeners(hub, 2))
+                with anyio.fail_after(10):
+                    # httpx raises on a response cut short; a complete one just ends.
+                    with pytest.raises(StopAsyncIteration):
+                        while True:
+                            await stream.frame(seconds=10)
+            ended.append(path)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(follow, STREAM)
+            tg.start_soon(follow, "/events/stream")
+            await until(listeners(hub, 2))
+            hub.state.begin_shutdown()  # what the server runs first when it starts shutting down
+        assert sorted(ended) == ["/discoveries/stream", "/events/stream"]
+        await until(listeners(hub, 0))
+
+
 async def test_a_head_request_answers_headers_and_leaves_no_listener_behind(hub: RunningHub) -> None:
     async with hub.http() as client:
         for _ in range(3):
