@@ -60,15 +60,6 @@ class Ring(Generic[E]):
         self.ending = True
         self._advanced.set()
 
-    async def events_after(self, sequence: int) -> list[E] | None:
-        """Wait until there is an event after `sequence`, then return them all (None: read the log instead);
-        an empty list means the ring is ending."""
-        while self.frontier <= sequence and not self.ending:
-            await self.changed()
-        if self.ending:
-            return []
-        return self.after(sequence)
-
     async def wait_beyond(self, sequence: int, seconds: float) -> None:
         """Return when the frontier passes `sequence`, or after `seconds`."""
         with anyio.move_on_after(seconds):
