@@ -1,5 +1,8 @@
-"""The hub's NATS connection: JSON publish with failure accounting, subject naming, and the shape of a component
+"""The hub's NATS connections: JSON publish with failure accounting, subject naming, and the shape of a component
 that listens to the other replicas.
+
+Discoveries travel on a second connection of their own, opened with `no_echo`: NATS does not send a replica its
+own discoveries back (its feed has them in-process already), so each costs one message out and none in.
 
 Subjects are `{prefix}{name}`; the prefix is empty by default and lets several hubs (or test runs) share one
 NATS server without seeing each other's traffic.
@@ -8,9 +11,9 @@ NATS server without seeing each other's traffic.
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from types import TracebackType
-from typing import Generic, Self, TypeVar
+from typing import Any, Generic, Self, TypeVar
 
 import anyio
 import nats
@@ -30,11 +33,12 @@ M = TypeVar("M", bound=BaseModel)
 
 
 class Bus:
-    """One NATS connection per hub process."""
+    """A hub process's NATS connections: `nc` for everything but discoveries, which have `discoveries` (no echo)."""
 
     def __init__(self, nc: NatsClient, prefix: str, on_publish_failure: Callable[[], None], *,
-                 login: NatsLogin | None = None) -> None:
+                 login: NatsLogin | None = None, discoveries: NatsClient | None = None) -> None:
         self.nc = nc
+        self.discoveries = discoveries or nc
         self.prefix = prefix
         self.login = login or NatsLogin()  # what this connection signed in with
         self._on_publish_failure = on_publish_failure
@@ -44,13 +48,24 @@ class Bus:
 
     async def publish(self, subject: str, payload: BaseModel) -> bool:
         """Publish a model as JSON on a full subject (already prefixed); False (and counted) if NATS refused it."""
+        return await self._publish(self.nc, subject, payload.model_dump_json().encode())
+
+    async def publish_discovery(self, subject: str, data: bytes) -> bool:
+        """Publish a discovery's JSON on its full subject, on the discovery connection."""
+        return await self._publish(self.discoveries, subject, data)
+
+    async def _publish(self, nc: NatsClient, subject: str, data: bytes) -> bool:
         try:
-            await self.nc.publish(subject, payload.model_dump_json().encode())
+            await nc.publish(subject, data)
         except Exception:  # one failed publish must not fail the request whose data is already stored
             logger.exception("NATS publish on %s failed", subject)
             self._on_publish_failure()
             return False
         return True
+
+    async def subscribe_discoveries(self, handler: Callable[[Msg], Awaitable[None]]) -> Subscription:
+        """Hear the discoveries other replicas publish (this one's own do not come back)."""
+        return await self.discoveries.subscribe(self.subject("discoveries.>"), cb=handler, pending_msgs_limit=65536)
 
     async def subscribe(self, name: str, handler: Callable[[Msg], Awaitable[None]]) -> Subscription:
         return await self.nc.subscribe(self.subject(name), cb=handler, pending_msgs_limit=65536)
@@ -118,8 +133,8 @@ class BusListener(ABC, Generic[M]):
 @asynccontextmanager
 async def connect_bus(url: str, prefix: str, on_publish_failure: Callable[[], None], *,
                       login: NatsLogin | None = None) -> AsyncIterator[Bus]:
-    """Connect, signing in with `login` (failing fast if unreachable or refused at start, reconnecting forever
-    afterwards), and drain on exit."""
+    """Connect twice (the discovery connection without echo), signing in with `login`, failing fast if unreachable
+    or refused at start, reconnecting forever afterwards, and drain both on exit."""
     login = login or NatsLogin()
 
     async def on_error(exc: Exception) -> None:
@@ -134,20 +149,32 @@ async def connect_bus(url: str, prefix: str, on_publish_failure: Callable[[], No
     async def on_reconnected() -> None:
         logger.info("NATS reconnected")
 
+    options = {"connect_timeout": 5, "max_reconnect_attempts": 1, "reconnect_time_wait": 0.5, "error_cb": on_error,
+               "disconnected_cb": on_disconnected, "reconnected_cb": on_reconnected, **login.connect_options()}
+    async with AsyncExitStack() as stack:
+        nc = await _connect(stack, url, name="agenthub", **options)
+        discoveries = await _connect(stack, url, name="agenthub-discoveries", no_echo=True, **options)
+        try:
+            yield Bus(nc, prefix, on_publish_failure, login=login, discoveries=discoveries)
+        finally:
+            closing = True
+
+
+async def _connect(stack: AsyncExitStack, url: str, **options: Any) -> NatsClient:
+    """A connection that fails fast if unreachable or refused at start, reconnects forever afterwards, and drains
+    when `stack` closes."""
     try:
-        nc = await nats.connect(url, connect_timeout=5, max_reconnect_attempts=1, reconnect_time_wait=0.5,
-                                name="agenthub", error_cb=on_error, disconnected_cb=on_disconnected,
-                                reconnected_cb=on_reconnected, **login.connect_options())
+        nc = await nats.connect(url, **options)
     except Exception as exc:  # nats-py raises a zoo of types (NoServersError, OSError, TimeoutError ...)
         raise ServiceUnavailable(f"cannot connect to NATS at {url}: {exc}") from exc
-    # Fail fast on the first connect, but once up, keep reconnecting for as long as the hub runs.
     nc.options["max_reconnect_attempts"] = -1
+    stack.push_async_callback(_drain, nc)
+    return nc
+
+
+async def _drain(nc: NatsClient) -> None:
     try:
-        yield Bus(nc, prefix, on_publish_failure, login=login)
-    finally:
-        closing = True
-        try:
-            await nc.drain()
-        except Exception:  # a connection that already dropped cannot drain; closing is all that is left
-            logger.debug("NATS drain failed", exc_info=True)
-            await nc.close()
+        await nc.drain()
+    except Exception:  # a connection that already dropped cannot drain; closing is all that is left
+        logger.debug("NATS drain failed", exc_info=True)
+        await nc.close()

@@ -90,7 +90,8 @@ class Archive:
         result = await self._log.import_many(discoveries) if discoveries else None
         context_imported = await self._contexts.import_many(contexts) if contexts else 0
         if result is not None and result.newest is not None:
-            # Wakes every replica's feed, which reads the whole chunk from the log.
+            # Wakes every replica's feed, which reads the whole chunk from the log: this one's too, as it is sent
+            # on the hub's main connection, whose messages the discovery connection hears.
             newest = result.newest
             await self._bus.publish(discovery_subject(self._bus, newest.agent_id, newest.discovery_type), newest)
         return ImportSummary(

@@ -173,7 +173,8 @@ class DiscoveryLog:
     async def _publish(self, discoveries: list[Discovery]) -> None:
         """Publish a write's discoveries one after the other without yielding: NATS's client sends them in one go."""
         for d in discoveries:
-            await self._bus.publish(discovery_subject(self._bus, d.agent_id, d.discovery_type), d)
+            await self._bus.publish_discovery(discovery_subject(self._bus, d.agent_id, d.discovery_type),
+                                              d.model_dump_json().encode())
             self._metrics.discoveries.labels(d.discovery_type).inc()
 
     async def _insert(self, todo: list[_Pending]) -> None:

@@ -106,7 +106,7 @@ class DiscoveryFeed:
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
         await self._tg.start(self._deliver_forever)
-        self._sub = await self._bus.subscribe("discoveries.>", self._on_message)
+        self._sub = await self._bus.subscribe_discoveries(self._on_message)
         self._tg.start_soon(self._sync_forever)
         self._tg.start_soon(self._tick_forever)
         logger.info("discovery feed started at sequence %d", self.frontier)
