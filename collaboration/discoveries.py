@@ -109,7 +109,7 @@ class DiscoveryLog:
         self._bus = bus
         self._metrics = metrics
         self._queue: list[_Pending] = []
-        self._write_lock = anyio.Lock()
+        self._writing: anyio.Event | None = None  # set when the write in flight ends
         self._listeners: list[Listener] = []
 
     def add_listener(self, listener: Listener) -> None:
@@ -123,12 +123,20 @@ class DiscoveryLog:
         """Store, then publish. Raises RelatedDiscoveryNotFound (nothing stored) for an unknown `related_to`."""
         pending = _Pending(item)
         self._queue.append(pending)
-        async with self._write_lock:
-            if not pending.done:  # nobody took it along yet: write it and everything queued behind it
-                batch, self._queue = self._queue[:_MAX_BATCH], self._queue[_MAX_BATCH:]
-                # Shielded: other callers' discoveries ride on this write, so it finishes even if ours is cancelled.
+        while not pending.done:
+            if self._writing is not None:  # a write is in flight: wait for it (ours may be in it, or go next)
+                await self._writing.wait()
+                continue
+            # Nobody took ours along yet: write it and everything queued behind it. Shielded: other callers'
+            # discoveries ride on this write, so it finishes even if ours is cancelled.
+            batch, self._queue = self._queue[:_MAX_BATCH], self._queue[_MAX_BATCH:]
+            self._writing = written = anyio.Event()
+            try:
                 with anyio.CancelScope(shield=True):
                     await self._write(batch)
+            finally:
+                self._writing = None
+                written.set()
         if pending.error is not None:
             raise pending.error
         discovery = pending.discovery
