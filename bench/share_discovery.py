@@ -2,7 +2,8 @@
 the same stack and by two bare MCP SDK servers, all in the same run.
 
 The hub runs under uvicorn (uvloop) in a child process, with its own embedded NATS and PostgreSQL. 50 workers,
-each with its own httpx2 client, send raw 2026-07-28 single-exchange `tools/call` POSTs to /mcp with the
+each with one keep-alive connection of a minimal HTTP/1.1 client (so the servers are the limit, not the load
+generator), send raw 2026-07-28 single-exchange `tools/call` POSTs to /mcp with the
 operator token. The hub answers such calls of its own tools itself (`mcp_server.direct`). The echo tool exists
 only in this benchmark's server: the child wraps the low-level server's `tools/call` and `tools/list` handlers that
 `create_app` builds, so echo, which the direct path does not know, passes through the same guard and the SDK's
@@ -21,16 +22,16 @@ median of the per-round ratios compares neighbours in time. CPU per call adds NA
 hub's for share, the durable part of its work. Run: `python bench/share_discovery.py`.
 """
 import argparse
+import asyncio
 import contextlib
 import statistics
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import anyio
-import httpx2
 import mcp.types as types
 from harness import (
     ChildServer,
@@ -73,6 +74,7 @@ BAR_RATIO = 0.5
 GOAL_RATIO = 1.0  # issue 15: share_discovery at least as fast as the bare low-level SDK server
 HUB_NAME = "hub"
 CLIENT_BOUND_CORES = 0.85  # the load generator is one process: near one core busy, it is the limit
+CALL_DEADLINE = 30.0  # seconds a phase may overrun its window waiting for calls in flight
 
 
 def echo_result(params: types.CallToolRequestParams) -> types.CallToolResult:
@@ -218,19 +220,83 @@ WORKLOADS = {
 SERVER_OF = {"share": "hub", "echo": "hub", "lowlevel": "lowlevel", "mcpserver": "mcpserver"}
 
 
+class Connection(asyncio.Protocol):
+    """One keep-alive HTTP/1.1 connection that sends prepared requests and reads answers framed by Content-Length:
+    about the least a Python client can spend per call, so that the servers, not the load generator, are the limit
+    (httpx2 spent 500 µs of CPU per call, as much as a server)."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self._answer: asyncio.Future[tuple[int, str, bytes]] | None = None
+        self._transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass asyncio's
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail(ConnectionError(f"connection lost: {exc}"))
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        end = self._buffer.find(b"\r\n\r\n")
+        if end < 0:
+            return
+        status_line, *lines = bytes(self._buffer[:end]).decode("latin-1").split("\r\n")
+        fields = {name.strip().lower(): value.strip() for name, _, value in (line.partition(":") for line in lines)}
+        if "content-length" not in fields:
+            self._fail(ValueError(f"an answer without Content-Length: {status_line} {fields}"))
+            return
+        size = end + 4 + int(fields["content-length"])
+        if len(self._buffer) < size:
+            return
+        body = bytes(self._buffer[end + 4:size])
+        del self._buffer[:size]
+        answer, self._answer = self._answer, None
+        if answer is not None and not answer.done():
+            answer.set_result((int(status_line.split(" ", 2)[1]), fields.get("content-type", ""), body))
+
+    def _fail(self, exc: Exception) -> None:
+        answer, self._answer = self._answer, None
+        if answer is not None and not answer.done():
+            answer.set_exception(exc)
+
+    async def post(self, request: bytes) -> tuple[int, str, bytes]:
+        """(status, content type, body) of one request, sent whole."""
+        assert self._transport is not None
+        self._answer = asyncio.get_running_loop().create_future()
+        self._transport.write(request)
+        return await self._answer
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
+
+def post_request(port: int, headers: dict[str, str], tool: str, body: bytes) -> bytes:
+    head = "".join(f"{name}: {value}\r\n" for name, value in {
+        "host": f"127.0.0.1:{port}", **headers, "mcp-name": tool, "content-length": str(len(body))}.items())
+    return f"POST /mcp HTTP/1.1\r\n{head}\r\n".encode() + body
+
+
 @dataclass(slots=True, kw_only=True)
 class Target:
-    """A server under load and the workers' clients for it (one client, one connection, per worker)."""
+    """A server under load and the headers of every request to it."""
 
     server: ChildServer
-    clients: list[httpx2.AsyncClient]
+    headers: dict[str, str]
+
+    async def connect(self, count: int) -> list[Connection]:
+        """Fresh connections for a phase (uvicorn closes one left idle for 5 s, as it is between phases)."""
+        loop = asyncio.get_running_loop()
+        return [(await loop.create_connection(Connection, "127.0.0.1", self.server.port))[1] for _ in range(count)]
 
 
-async def run_phase(target: Target, work: Workload, services: Services, *, warmup: float, window: float,
-                    cap: int) -> Phase:
+async def run_phase(target: Target, work: Workload, services: Services, *, clients: int, warmup: float,
+                    window: float, cap: int) -> Phase:
     """All workers call `work.tool` back to back; calls that start and end inside the window are measured."""
     phase = Phase(label=work.label)
     server = target.server
+    connections = await target.connect(clients)
     start = time.perf_counter()
     window_start = start + warmup
     window_end = window_start + window
@@ -241,25 +307,24 @@ async def run_phase(target: Target, work: Workload, services: Services, *, warmu
         cpu_marks["server"], cpu_marks["client"] = server.cpu_seconds(), time.process_time()
         cpu_marks["services"] = services.cpu_seconds()
 
-    async def worker(index: int, client: httpx2.AsyncClient) -> None:
+    async def worker(index: int, connection: Connection) -> None:
         nonlocal window_end
         n = 0
-        headers = {"mcp-name": work.tool}
         while True:
             n += 1
-            body = tool_call_body(n, work.tool, work.arguments(index, n))
+            request = post_request(server.port, target.headers, work.tool,
+                                   tool_call_body(n, work.tool, work.arguments(index, n)))
             t0 = time.perf_counter()
             if t0 >= window_end:
                 return
-            response = await client.post("/mcp", content=body, headers=headers)
+            status, content_type, content = await connection.post(request)
             t1 = time.perf_counter()
             phase.calls_total += 1
             if t1 >= window_start:
                 phase.calls_after_mark += 1
-            content_type = response.headers.get("content-type", "")
             if content_type.startswith("text/event-stream"):
                 phase.sse_framed += 1
-            out, why = tool_call_outcome(response.status_code, content_type, response.content)
+            out, why = tool_call_outcome(status, content_type, content)
             if out is None or not work.check(out):
                 phase.failures.append(why or f"unexpected result {out}")
             if t0 >= window_start and t1 <= window_end:
@@ -267,10 +332,15 @@ async def run_phase(target: Target, work: Workload, services: Services, *, warmu
                 if len(phase.latencies) >= cap:
                     window_end = min(window_end, t1)
 
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(mark_window)
-        for i, client in enumerate(target.clients):
-            tg.start_soon(worker, i, client)
+    try:
+        with anyio.fail_after(warmup + window + CALL_DEADLINE):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(mark_window)
+                for i, connection in enumerate(connections):
+                    tg.start_soon(worker, i, connection)
+    finally:
+        for connection in connections:
+            connection.close()
     phase.elapsed = window_end - window_start
     if cpu_marks:
         phase.server_cpu = server.cpu_seconds() - cpu_marks["server"]
@@ -304,29 +374,20 @@ def ms(seconds: float) -> str:
 
 async def measure(servers: dict[str, ChildServer], services: Services, token: str, args: argparse.Namespace
                   ) -> dict[str, list[Phase]]:
-    limits = httpx2.Limits(max_connections=1, max_keepalive_connections=1)
-    timeout = httpx2.Timeout(30.0)
     # The bare servers ignore the token; every server gets the same headers and bodies.
-    targets = {name: Target(server=server, clients=[
-        httpx2.AsyncClient(base_url=server.url, headers=tool_call_headers(token), limits=limits, timeout=timeout)
-        for _ in range(args.clients)]) for name, server in servers.items()}
-    try:
-        per_round = args.window / args.rounds
-        keys = list(WORKLOADS)
-        runs: dict[str, list[Phase]] = {key: [] for key in keys}
-        for r in range(args.rounds):
-            for key in keys[r % len(keys):] + keys[:r % len(keys)]:
-                phase = await run_phase(targets[SERVER_OF[key]], WORKLOADS[key], services, warmup=args.warmup,
-                                        window=per_round, cap=args.cap // args.rounds)
-                print(f"  round {r + 1} {phase.label:<20} {rate(phase):8,.0f} calls/s  "
-                      f"p50 {ms(percentile(phase.latencies, 50))} ms  p99 {ms(percentile(phase.latencies, 99))} ms",
-                      flush=True)
-                runs[key].append(phase)
-        return runs
-    finally:
-        for target in targets.values():
-            for client in target.clients:
-                await client.aclose()
+    targets = {name: Target(server=server, headers=tool_call_headers(token)) for name, server in servers.items()}
+    per_round = args.window / args.rounds
+    keys = list(WORKLOADS)
+    runs: dict[str, list[Phase]] = {key: [] for key in keys}
+    for r in range(args.rounds):
+        for key in keys[r % len(keys):] + keys[:r % len(keys)]:
+            phase = await run_phase(targets[SERVER_OF[key]], WORKLOADS[key], services, clients=args.clients,
+                                    warmup=args.warmup, window=per_round, cap=args.cap // args.rounds)
+            print(f"  round {r + 1} {phase.label:<20} {rate(phase):8,.0f} calls/s  "
+                  f"p50 {ms(percentile(phase.latencies, 50))} ms  p99 {ms(percentile(phase.latencies, 99))} ms",
+                  flush=True)
+            runs[key].append(phase)
+    return runs
 
 
 def throughput_row(p: Phase, base: Phase, *, bar: float | None = None) -> Row:
@@ -412,7 +473,7 @@ def report(runs: dict[str, list[Phase]], clients: int) -> bool:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--clients", type=int, default=50, help="concurrent workers, one httpx2 client each")
+    parser.add_argument("--clients", type=int, default=50, help="concurrent workers, one connection each")
     parser.add_argument("--warmup", type=float, default=0.5, help="seconds before each measured window")
     parser.add_argument("--window", type=float, default=8.0,
                         help="measured seconds per workload (split over rounds)")
