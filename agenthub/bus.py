@@ -71,6 +71,10 @@ class Bus:
         return await self.nc.subscribe(self.subject(name), cb=handler, pending_msgs_limit=65536)
 
     @property
+    def connections(self) -> tuple[NatsClient, ...]:
+        return (self.nc,) if self.discoveries is self.nc else (self.nc, self.discoveries)
+
+    @property
     def connected(self) -> bool:
         return bool(self.nc.is_connected)
 

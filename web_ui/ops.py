@@ -138,9 +138,9 @@ async def _connections(hub: HubState) -> int | None:
 
 
 def _nats_rate(hub: HubState) -> float:
-    """Messages in and out of this hub's NATS connection per second since the previous call."""
-    stats = hub.bus.nc.stats
-    now, count = time.monotonic(), int(stats["in_msgs"]) + int(stats["out_msgs"])
+    """Messages in and out of this hub's NATS connections per second since the previous call."""
+    now = time.monotonic()
+    count = sum(int(nc.stats["in_msgs"]) + int(nc.stats["out_msgs"]) for nc in hub.bus.connections)
     then, before = hub.nats_sample
     hub.nats_sample = (now, count)
     return round((count - before) / (now - then), 1) if then else 0.0
