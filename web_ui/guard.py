@@ -1,5 +1,5 @@
 """The outermost ASGI layer: Host and Origin checks, body size limit, bearer-token authentication and each
-token's request rate.
+token's request rate. Header values reach everything behind it without surrounding whitespace.
 
 It runs before any route, so a bad Origin, an oversize body or a token over its rate is refused before any work
 is done (429 with `Retry-After`; on `/mcp` the refusal is left in `scope["state"]["rate_limited"]` for the MCP
@@ -39,6 +39,7 @@ QUERY_TOKEN_PATHS = frozenset({"/discoveries/stream", "/events/stream"})
 STATIC_PREFIX = "/ui/"  # the dashboard's own files: public, like the page at `/`
 # Module uploads are the one kind of body allowed past the general limit (up to the sandbox's module limit).
 UPLOAD_PATH = re.compile(r"/api/v1/agents/[^/]+/binary")
+_WHITESPACE = (b" ", b"\t")
 MCP_PATH = "/mcp"  # a rate-limited MCP request is answered by the MCP server: a tool error says when to retry
 
 
@@ -64,6 +65,9 @@ class Guard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if any(value[-1:] in _WHITESPACE for _, value in scope["headers"]):
+            # Whitespace around a field value is not part of it (RFC 9110 §5.5); uvicorn keeps the trailing kind.
+            scope["headers"] = [(name, value.strip(b" \t")) for name, value in scope["headers"]]
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         host = field_value(scope["headers"], b"host") or ""
         if not self._host_allowed(host):
