@@ -35,10 +35,10 @@ M = TypeVar("M", bound=BaseModel)
 class Bus:
     """A hub process's NATS connections: `nc` for everything but discoveries, which have `discoveries` (no echo)."""
 
-    def __init__(self, nc: NatsClient, prefix: str, on_publish_failure: Callable[[], None], *,
-                 login: NatsLogin | None = None, discoveries: NatsClient | None = None) -> None:
+    def __init__(self, nc: NatsClient, discoveries: NatsClient, prefix: str, on_publish_failure: Callable[[], None],
+                 *, login: NatsLogin | None = None) -> None:
         self.nc = nc
-        self.discoveries = discoveries or nc
+        self.discoveries = discoveries
         self.prefix = prefix
         self.login = login or NatsLogin()  # what this connection signed in with
         self._on_publish_failure = on_publish_failure
@@ -71,8 +71,8 @@ class Bus:
         return await self.nc.subscribe(self.subject(name), cb=handler, pending_msgs_limit=65536)
 
     @property
-    def connections(self) -> tuple[NatsClient, ...]:
-        return (self.nc,) if self.discoveries is self.nc else (self.nc, self.discoveries)
+    def connections(self) -> tuple[NatsClient, NatsClient]:
+        return self.nc, self.discoveries
 
     @property
     def connected(self) -> bool:
@@ -159,7 +159,7 @@ async def connect_bus(url: str, prefix: str, on_publish_failure: Callable[[], No
         nc = await _connect(stack, url, name="agenthub", **options)
         discoveries = await _connect(stack, url, name="agenthub-discoveries", no_echo=True, **options)
         try:
-            yield Bus(nc, prefix, on_publish_failure, login=login, discoveries=discoveries)
+            yield Bus(nc, discoveries, prefix, on_publish_failure, login=login)
         finally:
             closing = True
 

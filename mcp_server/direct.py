@@ -26,10 +26,9 @@ from mcp_types import SERVER_INFO_META_KEY
 from mcp_types import methods as spec_methods
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import ValidationError
-from starlette.datastructures import QueryParams
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from mcp_server.tools import SELECT_PARAMETER, ToolSelection, call_tool, may_wait, tool_error, tool_visible
+from mcp_server.tools import ToolSelection, call_tool, may_wait, tool_error, tool_visible
 from web_ui.guard import MCP_PATH, principal_of, rate_limited
 from web_ui.state import HubState
 
@@ -55,18 +54,15 @@ class McpEndpoint:
         if scope["type"] != "http" or scope["path"] != MCP_PATH:
             await self.app(scope, receive, send)
             return
-        if self._direct and scope["method"] == "POST":
-            message = await receive()  # the guard has read the whole body: one message
-            body = message.get("body", b"") if message["type"] == "http.request" else b""
-            answer = await self._answer(scope, body) if not message.get("more_body") else None
-            if answer is not None:
-                status, payload = answer
-                await send({"type": "http.response.start", "status": status,
-                            "headers": [*_JSON_HEADERS, (b"content-length", str(len(payload)).encode())]})
-                await send({"type": "http.response.body", "body": payload})
-                return
-            receive = _replay(message, receive)
-        await self._sdk(scope, receive, send)
+        body = scope.get("state", {}).get("body")  # the guard read it (and still gives it to `receive`)
+        answer = await self._answer(scope, body) if self._direct and scope["method"] == "POST" and body else None
+        if answer is None:
+            await self._sdk(scope, receive, send)
+            return
+        status, payload = answer
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [*_JSON_HEADERS, (b"content-length", str(len(payload)).encode())]})
+        await send({"type": "http.response.body", "body": payload})
 
     async def _answer(self, scope: Scope, body: bytes) -> tuple[int, bytes] | None:
         """The response to a direct tool call, or None when the SDK is to answer the request."""
@@ -99,7 +95,7 @@ class McpEndpoint:
         if who is None or not tool_visible(who, name) or may_wait(name, arguments):
             return None
         try:
-            selection = ToolSelection.parse(QueryParams(scope.get("query_string", b"")).get(SELECT_PARAMETER))
+            selection = ToolSelection.of_request(scope)
         except MCPError:
             return None
         if not selection.includes(name):
@@ -138,12 +134,3 @@ def _eligible_headers(raw: list[tuple[bytes, bytes]]) -> dict[str, str] | None:
         return None
     return headers
 
-
-def _replay(first: Message, receive: Receive) -> Receive:
-    """`receive` with the message already read given back first."""
-    pending: list[Message] = [first]
-
-    async def replayed() -> Message:
-        return pending.pop() if pending else await receive()
-
-    return replayed

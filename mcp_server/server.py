@@ -31,8 +31,6 @@ from agenthub.errors import DiscoveryNotFound, Unauthenticated
 from collaboration.models import Discovery, collection_uri
 from mcp_server.prompts import get_prompt, visible_prompts
 from mcp_server.tools import (
-    EVERYTHING,
-    SELECT_PARAMETER,
     ToolSelection,
     call_tool,
     tool_error,
@@ -81,10 +79,7 @@ def _principal(ctx: ServerRequestContext[Any, Any], hub: HubState) -> Principal:
 
 def _selection(ctx: ServerRequestContext[Any, Any]) -> ToolSelection:
     """The tools the client narrowed the list to with the MCP URL's `?tools=` (sent with every request)."""
-    request = ctx.request
-    if not isinstance(request, Request):
-        return EVERYTHING
-    return ToolSelection.parse(request.query_params.get(SELECT_PARAMETER))
+    return ToolSelection.of_request(_scope(ctx))
 
 
 def _json_contents(uri: str, value: Any) -> types.ReadResourceResult:

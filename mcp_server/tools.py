@@ -19,6 +19,8 @@ from typing import Any
 import mcp.types as types
 from mcp.shared.exceptions import MCPError
 from pydantic import BaseModel, ValidationError
+from starlette.datastructures import QueryParams
+from starlette.types import Scope
 
 from agent_pool.models import AgentRef, ListAgentsInput, SpawnAgentInput
 from agenthub.auth import Principal, Role
@@ -212,6 +214,12 @@ class ToolSelection:
     asked: str = ""
 
     @classmethod
+    def of_request(cls, scope: Scope) -> "ToolSelection":
+        """The selection in a request's MCP URL."""
+        query: bytes = scope.get("query_string", b"")
+        return cls.parse(QueryParams(query).get(SELECT_PARAMETER)) if query else EVERYTHING
+
+    @classmethod
     def parse(cls, asked: str | None) -> "ToolSelection":
         if asked is None:
             return EVERYTHING
@@ -281,7 +289,7 @@ def _validation_message(exc: ValidationError) -> str:
 async def call_tool(hub: HubState, who: Principal, name: str, arguments: dict[str, Any] | None,
                     selection: ToolSelection = EVERYTHING) -> types.CallToolResult:
     spec = _BY_NAME.get(name)
-    if spec is None or not tool_visible(who, name):
+    if spec is None or who.role not in spec.roles:
         raise MCPError(types.INVALID_PARAMS, f"Unknown tool: {name}")
     if not selection.includes(name):
         raise MCPError(types.INVALID_PARAMS, f"{name} is not among the tools this connection selected "

@@ -51,7 +51,6 @@ class Guard:
         self.max_body = max_body
         self.max_upload = max_upload
         self.auth = auth
-        self.allowed_hosts = allowed_hosts
         # Clients send the same few Host values again and again; parsing one (an IP address) costs more than the
         # rest of the checks. Bounded: the values are the client's to choose.
         self._host_allowed = lru_cache(maxsize=64)(partial(host_allowed, allowed=tuple(allowed_hosts)))
@@ -143,7 +142,8 @@ class Guard:
             await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _bounded_body(self, scope: Scope, receive: Receive, send: Send, limit: int) -> Receive | None:
-        """Read a body of unknown length up to the limit; None (after answering 413) when it is larger."""
+        """Read a body of unknown length up to the limit; None (after answering 413) when it is larger. The body is
+        also left in `scope["state"]["body"]` for the MCP endpoint (`mcp_server.direct`), which reads it there."""
         if scope["method"] in ("GET", "HEAD", "DELETE", "OPTIONS"):
             return receive
         chunks: list[bytes] = []
@@ -162,6 +162,7 @@ class Guard:
             chunks.append(chunk)
             more = message.get("more_body", False)
         body = b"".join(chunks)
+        scope.setdefault("state", {})["body"] = body
         replayed = False
 
         async def replay() -> Message:
