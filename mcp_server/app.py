@@ -158,9 +158,9 @@ async def open_hub(settings: Settings, *, nats_monitor_url: str | None = None,
                                     max_depth=settings.agents.max_question_depth,
                                     per_agent_per_minute=settings.agents.questions_per_agent_per_minute)
         collab.feed.add_hook(orchestrator.discovery_shared)
-        market = Market(pool, bus, metrics, settings.market)
         runner = stack.enter_context(Runner(concurrency=settings.sandbox.concurrency))
         sandbox = _sandbox(settings, pool, metrics, runner)
+        market = Market(pool, bus, metrics, settings.market, sandbox)
         activity = ActivityFeed(ActivityLog(pool), ring_size=settings.sse.ring_size,
                                 poll_seconds=settings.sse.activity_poll_seconds)
         await activity.start()
