@@ -100,16 +100,15 @@ class _Strict(Storable):
 ApprovalIdField = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 Reason = Annotated[str, StringConstraints(min_length=1, max_length=MAX_REASON_CHARS), AfterValidator(_not_blank)]
 Note = Annotated[str, StringConstraints(max_length=MAX_REASON_CHARS)]
-WaitSeconds = Annotated[float, Field(ge=0, le=MAX_WAIT_SECONDS, description="Wait up to this long for the decision "
-                                     "(the hub caps it at its max_wait_seconds, 60 by default); 0: answer at once.")]
+WaitSeconds = Annotated[float, Field(ge=0, le=MAX_WAIT_SECONDS, description="Wait this long for the decision "
+                                     "(the hub caps it).")]
 
 
 class RequestApprovalInput(_Strict):
-    agent_id: Annotated[str, StringConstraints(pattern=AGENT_ID_PATTERN)] = Field(description="Your agent id.")
-    reason: Reason = Field(description="One line for the operator: what you want to do and why.")
+    agent_id: Annotated[str, StringConstraints(pattern=AGENT_ID_PATTERN)]
+    reason: Reason = Field(description="One line for the operator.")
     detail: Annotated[dict[str, Any], Field(max_length=MAX_DETAIL_KEYS)] = Field(default_factory=dict)
-    expires_seconds: Annotated[float, Field(gt=0, le=MAX_EXPIRES_SECONDS)] | None = Field(
-        default=None, description="Unanswered this long, the hub's default decision (deny) applies.")
+    expires_seconds: Annotated[float, Field(gt=0, le=MAX_EXPIRES_SECONDS)] | None = None
     wait_seconds: WaitSeconds = 0
 
 

@@ -197,15 +197,14 @@ TOOLS: list[ToolSpec] = [
     # -- approvals (market.approvals) --
     ToolSpec(
         name="request_approval", group="approvals",
-        description="Ask a human operator before doing something that matters; wait_seconds > 0 waits for the "
-        "decision (else follow it with get_approval). Unanswered by expiry, the hub's default (deny) applies.",
+        description="Ask a human operator before something that matters; wait_seconds > 0 waits for the decision "
+        "(else use get_approval). Unanswered in time, the hub's default (deny) applies.",
         input=RequestApprovalInput, roles=AGENT_PROFILE, wait_argument="wait_seconds",
         run=lambda h, who, req: h.approvals.request_agent(who, req),
     ),
     ToolSpec(
         name="get_approval", group="approvals",
-        description="An approval you requested, or one about you: its state and decision; wait_seconds > 0 waits "
-        "for the decision.",
+        description="An approval you requested or one about you; wait_seconds > 0 waits for the decision.",
         input=ApprovalRef, roles=AGENT_PROFILE, read_only=True, wait_argument="wait_seconds",
         run=lambda h, who, req: h.approvals.wait(who, req.approval_id, req.wait_seconds),
     ),
