@@ -300,9 +300,13 @@ class Approvals:
                 raise
             except Exception:  # one approval's failing handler must not keep the others from expiring
                 logger.exception("expiring approval %s failed; it is tried again next sweep", row["id"])
-        self._metrics.approvals_pending.set(
-            await self._pool.fetchval("SELECT count(*) FROM approvals WHERE state = 'pending'"))
+        self._metrics.approvals_pending.set(await self.pending_count())
         return expired
+
+    async def pending_count(self) -> int:
+        """How many approvals wait for an operator (the dashboard's counter, `agenthub_approvals_pending`)."""
+        count: int = await self._pool.fetchval("SELECT count(*) FROM approvals WHERE state = 'pending'")
+        return count
 
     async def _sweep_forever(self, task_status: TaskStatus[None]) -> None:
         task_status.started()

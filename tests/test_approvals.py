@@ -45,6 +45,10 @@ async def pending_about(http: httpx2.AsyncClient, subject: str, seconds: float =
     return found[0]
 
 
+async def gauge(http: httpx2.AsyncClient, pending: int) -> bool:
+    return f"agenthub_approvals_pending {pending:.1f}" in (await http.get("/metrics")).text
+
+
 async def approval_events(hub: RunningHub, approval_id: str) -> list[str]:
     """The `change` of every approval event in the activity log for one approval, in order."""
     rows = await hub.state.pool.fetch("SELECT data->>'change' AS change FROM activity WHERE kind = 'approval' AND "
@@ -81,6 +85,10 @@ async def test_an_agent_waits_over_mcp_and_gets_the_operators_decision_and_the_s
             assert pending["kind"] == "agent" and pending["requested_by"] == "alice"
             assert pending["detail"] == {"db": "staging"} and pending["default_decision"] == "deny"
             assert not got  # the agent is still waiting
+            await eventually(lambda: gauge(http, 1), 10, "one pending approval in /metrics")
+            async with open_stream(http, path=STREAM) as (watching, _):
+                first = await watching.event()
+                assert first.event == "metrics_update" and first.json()["approvals"] == {"pending": 1}
             r = await http.post(f"/api/v1/approvals/{pending['approval_id']}/decision",
                                 json={"decision": "approve", "note": "staging only"})
             assert r.status_code == 200, r.text
@@ -98,6 +106,7 @@ async def test_an_agent_waits_over_mcp_and_gets_the_operators_decision_and_the_s
                     assert frame.json()["approval_id"] == pending["approval_id"]
         assert seen == [("requested", "pending"), ("decided", "approved")]
 
+        await eventually(lambda: gauge(http, 0), 10, "no pending approval in /metrics")
         metrics = (await http.get("/metrics")).text
         assert 'agenthub_approval_decisions_total{outcome="approved"} 1.0' in metrics
         assert 'agenthub_approvals_requested_total{kind="agent"} 1.0' in metrics
