@@ -291,3 +291,27 @@ async def test_the_cli_lists_shows_and_approves(approvals_hub: RunningHub) -> No
                                        "--data-dir", str(hub.data_dir)], check=False, env=clean_env())
     assert refused.returncode == 1 and "already approved" in refused.stderr.decode()
     assert await approval_events(hub, asked.approval_id) == ["requested", "decided"]
+
+
+async def test_a_decision_after_the_expiry_time_is_refused_even_before_the_sweep_ran(
+        hub_factory: HubFactory) -> None:
+    calls: list[str] = []
+
+    async def record(conn: Connection, info: ApprovalInfo) -> None:
+        calls.append(info.state)
+
+    async with hub_factory.run(hub_factory.settings(approvals={"sweep_seconds": 3600})) as hub:
+        hub.state.approvals.on_decided("task", record)
+        asked = await hub_request(hub, expires_seconds=0.2)
+
+        async def past_due() -> bool:
+            return bool(await hub.state.pool.fetchval("SELECT expires_at <= now() FROM approvals WHERE id = $1",
+                                                      asked.approval_id))
+
+        await eventually(past_due, 10, "the approval's expiry time")
+        async with hub.http() as http:
+            r = await http.post(f"/api/v1/approvals/{asked.approval_id}/decision", json={"decision": "approve"})
+            assert r.status_code == 409 and "already expired (by expiry" in r.json()["detail"], r.text
+            after = (await http.get(f"/api/v1/approvals/{asked.approval_id}")).json()
+    assert after["state"] == "expired" and after["decision"] == "deny"  # the hub's default
+    assert calls == ["expired"]
