@@ -34,7 +34,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstra
 from agenthub import activity
 from agenthub.auth import Principal, Role
 from agenthub.bus import Bus
-from agenthub.database import DATABASE_ERRORS, Connection, log_failure
+from agenthub.database import DATABASE_ERRORS, UNAVAILABLE, Connection, log_failure
 from agenthub.errors import ApprovalAlreadyDecided, ApprovalNotFound, Forbidden
 from agenthub.ids import AGENT_ID_PATTERN
 from agenthub.metrics import HubMetrics
@@ -296,7 +296,7 @@ class Approvals:
         for row in due:
             try:
                 expired += await self._expire(row["id"]) is not None
-            except DATABASE_ERRORS:
+            except UNAVAILABLE:  # PostgreSQL away: the whole round is retried
                 raise
             except Exception:  # one approval's failing handler must not keep the others from expiring
                 logger.exception("expiring approval %s failed; it is tried again next sweep", row["id"])

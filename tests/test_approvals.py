@@ -364,3 +364,21 @@ async def test_an_operator_sees_a_request_arrive_live_on_the_dashboard_and_appro
         await browser.choose("select[name=state]", "")
         await browser.find(f"tr[data-approval-id={other['approval_id']}][data-state=denied]")
         assert await browser.count("#view [data-write]") == 0
+
+
+async def test_an_expiry_whose_handler_fails_stays_pending_and_does_not_hold_up_the_others(
+        approvals_hub: RunningHub) -> None:
+    hub = approvals_hub
+
+    async def picky(conn: Connection, info: ApprovalInfo) -> None:
+        if info.subject == "agent:stuck":
+            await conn.execute("SELECT 1 / 0")  # a database error of the handler's own, not an outage
+
+    hub.state.approvals.on_decided("budget", picky)
+    stuck = await hub_request(hub, kind="budget", subject="agent:stuck", expires_seconds=0.2)
+    fine = await hub_request(hub, kind="budget", subject="agent:fine", expires_seconds=0.3)
+    async with hub.http() as http:
+        expired = (await http.get(f"/api/v1/approvals/{fine.approval_id}", params={"wait_seconds": 20})).json()
+        assert expired["state"] == "expired"
+        assert (await http.get(f"/api/v1/approvals/{stuck.approval_id}")).json()["state"] == "pending"
+    assert await approval_events(hub, stuck.approval_id) == ["requested"]
