@@ -3,7 +3,7 @@ real `claude` agent process against a fake Messages API that reports usage."""
 
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -282,21 +282,24 @@ async def test_a_claude_agent_gets_no_llm_call_past_its_hard_limit_and_works_aga
         assert (await http.post("/api/v1/agents", json=claude_agent("llm", api))).status_code == 201
         started = await wait_for(http, "llm", "idle", "busy", "running")
 
-        async def shared(count: int) -> bool:
-            return len(await shared_by(hub, "llm")) >= count
+        def shared(count: int) -> Callable[[], Awaitable[bool]]:
+            async def check() -> bool:
+                return len(await shared_by(hub, "llm")) >= count
 
-        await eventually(shared, 30, "the initial work shared")  # call 1
+            return check
+
+        await eventually(shared(1), 30, "the initial work shared")  # call 1
         assert len(api.requests) == 1
         assert {t["name"] for t in api.requests[0]["tools"]}.isdisjoint({"reserve_usage", "report_usage"})
         await ask(hub, "How much does the cache save?")
-        await eventually(lambda: shared(2), 30, "the first question answered")  # call 2
+        await eventually(shared(2), 30, "the first question answered")  # call 2
         info = await budget(hub, "agent:llm")
         assert (info["spent"]["llm_tokens"], info["exhausted"]) == (40_010, ["llm_tokens"])
 
         await ask(hub, "And the index?")  # refused before any API call
 
         async def refused() -> bool:
-            events = (await http.get("/api/v1/agents/llm")).json()["events"]
+            events = (await http.get("/api/v1/agents/llm")).json()["recent_events"]
             return any(e["kind"] == "error" and "budget exhausted: agent:llm on llm_tokens" in e["detail"]
                        for e in events)
 
@@ -324,7 +327,7 @@ async def test_a_claude_agent_gets_no_llm_call_past_its_hard_limit_and_works_aga
         # An operator raises the limit: the next question reaches the API again.
         await run_cli(hub, "budgets", "set", "agent:llm", "--hard", "llm_tokens=100000")
         await ask(hub, "And now?")
-        await eventually(lambda: shared(3), 30, "the question after the raise answered")
+        await eventually(shared(3), 30, "the question after the raise answered")
         assert len(api.requests) == 3
 
 
