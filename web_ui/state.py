@@ -19,6 +19,7 @@ from agenthub.settings import Settings
 from agenthub.token_cache import TokenCache
 from collaboration.orchestrator import Orchestrator
 from collaboration.service import Collaboration
+from market.approvals import Approvals
 from market.budgets import Budgets
 from market.service import Market
 from sandbox.service import SandboxService
@@ -46,6 +47,7 @@ class HubState:
     agents: AgentPool
     market: Market
     budgets: Budgets
+    approvals: Approvals
     sandbox: SandboxService
     activity: ActivityFeed
     snapshots: "Snapshots"
