@@ -19,7 +19,7 @@ MAX_AMOUNT = 10**15  # a bound on every amount and limit (a quadrillion micro-US
 
 Subject = Annotated[str, StringConstraints(pattern=SUBJECT_PATTERN)]
 Amount = Annotated[int, Field(ge=0, le=MAX_AMOUNT)]
-ReservationId = Annotated[str, StringConstraints(pattern=r"^rsv_[0-9a-f]{16}$")]
+ReservationId = Annotated[str, StringConstraints(max_length=20)]  # rsv_ + 16 hex
 AgentIdField = Annotated[str, StringConstraints(pattern=AGENT_ID_PATTERN)]
 
 
@@ -111,13 +111,13 @@ class UsageBody(Strict):
 
 
 class ReportUsageInput(UsageBody):
-    agent_id: AgentIdField = Field(description="Your agent id.")
+    agent_id: AgentIdField
 
 
 class ReserveUsageInput(Strict):
-    agent_id: AgentIdField = Field(description="Your agent id.")
+    agent_id: AgentIdField
     metric: Metric
-    amount: Amount = Field(description="The most this piece of work can spend on the metric.")
+    amount: Amount = Field(description="The most the work can spend.")
 
 
 class Reservation(BaseModel):

@@ -199,16 +199,15 @@ TOOLS: list[ToolSpec] = [
     # -- budgets (market.budgets): never refused at a budget's limit, so a capped agent can still report its usage
     ToolSpec(
         name="reserve_usage", group="budgets",
-        description="Before work that spends a budgeted metric (LLM tokens or cost): reserve the most it can "
-        "spend. Returns a reservation_id to settle with report_usage, or null when no limit applies; an error "
-        "when the budget is exhausted (then do not do the work).",
+        description="Reserve budget before work that spends it (LLM tokens, cost): a reservation_id to settle with "
+        "report_usage, or null without a limit; an error when exhausted (then skip the work).",
         input=ReserveUsageInput, roles=AGENT_PROFILE,
         run=lambda h, who, req: h.budgets.reserve_usage(who, req),
     ),
     ToolSpec(
         name="report_usage", group="budgets",
-        description="Report what your work spent (llm_tokens, llm_cost_micro_usd, tool_calls, work_seconds): "
-        "settles the reservations you name with the amounts of their metrics and records the rest.",
+        description="Report what your work spent: settles the reservations named with their metric's amount, "
+        "records the rest.",
         input=ReportUsageInput, roles=AGENT_PROFILE,
         run=lambda h, who, req: h.budgets.report_usage(who, req),
     ),
