@@ -365,11 +365,12 @@ class Approvals:
         async def heard(msg: Any) -> None:
             woken.set()
 
+        hints = None
         try:
-            hints = await self._bus.subscribe(f"approvals.{approval_id}", heard)
-        except Exception:  # NATS away: the re-reads below still see the decision, a little later
+            with anyio.move_on_after(_POLL_SECONDS):  # NATS slow or away: the re-reads alone see the decision
+                hints = await self._bus.subscribe(f"approvals.{approval_id}", heard)
+        except Exception:  # NATS refused: the same
             logger.warning("approval %s: cannot hear decision hints; polling only", approval_id)
-            hints = None
         try:
             with anyio.move_on_after(bound):
                 while info.state == "pending":
