@@ -125,6 +125,8 @@ class MarketSettings(BaseModel):
     work_timeout_seconds: float = Field(default=3600.0, gt=0)  # an awarded task unfinished after this has failed
     close_interval_seconds: float = Field(default=0.25, gt=0)  # how often due auctions are cleared (a batch)
     reputation_half_life_seconds: float = Field(default=30 * 24 * 3600.0, gt=0)
+    # An acceptance check's JSON Schema runs in a child process stopped after this long (the check then fails).
+    schema_check_seconds: float = Field(default=5.0, gt=0, le=300)
     # Idempotency keys are kept this long, then forgotten (a retry after that acts again); never less than a day,
     # which the API promises its callers.
     idempotency_retention_seconds: float = Field(default=24 * 3600.0, ge=24 * 3600.0)

@@ -34,12 +34,10 @@ from collections import defaultdict
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from itertools import islice
 from typing import Any, Protocol
 
 import anyio
 import asyncpg
-import jsonschema
 from anyio.abc import TaskStatus
 
 from agenthub.auth import Principal, Role
@@ -48,7 +46,7 @@ from agenthub.database import DATABASE_ERRORS, Connection, log_failure
 from agenthub.errors import Conflict, Forbidden, InvalidInput, MissingCapabilities, TaskNotFound, WrongTaskState
 from agenthub.metrics import HubMetrics
 from agenthub.settings import MarketSettings
-from market import bonds
+from market import acceptance, bonds
 from market import escrow as escrows
 from market.approvals import ApprovalInfo, Approvals
 from market.budgets import Budgets
@@ -333,10 +331,7 @@ class Market:
         if check.json_schema is not None:
             if len(json.dumps(check.json_schema)) > MAX_SCHEMA_BYTES:
                 raise InvalidInput(f"acceptance.json_schema is over {MAX_SCHEMA_BYTES} bytes as JSON")
-            try:
-                jsonschema.Draft202012Validator.check_schema(check.json_schema)
-            except jsonschema.SchemaError as exc:
-                raise InvalidInput(f"acceptance.json_schema is not a valid JSON Schema: {exc.message}") from None
+            acceptance.check_schema(check.json_schema)
         if check.evaluator is not None and not await self._evaluators.evaluator_exists(check.evaluator):
             raise InvalidInput(f"acceptance.evaluator {check.evaluator} names no uploaded evaluator "
                                "(POST /api/v1/evaluators first)")
@@ -544,9 +539,8 @@ class Market:
         assert check is not None
         schema_errors = None
         if check.json_schema is not None:
-            validator = jsonschema.Draft202012Validator(check.json_schema)
-            schema_errors = [f"{'/'.join(map(str, e.absolute_path)) or '(root)'}: {e.message}"[:500]
-                             for e in islice(validator.iter_errors(result), 10)]
+            schema_errors = await acceptance.schema_errors(check.json_schema, result,
+                                                           seconds=self.settings.schema_check_seconds)
         evaluator = None
         if check.evaluator is not None:
             stdin = json.dumps({"task": {"task_id": task.task_id, "description": task.description,

@@ -211,3 +211,24 @@ async def test_every_cleared_auction_replays_to_the_winner_and_price_it_recorded
                        for a in (await http.get(f"/api/v1/tasks/{t}/audit")).json()["auctions"] for b in a["bids"]}
         assert len(reputations) > 1  # the history made them differ
         await _verified(hub)
+
+
+async def test_a_schema_whose_pattern_never_finishes_fails_the_check_in_its_own_process(
+        hub_factory: HubFactory) -> None:
+    schema = {"type": "object", "properties": {"text": {"type": "string", "pattern": "^(a+)+$"}}}
+    async with hub_factory.run(_market(hub_factory, schema_check_seconds=1)) as hub, hub.http() as http:
+        await deposit(http, "requester:alice", 1000)
+        task = await _submit(http, 100, [], acceptance={"json_schema": schema})
+        r = await http.post(f"/api/v1/tasks/{task['task_id']}/bids",
+                            json={"agent_id": "bob", "price": 50, "estimated_seconds": 1})
+        assert r.status_code == 201, r.text
+        await task_state(http, task["task_id"], "assigned")
+        # The pattern backtracks for hours on this text: its child process is stopped at the deadline.
+        r = await http.post(f"/api/v1/tasks/{task['task_id']}/report", json={
+            "agent_id": "bob", "status": "completed", "result": {"text": "a" * 40 + "!"}})
+        assert r.status_code == 200, r.text
+        got = r.json()
+        assert got["state"] == "failed" and got["escrow_state"] == "refunded"
+        assert got["check"]["passed"] is False
+        assert "took longer than 1 s" in got["check"]["schema_errors"][0]
+        await _verified(hub)
