@@ -294,7 +294,7 @@ async def test_a_viewer_cannot_share_over_mcp(hub: RunningHub) -> None:
         names = {t.name for t in (await client.list_tools()).tools}
         with pytest.raises(MCPError, match="Unknown tool: share_discovery"):
             await client.call_tool("share_discovery", SHARE)
-    assert names == {"get_collaboration_status", "list_agents"}  # the read-only operator tools
+    assert names == {"get_collaboration_status", "list_agents", "list_approvals"}  # the read-only operator tools
     assert await stored(hub) == NOTHING
     assert published == []
 
