@@ -2,6 +2,7 @@
 catch-up after the event stream drops, spawning agents and running an auction from the forms, a viewer's
 read-only pages, and a phone-width layout. Each page's screenshot goes to `test-artifacts/dashboard/`."""
 
+import json
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -13,6 +14,7 @@ from agenthub.auth import Role
 from tests.agents_helpers import FAST_POLICY, wait_for
 from tests.browser import PHONE, Browser
 from tests.conftest import HubFactory, RunningHub
+from tests.test_market import task_state
 
 # The first test may install chromium (apt-get) inside its setup.
 pytestmark = pytest.mark.timeout(900)
@@ -231,6 +233,94 @@ async def test_a_disputed_task_is_frozen_then_split_by_the_operator_from_the_tas
     await browser.screenshot("task-resolved")
 
 
+WORDS_SCHEMA = {"type": "object", "required": ["words"], "properties": {"words": {"type": "integer", "minimum": 1}}}
+
+
+async def won_by(http: httpx2.AsyncClient, task_id: str, agent_id: str, price: int) -> None:
+    r = await http.post(f"/api/v1/tasks/{task_id}/bids",
+                        json={"agent_id": agent_id, "price": price, "estimated_seconds": 1})
+    assert r.status_code == 201, r.text
+    await task_state(http, task_id, "assigned")
+
+
+async def report(http: httpx2.AsyncClient, task_id: str, agent_id: str, result: dict[str, Any]) -> None:
+    r = await http.post(f"/api/v1/tasks/{task_id}/report",
+                        json={"agent_id": agent_id, "status": "completed", "result": result})
+    assert r.status_code == 200, r.text
+
+
+async def cleared_task(http: httpx2.AsyncClient, requester: str) -> str:
+    """A task with a JSON Schema check and a bond whose auction cleared (won by a bid of an agent with a long id)."""
+    bidder = "a-bidder-with-a-rather-long-identifier"
+    await deposit(http, f"agent:{bidder}", 10)
+    r = await http.post("/api/v1/tasks", json={
+        "requester_id": requester, "description": "Count the words", "budget": 20, "bidding_seconds": 0.5,
+        "bond_percent": 10, "acceptance": {"json_schema": WORDS_SCHEMA}, "idempotency_key": str(uuid.uuid4())})
+    assert r.status_code == 201, r.text
+    task_id: str = r.json()["task_id"]
+    await won_by(http, task_id, bidder, 10)
+    return task_id
+
+
+async def test_the_task_page_shows_the_acceptance_check_passed_or_failed_with_the_schema_error_and_the_replay(
+        dash_hub: RunningHub, browser: Browser) -> None:
+    async with dash_hub.http() as http:
+        await deposit(http, "requester:carol", 1000)
+        await deposit(http, "agent:bob", 100)
+        await browser.sign_in(dash_hub.url, dash_hub.operator_token)
+        await browser.go("#/tasks", "Tasks")
+        await browser.click("details.share > summary")
+        await browser.fill_form("#task-form", {"requester_id": "carol", "description": "Count the words",
+                                               "bidding_seconds": "2", "bond_percent": "20",
+                                               "json_schema": '{"type": "nonsense"}'})
+        await browser.click("#task-form button[type=submit]")  # a schema that could never check anything
+        await browser.wait_for("const e = document.querySelector('#task-form .form-status.error');"
+                               "return e && e.textContent.includes('not a valid JSON Schema')",
+                               what="the refused schema's problem beside the form")
+        await browser.fill("#task-form textarea[name=json_schema]", json.dumps(WORDS_SCHEMA))
+        await browser.click("#task-form button[type=submit]")
+        await browser.wait_for("return /^#\\/tasks\\/.+/.test(location.hash)", what="the new task's page")
+        failing = await browser.js("return location.hash.split('/').pop()")
+        task = (await http.get(f"/api/v1/tasks/{failing}")).json()
+        assert task["bond_percent"] == 20 and task["acceptance"] == {
+            "json_schema": WORDS_SCHEMA, "evaluator": None, "on_fail": "refund"}
+        assert "not run yet" in await browser.text("#check")
+        await won_by(http, failing, "bob", 50)
+        await report(http, failing, "bob", {"words": "five"})
+        await browser.wait_for("return document.querySelector('#check .check-outcome[data-passed=false]')",
+                               seconds=10, what="the failed check on the task page")
+        assert await browser.text("#check .badge") == "failed"
+        assert await browser.text("#check .schema-errors") == "words: 'five' is not of type 'integer'"
+        await browser.wait_for("return document.querySelector('main .page').dataset.taskState === 'failed'",
+                               what="the task failed by its check")
+        assert "20 % of each bid" in await browser.text(".auction .facts")
+        # The clearing: replayed to the recorded winner, with the reputation bob's bid was scaled by.
+        await browser.find("#audit .replay-matches")
+        assert await browser.text("#audit .badge.replay-matches") == "replay matches"
+        audit = (await http.get(f"/api/v1/tasks/{failing}/audit")).json()
+        [bid] = audit["auctions"][0]["bids"]
+        assert await browser.text("#audit tr[data-bidder=bob] .reputation") == f"{bid['reputation']:.3f}"
+        await browser.screenshot("task-check-failed")
+        await browser.click("#audit a.audit-link")
+        await browser.find(f'[data-audit-task="{failing}"] tr[data-bidder=bob]')
+        assert "replay matches" in await browser.text("#view")
+
+        r = await http.post("/api/v1/tasks", json={
+            "requester_id": "carol", "description": "Count the words again", "budget": 100, "bidding_seconds": 0.5,
+            "acceptance": {"json_schema": WORDS_SCHEMA, "on_fail": "dispute"}, "idempotency_key": str(uuid.uuid4())})
+        passing = r.json()["task_id"]
+        await browser.go(f"#/tasks/{passing}", f"Task {passing}")
+        await won_by(http, passing, "bob", 50)
+        await report(http, passing, "bob", {"words": 5})
+        await browser.wait_for("return document.querySelector('#check .check-outcome[data-passed=true]')",
+                               seconds=10, what="the passed check on the task page")
+        assert await browser.text("#check .badge") == "passed"
+        assert await browser.count("#check .schema-errors") == 0
+        await browser.wait_for("return document.querySelector('.escrow-state .escrow-released')", seconds=10,
+                               what="the escrow released at once by the passing check")
+        await browser.screenshot("task-check-passed")
+
+
 async def test_the_feed_catches_up_after_the_stream_drops_and_shows_each_discovery_once(
         dash_hub: RunningHub, browser: Browser) -> None:
     await browser.sign_in(dash_hub.url, dash_hub.operator_token)
@@ -272,6 +362,7 @@ async def test_a_viewer_sees_every_page_but_no_form_or_button_that_writes(
                                                    "required_capabilities": ["paint"], "budget": 50,
                                                    "bidding_seconds": 30, "idempotency_key": str(uuid.uuid4())})
         task_id = r.json()["task_id"]
+        cleared = await cleared_task(http, "dora")
     async with dash_hub.mcp() as client:
         shared = await share(client)
     viewer = await dash_hub.token(Role.VIEWER)
@@ -283,6 +374,7 @@ async def test_a_viewer_sees_every_page_but_no_form_or_button_that_writes(
              ("#/agents", "Agents", "tr[data-agent-id=w2]"), ("#/agents/w2", "Agent w2", ".facts"),
              ("#/tasks", "Tasks", f"tr[data-task-id={task_id}]"),
              (f"#/tasks/{task_id}", f"Task {task_id}", ".bid-count"),
+             (f"#/tasks/{cleared}/audit", f"Audit of task {cleared}", ".replay-matches"),
              ("#/accounts/requester:dora", "Account requester:dora", ".balance")]
     for route, heading, content in pages:
         await browser.go(route, heading)
@@ -342,6 +434,7 @@ async def test_every_page_fits_a_phone_screen_without_scrolling_sideways_and_its
             "required_capabilities": ["paint"], "budget": 50, "bidding_seconds": 30,
             "parameters": {"colour": "x" * 120}, "idempotency_key": str(uuid.uuid4())})
         task_id = r.json()["task_id"]
+        cleared = await cleared_task(http, "erin")
     async with dash_hub.mcp() as client:
         shared = await share(client, content="A discovery with an unbroken word " + "y" * 150,
                              tags=["a-long-tag-for-the-phone-layout"])
@@ -354,6 +447,8 @@ async def test_every_page_fits_a_phone_screen_without_scrolling_sideways_and_its
              ("#/agents/a-rather-long-agent-identifier-for-phones", "Agent a-rather", ".facts", "agent"),
              ("#/tasks", "Tasks", "tr[data-task-id]", "tasks"),
              (f"#/tasks/{task_id}", f"Task {task_id}", ".bid-count", "task"),
+             (f"#/tasks/{cleared}", f"Task {cleared}", "#audit .replay-matches", "task-cleared"),
+             (f"#/tasks/{cleared}/audit", f"Audit of task {cleared}", ".replay-matches", "audit"),
              ("#/accounts/requester:erin", "Account requester:erin", ".balance", "account"),
              ("#/tokens", "Tokens", "tr[data-token-id]", "tokens")]
     for route, heading, content, name in pages:

@@ -13,7 +13,7 @@
   const TOKEN_KEY = "agenthub.token";
   const DISCOVERY_TYPES = ["pattern", "anomaly", "connection", "solution", "question", "insight"];
   const AGENT_STATES = ["created", "starting", "running", "idle", "busy", "stopping", "stopped", "error", "failed"];
-  const TASK_STATES = ["bidding", "assigned", "running", "completed", "failed", "cancelled", "expired"];
+  const TASK_STATES = ["awaiting_approval", "bidding", "assigned", "running", "completed", "failed", "cancelled", "expired"];
   const MAX_DISCOVERIES = 2000; // kept in memory; the oldest are forgotten first
   const MAX_ACTIVITY = 30; // recent events shown on the overview
   const THREAD_DEPTH = 25; // related_to links followed upwards
@@ -94,6 +94,8 @@
   const shorten = (s, n) => (s.length > n ? `${s.slice(0, n - 1)}…` : s);
   const badge = (kind, value) => h("span", { class: `badge ${kind}-${value}` }, value);
   const json = (value) => h("pre", { class: "json" }, JSON.stringify(value, null, 2));
+  const missing = (v) => v === null || v === undefined;
+  const fmtReputation = (r) => (missing(r) ? null : Number(r).toFixed(3));
 
   // -- state -------------------------------------------------------------------------------------------------
 
@@ -423,6 +425,7 @@
     [/^\/agents\/?$/, () => agentsPage(), "agents"],
     [/^\/agents\/(.+)$/, (m) => agentPage(m[1]), "agents"],
     [/^\/tasks\/?$/, () => tasksPage(), "tasks"],
+    [/^\/tasks\/([^/]+)\/audit$/, (m) => auditPage(m[1]), "tasks"],
     [/^\/tasks\/(.+)$/, (m) => taskPage(m[1]), "tasks"],
     [/^\/accounts\/?$/, () => accountsPage(), "accounts"],
     [/^\/accounts\/(.+)$/, (m) => accountPage(m[1]), "accounts"],
@@ -1050,8 +1053,7 @@
         fact("Executor", agent.executor), fact("Process", agent.pid),
         fact("Restarts", agent.restarts), fact("Last heartbeat", relTime(agent.last_heartbeat)),
         fact("Breaker", badge("breaker", agent.breaker_state || "closed")),
-        fact("Reputation", agent.reputation === null || agent.reputation === undefined ? null
-          : Number(agent.reputation).toFixed(3)),
+        fact("Reputation", fmtReputation(agent.reputation)),
         fact("Last error", agent.last_error), fact("Binary version", agent.binary_version),
         fact("Owner", agent.owner), fact("Created", fmtTime(agent.created_at)),
         fact("Account", h("a", { href: `#/accounts/${enc(`agent:${agent.agent_id}`)}` }, `agent:${agent.agent_id}`))));
@@ -1117,6 +1119,15 @@
       field("Priority", h("input", { name: "priority", type: "number", min: 1, max: 10, step: 1, value: "5" })),
       h("div", { class: "field wide" }, field("Parameters (JSON)", h("textarea", { name: "parameters", rows: 2,
         placeholder: '{"text": "a b c"}' }), "optional")),
+      field("Bond (%)", h("input", { name: "bond_percent", type: "number", min: 0, max: 100, step: 1, value: "0" }),
+            "of each bid, staked by the bidder: lost if it wins and never delivers"),
+      h("div", { class: "field wide" }, field("Acceptance check: JSON Schema", h("textarea", { name: "json_schema",
+        rows: 2, placeholder: '{"type": "object", "required": ["summary"]}' }),
+        "optional: the result must satisfy it; a pass pays the winner at once")),
+      field("Evaluator (SHA-256)", h("input", { name: "evaluator", autocomplete: "off", pattern: "[0-9a-f]{64}" }),
+            "optional: a WASM evaluator uploaded to the hub"),
+      field("If the check fails", select("on_fail", [["refund", "refund the requester"],
+                                                      ["dispute", "open a dispute"]], "refund")),
       h("div", { class: "actions" }, h("button", { type: "submit" }, "Submit task")),
     ], async (f) => {
       const e = f.elements;
@@ -1126,6 +1137,8 @@
         bidding_seconds: numberOf(f, "bidding_seconds", "bidding seconds"),
         priority: numberOf(f, "priority", "priority"),
         parameters: parseJsonField(f, "parameters", "parameters") || {},
+        bond_percent: numberOf(f, "bond_percent", "bond percent"),
+        acceptance: acceptanceOf(f),
         idempotency_key: newKey(),
       };
       const task = await api("POST", "/api/v1/tasks", body);
@@ -1133,6 +1146,14 @@
       location.hash = `#/tasks/${enc(task.task_id)}`;
       return null;
     });
+  }
+
+  /** The form's acceptance check: null when it names neither a JSON Schema nor an evaluator. */
+  function acceptanceOf(form) {
+    const schema = parseJsonField(form, "json_schema", "the JSON Schema");
+    const evaluator = form.elements.evaluator.value.trim();
+    if (!schema && !evaluator) return null;
+    return { json_schema: schema || null, evaluator: evaluator || null, on_fail: form.elements.on_fail.value };
   }
 
   function tasksPage() {
@@ -1180,16 +1201,21 @@
     const actions = h("div", { class: "task-actions" });
     const description = h("div");
     const bids = h("div");
+    const audit = h("div");
     const result = h("div");
+    const check = h("div");
     const events = h("div");
     const el = pageShell(`Task ${id}`, h("p", {}, h("a", { href: "#/tasks" }, "← All tasks")),
       h("section", { class: "panel auction" }, h("h2", {}, "Auction"), facts, actions),
       h("section", { class: "panel" }, h("h2", {}, "Description"), description),
-      h("section", { class: "panel" }, h("h2", {}, "Bids"), bids),
       h("section", { class: "panel" }, h("h2", {}, "Result"), result),
+      h("section", { class: "panel", id: "check" }, h("h2", {}, "Acceptance check"), check),
+      h("section", { class: "panel" }, h("h2", {}, "Bids"), bids),
+      h("section", { class: "panel", id: "audit" }, h("h2", {}, "Clearing audit"), audit),
       h("section", { class: "panel" }, h("h2", {}, "Events"), events));
     let countdown = null;
     let actionsSig = null;
+    let auditAsked = false;
 
     function render(task) {
       const bidding = task.state === "bidding";
@@ -1205,6 +1231,9 @@
         fact("Price", task.price === null || task.price === undefined ? null : fmtNumber(task.price)),
         fact("Welfare", task.welfare === null || task.welfare === undefined ? null : fmtNumber(task.welfare, 2)),
         fact("Budget", fmtNumber(task.budget)),
+        fact("Bond", task.bond_percent ? `${task.bond_percent} % of each bid` : "none"),
+        task.approval_id ? fact("Approval", h("a", { href: `#/approvals/${enc(task.approval_id)}`, class: "approval-link" },
+          task.approval_id)) : null,
         fact("Escrow", task.escrow_state ? h("span", { class: "escrow-state" }, badge("escrow", task.escrow_state))
           : null),
         fact("Requester", h("a", { href: `#/accounts/${enc(`requester:${task.requester_id}`)}` },
@@ -1218,9 +1247,16 @@
       }
       setChildren(description, h("p", { class: "full-content" }, task.description),
         Object.keys(task.parameters || {}).length ? [h("h3", {}, "Parameters"), json(task.parameters)] : []);
-      setChildren(bids, task.bids ? bidsTable(task)
+      setChildren(bids, task.bids ? bidsTable(task.bids, task.winner, ["Placed", (b) => fmtTime(b.placed_at)])
         : h("p", { class: "muted" }, `${bidsText(task)}; the prices are shown when the auction closes.`));
+      if (!auditAsked && !UNCLEARED.includes(task.state)) {
+        auditAsked = true; // a clearing never changes: read once
+        loadAudit(task.task_id, audit);
+      } else if (!auditAsked) {
+        setChildren(audit, h("p", { class: "muted" }, "Shown once the auction has cleared."));
+      }
       setChildren(result, task.result ? json(task.result) : h("p", { class: "muted" }, "No result yet."));
+      setChildren(check, checkView(task));
       setChildren(events, eventsTable(task.events || []));
       tickCountdown();
     }
@@ -1245,17 +1281,111 @@
     };
   }
 
-  function bidsTable(task) {
-    if (!task.bids.length) return h("p", { class: "muted" }, "No bids.");
+  /** Bids, cheapest first, the winner marked; `placed` is the last column: [heading, bid => cell]. */
+  function bidsTable(bids, winner, placed, reputationHeading = "Reputation") {
+    if (!bids.length) return h("p", { class: "muted" }, "No bids.");
     return h("div", { class: "table-wrap", tabindex: 0, role: "region", "aria-label": "Bids" },
       h("table", { class: "data" },
-        h("thead", {}, h("tr", {}, ["Agent", "Asked", "Estimate", "Reputation", "Placed"]
+        h("thead", {}, h("tr", {}, ["Agent", "Asked", "Estimate", reputationHeading, placed[0]]
           .map((c) => h("th", { scope: "col" }, c)))),
-        h("tbody", {}, task.bids.slice().sort((a, b) => a.price - b.price).map((b) => h("tr",
-          { class: b.agent_id === task.winner ? "won" : null },
-          h("th", { scope: "row" }, b.agent_id, b.agent_id === task.winner ? " (winner)" : ""),
+        h("tbody", {}, bids.slice().sort((a, b) => a.price - b.price).map((b) => h("tr",
+          { class: b.agent_id === winner ? "won" : null, "data-bidder": b.agent_id },
+          h("th", { scope: "row" }, b.agent_id, b.agent_id === winner ? " (winner)" : ""),
           h("td", { class: "num" }, fmtNumber(b.price)), h("td", { class: "num" }, `${fmtNumber(b.estimated_seconds, 1)} s`),
-          h("td", { class: "num" }, Number(b.reputation).toFixed(3)), h("td", {}, fmtTime(b.placed_at)))))));
+          h("td", { class: "num reputation" }, fmtReputation(b.reputation) || "—"),
+          h("td", { class: "nowrap" }, placed[1](b)))))));
+  }
+
+  // -- verified settlement: the acceptance check and the clearing audit ----------------------------------------
+
+  const UNCLEARED = ["awaiting_approval", "bidding"]; // no clearing to audit yet
+
+  /** What the task's acceptance check is, and what it found once the winner reported. */
+  function checkView(task) {
+    const spec = task.acceptance;
+    if (!spec) {
+      return h("p", { class: "muted" }, "None: the requester accepts the result (or the hub does after a while).");
+    }
+    const outcome = task.check;
+    return [
+      h("dl", { class: "facts" },
+        fact("Outcome", outcome ? h("span", { class: "check-outcome", "data-passed": String(outcome.passed) },
+          badge("check", outcome.passed ? "passed" : "failed"))
+          : "not run yet: it runs when the winner reports the task completed"),
+        outcome ? fact("Checked", fmtTime(outcome.checked_at)) : null,
+        fact("If it fails", spec.on_fail === "dispute" ? "a dispute opens" : "the requester is refunded"),
+        fact("JSON Schema", spec.json_schema ? "the result must satisfy it (below)" : "none"),
+        fact("Evaluator", spec.evaluator ? h("code", {}, spec.evaluator) : "none")),
+      outcome && outcome.schema_errors && outcome.schema_errors.length ? [
+        h("h3", {}, "Why the result fails the schema"),
+        h("ul", { class: "schema-errors" }, outcome.schema_errors.map((e) => h("li", {}, e)))] : null,
+      outcome && outcome.evaluator ? evaluatorRun(outcome.evaluator) : null,
+      spec.json_schema ? h("details", { class: "schema" }, h("summary", {}, "The JSON Schema"), json(spec.json_schema))
+        : null,
+    ];
+  }
+
+  function evaluatorRun(run) {
+    const output = run.output;
+    return [
+      h("h3", {}, "Evaluator run"),
+      h("dl", { class: "facts evaluator-run" }, fact("Outcome", run.outcome), fact("Exit code", run.exit_code),
+        run.error ? fact("Error", run.error) : null),
+      run.log ? [h("h4", {}, "Log"), h("pre", { class: "log" }, run.log)] : null,
+      missing(output) || output === "" ? null
+        : [h("h4", {}, "Output"), typeof output === "string" ? h("pre", { class: "log" }, output) : json(output)],
+    ];
+  }
+
+  /** The clearing's summary into `box`: the replay's verdict and this auction's bids with the reputations used. */
+  async function loadAudit(taskId, box) {
+    setChildren(box, loadingNote());
+    try {
+      const audit = await api("GET", `/api/v1/tasks/${enc(taskId)}/audit`);
+      const mine = audit.auctions.find((a) => a.task_id === taskId);
+      const others = audit.auctions.length - 1;
+      setChildren(box, auditFacts(audit),
+        mine ? auditBids(mine, audit.winner) : null,
+        h("p", {}, h("a", { href: `#/tasks/${enc(taskId)}/audit`, class: "audit-link" },
+          others ? `The whole clearing (${others} other auction${others === 1 ? "" : "s"} cleared with it)`
+            : "The clearing's inputs")));
+    } catch (err) {
+      setChildren(box, err.status === 409 ? h("p", { class: "muted" }, err.detail) : errorNote(err));
+    }
+  }
+
+  function auditFacts(audit) {
+    const award = (winner, price) => (winner ? `${winner} at ${fmtNumber(price)}` : "no award");
+    return h("dl", { class: "facts" },
+      fact("Replay", h("span", { class: "replay", "data-matches": String(audit.replay.matches) },
+        h("span", { class: `badge replay-${audit.replay.matches ? "matches" : "differs"}` },
+          audit.replay.matches ? "replay matches" : "replay differs"))),
+      fact("Recorded", award(audit.winner, audit.price)),
+      fact("Replayed", award(audit.replay.winner, audit.replay.price)),
+      fact("Cleared", fmtTime(audit.cleared_at)),
+      fact("Clearing batch", h("code", {}, audit.clearing_batch)));
+  }
+
+  function auditBids(auction, winner) {
+    return bidsTable(auction.bids, winner, ["Arrival", (b) => `#${b.placed_seq}`], "Reputation used");
+  }
+
+  /** One clearing's whole input: every auction cleared with the task, each with its bids, and the replay. */
+  function auditPage(id) {
+    const body = h("div", {}, loadingNote());
+    const el = pageShell(`Audit of task ${id}`, h("p", {}, h("a", { href: `#/tasks/${enc(id)}` }, "← The task")),
+      body);
+    api("GET", `/api/v1/tasks/${enc(id)}/audit`).then((audit) => {
+      setChildren(body,
+        h("section", { class: "panel" }, h("h2", {}, "Replay"), auditFacts(audit),
+          h("p", { class: "muted" }, "Clearing these auctions again, with the reputations recorded at the time, "
+            + "gives the winner and price above.")),
+        audit.auctions.map((a) => h("section", { class: "panel", "data-audit-task": a.task_id },
+          h("h2", {}, a.task_id === id ? `This task (budget ${fmtNumber(a.budget)})`
+            : ["Task ", h("a", { href: `#/tasks/${enc(a.task_id)}` }, a.task_id), ` (budget ${fmtNumber(a.budget)})`]),
+          auditBids(a, a.task_id === id ? audit.winner : null))));
+    }, (err) => setChildren(body, errorNote(err)));
+    return { el };
   }
 
   function taskActions(task) {
@@ -1354,8 +1484,7 @@
                                                    api("GET", `/api/v1/accounts/${enc(id)}/ledger?limit=50`)]);
         setChildren(summary, h("section", { class: "panel" }, h("dl", { class: "facts" },
           fact("Balance", h("strong", { class: "balance" }, fmtNumber(account.balance))),
-          account.reputation === null || account.reputation === undefined ? null
-            : fact("Reputation", Number(account.reputation).toFixed(3)))));
+          missing(account.reputation) ? null : fact("Reputation", fmtReputation(account.reputation)))));
         setChildren(tbody, ...page.entries.map(row));
         if (!page.entries.length) tbody.append(h("tr", {}, h("td", { colspan: 6, class: "muted" }, "No entries.")));
         nextBefore = page.next_before;
