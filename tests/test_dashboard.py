@@ -254,7 +254,7 @@ async def cleared_task(http: httpx2.AsyncClient, requester: str) -> str:
     bidder = "a-bidder-with-a-rather-long-identifier"
     await deposit(http, f"agent:{bidder}", 10)
     r = await http.post("/api/v1/tasks", json={
-        "requester_id": requester, "description": "Count the words", "budget": 20, "bidding_seconds": 0.5,
+        "requester_id": requester, "description": "Count the words", "budget": 20, "bidding_seconds": 1,
         "bond_percent": 10, "acceptance": {"json_schema": WORDS_SCHEMA}, "idempotency_key": str(uuid.uuid4())})
     assert r.status_code == 201, r.text
     task_id: str = r.json()["task_id"]
@@ -271,7 +271,7 @@ async def test_the_task_page_shows_the_acceptance_check_passed_or_failed_with_th
         await browser.go("#/tasks", "Tasks")
         await browser.click("details.share > summary")
         await browser.fill_form("#task-form", {"requester_id": "carol", "description": "Count the words",
-                                               "bidding_seconds": "2", "bond_percent": "20",
+                                               "bidding_seconds": "3", "bond_percent": "20",
                                                "json_schema": '{"type": "nonsense"}'})
         await browser.click("#task-form button[type=submit]")  # a schema that could never check anything
         await browser.wait_for("const e = document.querySelector('#task-form .form-status.error');"
@@ -281,11 +281,11 @@ async def test_the_task_page_shows_the_acceptance_check_passed_or_failed_with_th
         await browser.click("#task-form button[type=submit]")
         await browser.wait_for("return /^#\\/tasks\\/.+/.test(location.hash)", what="the new task's page")
         failing = await browser.js("return location.hash.split('/').pop()")
+        await won_by(http, failing, "bob", 50)
         task = (await http.get(f"/api/v1/tasks/{failing}")).json()
         assert task["bond_percent"] == 20 and task["acceptance"] == {
             "json_schema": WORDS_SCHEMA, "evaluator": None, "on_fail": "refund"}
         assert "not run yet" in await browser.text("#check")
-        await won_by(http, failing, "bob", 50)
         await report(http, failing, "bob", {"words": "five"})
         await browser.wait_for("return document.querySelector('#check .check-outcome[data-passed=false]')",
                                seconds=10, what="the failed check on the task page")
@@ -306,11 +306,11 @@ async def test_the_task_page_shows_the_acceptance_check_passed_or_failed_with_th
         assert "replay matches" in await browser.text("#view")
 
         r = await http.post("/api/v1/tasks", json={
-            "requester_id": "carol", "description": "Count the words again", "budget": 100, "bidding_seconds": 0.5,
+            "requester_id": "carol", "description": "Count the words again", "budget": 100, "bidding_seconds": 1,
             "acceptance": {"json_schema": WORDS_SCHEMA, "on_fail": "dispute"}, "idempotency_key": str(uuid.uuid4())})
         passing = r.json()["task_id"]
-        await browser.go(f"#/tasks/{passing}", f"Task {passing}")
         await won_by(http, passing, "bob", 50)
+        await browser.go(f"#/tasks/{passing}", f"Task {passing}")
         await report(http, passing, "bob", {"words": 5})
         await browser.wait_for("return document.querySelector('#check .check-outcome[data-passed=true]')",
                                seconds=10, what="the passed check on the task page")
