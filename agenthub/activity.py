@@ -23,7 +23,7 @@ from agenthub.ring import Ring
 
 logger = logging.getLogger(__name__)
 
-Kind = Literal["agent", "task", "bid", "transfer"]
+Kind = Literal["agent", "task", "bid", "transfer", "approval"]
 _PAGE = 500
 
 

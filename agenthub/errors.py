@@ -17,7 +17,8 @@
     │   ├── AccountNotFound
     │   ├── TokenNotFound
     │   ├── EscrowNotFound
-    │   └── TaskNotFound
+    │   ├── TaskNotFound
+    │   └── ApprovalNotFound
     ├── Conflict                     the request does not fit the current state of what it names
     │   ├── AgentExists              an agent id already in use
     │   ├── IllegalTransition        an agent state change the state machine does not allow
@@ -31,7 +32,8 @@
     │   ├── EscrowNotAwarded         paying an escrow that has no payee yet
     │   ├── AuctionClosed            a bid after the auction closed
     │   ├── IllegalTaskTransition    a task state change the task state machine does not allow
-    │   └── WrongTaskState           an action the task's state does not allow (accepting unfinished work)
+    │   ├── WrongTaskState           an action the task's state does not allow (accepting unfinished work)
+    │   └── ApprovalAlreadyDecided   a decision on an approval already decided or expired: it ends once
     ├── Unauthenticated              no token, or a token that is unknown or revoked
     ├── Forbidden                    the token's role or agent id does not allow the action
     │   ├── NotEscrowParty           a dispute by someone who is neither the payer nor the payee
@@ -337,3 +339,25 @@ class MissingCapabilities(Forbidden):
 
 class InvalidModule(InvalidInput):
     """A WASM module refused at upload: not WebAssembly, too large, too costly to compile, or not the ABI."""
+
+
+# -- approvals (market.approvals) ----------------------------------------------------------------------------------
+
+
+class ApprovalNotFound(NotFound):
+    def __init__(self, approval_id: str) -> None:
+        super().__init__(f"no approval with id {approval_id!r}")
+        self.approval_id = approval_id
+
+
+class ApprovalAlreadyDecided(Conflict):
+    """An approval is decided once: `state` is what it became, `decided_by` who made it so ('expiry' when nobody
+    answered in time), `decided_at` when."""
+
+    def __init__(self, approval_id: str, state: str, decided_by: str | None, decided_at: str | None) -> None:
+        super().__init__(f"approval {approval_id!r} is already {state} (by {decided_by} at {decided_at}); an "
+                         "approval is decided exactly once")
+        self.approval_id = approval_id
+        self.state = state
+        self.decided_by = decided_by
+        self.decided_at = decided_at

@@ -68,5 +68,12 @@ class HubMetrics:
         self.wasm_runs = Counter("agenthub_wasm_runs", "Trial runs of WASM modules in the hub", ["outcome"],
                                  registry=r)
 
+        self.approvals_pending = Gauge("agenthub_approvals_pending", "Approvals waiting for an operator (refreshed by "
+                                       "the expiry sweep)", registry=r)
+        self.approvals_requested = Counter("agenthub_approvals_requested", "Approvals requested, by kind (budget, "
+                                           "task, agent)", ["kind"], registry=r)
+        self.approval_decisions = Counter("agenthub_approval_decisions", "Approvals decided, by outcome (approved, "
+                                          "denied, expired)", ["outcome"], registry=r)
+
     def watch_pool(self, read: Callable[[], tuple[int, int, int]]) -> None:
         self.registry.register(_PoolCollector(read))

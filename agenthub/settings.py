@@ -6,6 +6,7 @@ the two external service URLs also have flat names, `AGENTHUB_NATS_URL` and `AGE
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -129,6 +130,17 @@ class MarketSettings(BaseModel):
     idempotency_retention_seconds: float = Field(default=24 * 3600.0, ge=24 * 3600.0)
 
 
+class ApprovalSettings(BaseModel):
+    """Human approvals (market.approvals): how long one waits for an operator, and what happens if nobody answers."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    expires_seconds: float = Field(default=3600.0, gt=0)  # unless the request sets its own
+    default_decision: Literal["approve", "deny"] = "deny"  # applied at expiry, unless the request sets its own
+    max_wait_seconds: float = Field(default=60.0, gt=0, le=300)  # the longest long-poll for a decision
+    sweep_seconds: float = Field(default=1.0, gt=0)  # how often expired approvals get their default
+
+
 class SandboxSettings(BaseModel):
     """WASM modules: what an upload may cost to compile, and the limits of operators' trial runs."""
 
@@ -230,6 +242,7 @@ class Settings(BaseSettings):
     market: MarketSettings = Field(default_factory=MarketSettings)
     rate_limits: RateLimitSettings = Field(default_factory=RateLimitSettings)
     sandbox: SandboxSettings = Field(default_factory=SandboxSettings)
+    approvals: ApprovalSettings = Field(default_factory=ApprovalSettings)
     oauth: OAuthSettings = Field(default_factory=OAuthSettings)
     # For `claude` agents; read from ANTHROPIC_API_KEY (the Anthropic SDK's own name) and passed to their processes.
     anthropic_api_key: str | None = Field(default=None, validation_alias="ANTHROPIC_API_KEY", repr=False)

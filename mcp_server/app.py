@@ -39,6 +39,7 @@ from agenthub.settings import NatsSettings, Settings
 from agenthub.token_cache import TokenCache
 from collaboration.orchestrator import Orchestrator
 from collaboration.service import Collaboration
+from market.approvals import Approvals
 from market.service import Market
 from mcp_server.direct import McpEndpoint
 from mcp_server.server import ResourceNotifier, build_server
@@ -49,6 +50,7 @@ from sandbox.store import LocalBinaryStore
 from supervisor import INTENSITY_REACHED, Backoff, ChildSpec, Supervisor, SupervisorEvent, task_child
 from supervisor.service import Service, service_child
 from web_ui import agents, api, dashboard, oauth, ops, problems, streams, tokens
+from web_ui import approvals as approvals_api
 from web_ui import market as market_api
 from web_ui import sandbox as sandbox_api
 from web_ui.endpoints import openapi
@@ -67,7 +69,8 @@ _GC_THRESHOLDS = (50_000, 20, 20)
 _THREAD_SWITCH_SECONDS = 0.0005
 # A dead embedded server is started again at once, then after 0.5, 1, 2 ... up to 10 s while it keeps dying.
 _SERVICE_BACKOFF = Backoff(initial=0.5, maximum=10.0)
-_ENDPOINTS = [*api.ENDPOINTS, *tokens.ENDPOINTS, *agents.ENDPOINTS, *market_api.ENDPOINTS, *sandbox_api.ENDPOINTS]
+_ENDPOINTS = [*api.ENDPOINTS, *tokens.ENDPOINTS, *agents.ENDPOINTS, *market_api.ENDPOINTS, *sandbox_api.ENDPOINTS,
+              *approvals_api.ENDPOINTS]
 
 
 def base_url(settings: Settings) -> str:
@@ -158,6 +161,7 @@ async def open_hub(settings: Settings, *, nats_monitor_url: str | None = None,
                                     max_depth=settings.agents.max_question_depth,
                                     per_agent_per_minute=settings.agents.questions_per_agent_per_minute)
         collab.feed.add_hook(orchestrator.discovery_shared)
+        approvals = Approvals(pool, bus, metrics, settings.approvals)
         runner = stack.enter_context(Runner(concurrency=settings.sandbox.concurrency))
         sandbox = _sandbox(settings, pool, metrics, runner)
         market = Market(pool, bus, metrics, settings.market, sandbox)
@@ -167,13 +171,15 @@ async def open_hub(settings: Settings, *, nats_monitor_url: str | None = None,
         # The hub's own long-lived components run under one root supervisor (the feed keeps its own context).
         root = Supervisor("hub", [*agents.children(), ChildSpec(id="orchestrator", start=task_child(orchestrator.run)),
                                   *market.children(), ChildSpec(id="retention", start=task_child(collab.retention.run)),
-                                  ChildSpec(id="activity-feed", start=task_child(activity.run))],
+                                  ChildSpec(id="activity-feed", start=task_child(activity.run)),
+                                  *approvals.children()],
                           max_restarts=3, period=60, listener=_log_root_event)
         await stack.enter_async_context(root)
         stack.push_async_callback(agents.stop_all)  # runs before the root supervisor stops: agents end as stopped
         await agents.reconcile()
         state = HubState(settings=settings, pool=pool, bus=bus, metrics=metrics, tokens=token_cache, limiter=limiter,
-                         collab=collab, agents=agents, market=market, sandbox=sandbox, activity=activity,
+                         collab=collab, agents=agents, market=market, approvals=approvals, sandbox=sandbox,
+                         activity=activity,
                          snapshots=ops.Snapshots(settings.sse.metrics_seconds), supervisor=root,
                          orchestrator=orchestrator, services=embedded, nats_monitor_url=nats_monitor_url)
         await root.start_child(ChildSpec(id="snapshots", start=task_child(partial(state.snapshots.run, state))))

@@ -16,6 +16,7 @@
                          [--parameters JSON]
     agenthub task list | show ID | accept ID | cancel ID | dispute ID --by X --evidence E
     agenthub task resolve ID --outcome release|refund|split [--share N]
+    agenthub approvals list [--state S]... [--limit N] | show ID [--wait SECONDS] | approve ID | deny ID [--note N]
 
 Every command but `serve` is a client of a running hub: `[--url U] [--token T] [--data-dir D]`, found without
 flags beside the hub's data directory (mcp_server/remote.py), and `--json` where it prints data.
@@ -452,6 +453,30 @@ def run_task(remote: Remote, args: argparse.Namespace) -> None:
     _show(args, task, lambda: [_task_line(task)])
 
 
+def _approval_line(approval: dict[str, Any]) -> str:
+    decided = f"{approval['decision']} by {approval['decided_by']}" if approval["decision"] else \
+        f"expires {_stamp(approval['expires_at'])}"
+    return (f"{approval['approval_id']:<21} {approval['state']:<8} {approval['kind']:<6} {approval['subject']:<22} "
+            f"{decided:<32} {approval['reason'][:60]}")
+
+
+def run_approvals(remote: Remote, args: argparse.Namespace) -> None:
+    command = args.approvals_command
+    if command == "list":
+        query = urllib.parse.urlencode([("limit", args.limit), *(("state", s) for s in args.state or ())])
+        listed = remote.request("GET", f"/api/v1/approvals?{query}")
+        _show(args, listed, lambda: [f"{'APPROVAL':<21} {'STATE':<8} {'KIND':<6} {'SUBJECT':<22} {'DECISION':<32} "
+                                     "REASON", *map(_approval_line, listed["approvals"])])
+        return
+    path = f"/api/v1/approvals/{urllib.parse.quote(args.approval_id)}"
+    if command == "show":
+        print(json.dumps(remote.request("GET", f"{path}?wait_seconds={args.wait}"), indent=2))
+        return
+    body = {"decision": "approve" if command == "approve" else "deny", "note": args.note}
+    approval = remote.request("POST", f"{path}/decision", body)
+    _show(args, approval, lambda: [_approval_line(approval)])
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="agenthub", description="MCP server and agent-collaboration hub")
     parser.add_argument("--version", action="version", version=f"agenthub {_version()}")
@@ -536,6 +561,20 @@ def _parser() -> argparse.ArgumentParser:
     resolve_p.add_argument("task_id")
     resolve_p.add_argument("--outcome", required=True, choices=["release", "refund", "split"])
     resolve_p.add_argument("--share", type=int, default=50, help="split: the agent's percent")
+    approvals_p = sub.add_parser("approvals", help="pending approvals: list, show, approve or deny (operator)")
+    approvals_sub = approvals_p.add_subparsers(dest="approvals_command", required=True)
+    approvals_list_p = approvals_sub.add_parser("list", help="approvals newest first: state, kind, subject, decision")
+    approvals_list_p.add_argument("--state", action="append", choices=["pending", "approved", "denied", "expired"],
+                                  help="only these states (repeatable; default: all)")
+    approvals_list_p.add_argument("--limit", type=int, default=50)
+    approvals_show_p = approvals_sub.add_parser("show", help="one approval, as JSON")
+    approvals_show_p.add_argument("approval_id")
+    approvals_show_p.add_argument("--wait", type=float, default=0, metavar="SECONDS",
+                                  help="wait up to this long for its decision")
+    for name in ("approve", "deny"):
+        decide_p = approvals_sub.add_parser(name, help=f"{name} a pending approval, once")
+        decide_p.add_argument("approval_id")
+        decide_p.add_argument("--note", help="why, for the record")
     disc_p = sub.add_parser("discoveries", help="export the discovery log as JSON Lines, or import such a file")
     disc_sub = disc_p.add_subparsers(dest="discoveries_command", required=True)
     export_p = disc_sub.add_parser("export", help="write the log after a cursor as JSON Lines (stdout or --output)")
@@ -558,7 +597,7 @@ def _parser() -> argparse.ArgumentParser:
     connect_p = sub.add_parser("connect", help="MCP over stdio for clients that only start commands (Claude "
                                "Desktop, Cursor, VS Code): forwards to the hub's Streamable HTTP endpoint")
     _client_options(connect_p, json_output=False)
-    for group in (token_sub, agent_sub, binary_sub, account_sub, task_sub, sandbox_sub, disc_sub):
+    for group in (token_sub, agent_sub, binary_sub, account_sub, task_sub, sandbox_sub, disc_sub, approvals_sub):
         for p in group.choices.values():
             if p not in (binary_p, connect_p):
                 _client_options(p, json_output=group is not disc_sub and p is not run_p)
@@ -625,7 +664,7 @@ def _run(args: argparse.Namespace) -> None:
                     token=find_token(args.token, settings.data_dir))
     commands: dict[str, Callable[[Remote, argparse.Namespace], None]] = {
         "agent": run_agent, "account": run_account, "task": run_task, "sandbox": run_sandbox,
-        "discoveries": run_discoveries, "token": run_token, "connect": run_connect}
+        "discoveries": run_discoveries, "token": run_token, "connect": run_connect, "approvals": run_approvals}
     try:
         commands[args.command](remote, args)
     except (KeyError, TypeError) as exc:  # an answer without the fields this CLI reads: not a hub of its version

@@ -37,6 +37,7 @@ from collaboration.models import (
     UnsubscribeInput,
     validation_errors,
 )
+from market.approvals import ApprovalRef, DecideApprovalInput, ListApprovalsInput, RequestApprovalInput
 from market.models import PlaceBidInput, ReportTaskInput, SubmitTaskInput, TaskRef
 from web_ui.agents import listed
 from web_ui.state import HubState
@@ -192,6 +193,32 @@ TOOLS: list[ToolSpec] = [
         "role or capability.",
         input=ListAgentsInput, roles=OPERATOR_PROFILE, read_only=True,
         run=lambda h, who, req: listed(h, req),
+    ),
+    # -- approvals (market.approvals) --
+    ToolSpec(
+        name="request_approval", group="approvals",
+        description="Ask a human operator before something that matters; wait_seconds > 0 waits for the decision "
+        "(else use get_approval). Unanswered in time, the hub's default (deny) applies.",
+        input=RequestApprovalInput, roles=AGENT_PROFILE, wait_argument="wait_seconds",
+        run=lambda h, who, req: h.approvals.request_agent(who, req),
+    ),
+    ToolSpec(
+        name="get_approval", group="approvals",
+        description="An approval you requested or one about you; wait_seconds > 0 waits for the decision.",
+        input=ApprovalRef, roles=AGENT_PROFILE, read_only=True, wait_argument="wait_seconds",
+        run=lambda h, who, req: h.approvals.wait(who, req.approval_id, req.wait_seconds),
+    ),
+    ToolSpec(
+        name="list_approvals", group="approvals",
+        description="Approvals newest first, filtered by state (pending, approved, denied, expired).",
+        input=ListApprovalsInput, roles=OPERATOR_PROFILE, read_only=True,
+        run=lambda h, who, req: h.approvals.listed(who, req),
+    ),
+    ToolSpec(
+        name="decide_approval", group="approvals",
+        description="Approve or deny a pending approval, with a note; decided once (a second decision fails).",
+        input=DecideApprovalInput, roles=OPERATOR_ONLY,
+        run=lambda h, who, req: h.approvals.decide(who, req.approval_id, req.decision, req.note),
     ),
 ]
 _BY_NAME = {t.name: t for t in TOOLS}

@@ -316,8 +316,9 @@ async def test_system_metrics_report_agents_nats_and_process_values(hub: Running
         r = await http.get("/metrics/system")
     assert r.status_code == 200
     m = r.json()
-    assert set(m) == {"timestamp", "agents", "nats", "system", "tasks", "discoveries", "sse_clients", "open_breakers",
-                      "health", "heartbeats"}
+    assert set(m) == {"timestamp", "agents", "nats", "system", "tasks", "approvals", "discoveries", "sse_clients",
+                      "open_breakers", "health", "heartbeats"}
+    assert m["approvals"] == {"pending": 0}
     assert m["heartbeats"] == "judged"
     assert m["timestamp"].endswith("Z")
     assert abs(datetime.fromisoformat(m["timestamp"]) - datetime.now(UTC)) < timedelta(minutes=1)

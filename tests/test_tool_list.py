@@ -11,8 +11,8 @@ from agenthub.auth import Role
 from tests.conftest import RunningHub
 
 # Bytes of the tools/list result's JSON (what a client hands its model) and the most tools, per profile (viewers see
-# a read-only part of the operator's).
-LIMITS = {Role.AGENT: (8_000, 12), Role.OPERATOR: (16_000, None), Role.VIEWER: (8_000, None)}
+# a read-only part of the operator's). Agents' grew by ~1.2 kB with request_approval and get_approval (issue 16).
+LIMITS = {Role.AGENT: (9_200, 12), Role.OPERATOR: (16_000, None), Role.VIEWER: (8_000, None)}
 DISCOVERY_TOOLS = {"share_discovery", "subscribe_discoveries", "poll_discoveries", "unsubscribe_discoveries"}
 MARKET_TOOLS = {"submit_task", "place_bid", "get_task", "report_task"}
 SHARE = {"agent_id": "agent-1", "agent_role": "Analyzer", "discovery_type": "insight",
@@ -102,7 +102,7 @@ async def test_a_selection_narrows_a_profile_and_never_widens_it(hub: RunningHub
 
 
 @pytest.mark.parametrize(("tools", "message"), [
-    ("discoveries,gossip", r"names 'gossip', which is neither a group \(discoveries, context, market, agents\)"),
+    ("discoveries,gossip", r"names 'gossip', which is neither a group \(discoveries, context, market, agents, "),
     (",", "selects no tool"),
 ])
 async def test_a_bad_selection_says_how_to_fix_the_url(hub: RunningHub, tools: str, message: str) -> None:

@@ -77,8 +77,9 @@ async def system_metrics(request: Request) -> Response:
 
 
 async def snapshot(hub: HubState) -> dict[str, Any]:
-    """The MS-1 system metrics, and the overview's figures: tasks by state, discoveries per minute by type (the
-    last 15 minutes), SSE clients, open breakers (this replica's agents), NATS and PostgreSQL health."""
+    """The MS-1 system metrics, and the overview's figures: tasks by state, pending approvals, discoveries per
+    minute by type (the last 15 minutes), SSE clients, open breakers (this replica's agents), NATS and PostgreSQL
+    health."""
     by_state = await hub.agents.registry.counts_by_state()
     live = {state: n for state, n in by_state.items() if state not in ("stopped", "failed")}
     return {
@@ -91,6 +92,7 @@ async def snapshot(hub: HubState) -> dict[str, Any]:
             "memory_mb": round(hub.process.memory_info().rss / 2**20, 1),
         },
         "tasks": {"by_state": await hub.market.tasks.counts_by_state()},
+        "approvals": {"pending": await hub.approvals.pending_count()},
         "discoveries": {"total": await hub.collab.log.newest_sequence(),
                         "per_minute": await hub.collab.log.per_minute(_CHART_MINUTES)},
         "sse_clients": hub.collab.feed.stream_count,
@@ -182,6 +184,10 @@ class StateCounts(BaseModel):
     by_state: dict[str, int]
 
 
+class ApprovalCounts(BaseModel):
+    pending: int = Field(description="Approvals waiting for an operator")
+
+
 class MinuteCounts(BaseModel):
     minute: str
     by_type: dict[str, int]
@@ -200,6 +206,7 @@ class SystemMetrics(BaseModel):
     nats: NatsFigures
     system: ProcessFigures
     tasks: StateCounts
+    approvals: ApprovalCounts
     discoveries: DiscoveryFigures
     sse_clients: int
     open_breakers: int = Field(description="This replica's agents whose circuit breaker is open")
@@ -224,7 +231,7 @@ DESCRIBED = [
               operation_id="metrics", media_type=CONTENT_TYPE_LATEST.split(";")[0], public=True,
               description=f"The body's media type is `{CONTENT_TYPE_LATEST}`."),
     Described(method="GET", path="/metrics/system", summary="The system's figures as JSON: agents, NATS, this "
-              "process, tasks, discoveries per minute, SSE clients, open breakers, health",
+              "process, tasks, pending approvals, discoveries per minute, SSE clients, open breakers, health",
               operation_id="system_metrics", response=SystemMetrics),
     Described(method="GET", path="/openapi.json", summary="This document", operation_id="openapi", public=True),
     Described(method="GET", path="/discoveries/stream", operation_id="discovery_stream", summary="Discoveries as "

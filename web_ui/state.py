@@ -19,6 +19,7 @@ from agenthub.settings import Settings
 from agenthub.token_cache import TokenCache
 from collaboration.orchestrator import Orchestrator
 from collaboration.service import Collaboration
+from market.approvals import Approvals
 from market.service import Market
 from sandbox.service import SandboxService
 from supervisor import Supervisor
@@ -44,6 +45,7 @@ class HubState:
     collab: Collaboration
     agents: AgentPool
     market: Market
+    approvals: Approvals
     sandbox: SandboxService
     activity: ActivityFeed
     snapshots: "Snapshots"
