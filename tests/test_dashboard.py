@@ -10,7 +10,7 @@ from typing import Any
 import httpx2
 import pytest
 
-from agenthub.auth import Role
+from agenthub.auth import Role, create_token
 from tests.agents_helpers import FAST_POLICY, wait_for
 from tests.browser import PHONE, Browser
 from tests.conftest import HubFactory, RunningHub
@@ -321,6 +321,61 @@ async def test_the_task_page_shows_the_acceptance_check_passed_or_failed_with_th
         await browser.screenshot("task-check-passed")
 
 
+async def ask(hub: RunningHub, agent_id: str, reason: str) -> str:
+    """An agent's approval request over REST, with its own token; the approval id."""
+    async with hub.http(await hub.token(Role.AGENT, agent_id)) as as_agent:
+        r = await as_agent.post("/api/v1/approvals", json={"agent_id": agent_id, "reason": reason,
+                                                            "detail": {"service": "billing"}})
+    assert r.status_code == 201, r.text
+    approval_id: str = r.json()["approval_id"]
+    return approval_id
+
+
+async def test_the_pending_count_follows_approval_events_and_an_operator_decides_on_the_approval_page(
+        hub_factory: HubFactory, browser: Browser) -> None:
+    # metrics_update comes once a minute here: the count can only follow the stream's approval events.
+    settings = hub_factory.settings(sse={"metrics_seconds": 60, "activity_poll_seconds": 0.1})
+    async with hub_factory.run(settings) as hub:
+        token_id, operator = await create_token(hub.state.pool, Role.OPERATOR)
+        await browser.sign_in(hub.url, operator)
+        await browser.go("#/tasks", "Tasks")  # any page: the count is in the nav
+        assert await browser.js("return document.querySelector('#nav-pending').hidden")
+        first = await ask(hub, "alice", "Restart the billing service")
+        await browser.wait_for("return document.querySelector('#nav-pending').textContent === '1'", seconds=5,
+                               what="one pending approval beside the nav link, live")
+        second = await ask(hub, "alice", "Rotate the billing keys")
+        await browser.wait_for("return document.querySelector('#nav-pending').textContent === '2'", seconds=5,
+                               what="two pending")
+
+        await browser.go(f"#/approvals/{first}", f"Approval {first}")
+        assert await browser.text("#view .reason") == "Restart the billing service"
+        await browser.fill("#view input[name=note]", "after the backup")
+        await browser.click(f"#view button[aria-label='Approve {first}']")
+        await browser.wait_for("return document.querySelector('#view .approval[data-state=approved]')",
+                               what="the approval shown approved")
+        await browser.wait_for("return document.querySelector('#nav-pending').textContent === '1'", seconds=5,
+                               what="the count down to one")
+        async with hub.http() as http:
+            approved = (await http.get(f"/api/v1/approvals/{first}")).json()
+        assert (approved["state"], approved["decided_by"], approved["note"]) == (
+            "approved", token_id, "after the backup")
+
+        # Someone else decides the second one while this page cannot hear of it: the refusal says who.
+        await browser.go(f"#/approvals/{second}", f"Approval {second}")
+        await browser.find(f"#view button[aria-label='Deny {second}']")
+        await browser.js("window.agenthub.dropStream(600000)")
+        other_id, other = await create_token(hub.state.pool, Role.OPERATOR)
+        async with hub.http(other) as as_other:
+            r = await as_other.post(f"/api/v1/approvals/{second}/decision", json={"decision": "approve"})
+            assert r.status_code == 200, r.text
+        await browser.click(f"#view button[aria-label='Deny {second}']")
+        await browser.wait_for("const s = document.querySelector('#view .form-status.error');"
+                               "return s && s.textContent.includes(arguments[0])", f"approved (by {other_id}",
+                               what="the refusal naming the operator who decided first")
+        await browser.find("#view .approval[data-state=approved]")  # and the page shows the decision made
+        await browser.screenshot("approval-decided-first")
+
+
 async def test_the_feed_catches_up_after_the_stream_drops_and_shows_each_discovery_once(
         dash_hub: RunningHub, browser: Browser) -> None:
     await browser.sign_in(dash_hub.url, dash_hub.operator_token)
@@ -363,6 +418,7 @@ async def test_a_viewer_sees_every_page_but_no_form_or_button_that_writes(
                                                    "bidding_seconds": 30, "idempotency_key": str(uuid.uuid4())})
         task_id = r.json()["task_id"]
         cleared = await cleared_task(http, "dora")
+    asked = await ask(dash_hub, "w2", "Buy more paint")
     async with dash_hub.mcp() as client:
         shared = await share(client)
     viewer = await dash_hub.token(Role.VIEWER)
@@ -375,6 +431,8 @@ async def test_a_viewer_sees_every_page_but_no_form_or_button_that_writes(
              ("#/tasks", "Tasks", f"tr[data-task-id={task_id}]"),
              (f"#/tasks/{task_id}", f"Task {task_id}", ".bid-count"),
              (f"#/tasks/{cleared}/audit", f"Audit of task {cleared}", ".replay-matches"),
+             ("#/approvals", "Approvals", f"tr[data-approval-id={asked}][data-state=pending]"),
+             (f"#/approvals/{asked}", f"Approval {asked}", ".approval[data-state=pending]"),
              ("#/accounts/requester:dora", "Account requester:dora", ".balance")]
     for route, heading, content in pages:
         await browser.go(route, heading)
@@ -439,8 +497,9 @@ async def test_every_page_fits_a_phone_screen_without_scrolling_sideways_and_its
         shared = await share(client, content="A discovery with an unbroken word " + "y" * 150,
                              tags=["a-long-tag-for-the-phone-layout"])
     async with dash_hub.http(await dash_hub.token(Role.AGENT, "erin")) as as_erin:
-        await as_erin.post("/api/v1/approvals", json={"agent_id": "erin", "reason": "Spend " + "z" * 150,
-                                                       "detail": {"service": "a-long-service-name-" * 4}})
+        asked = (await as_erin.post("/api/v1/approvals", json={
+            "agent_id": "erin", "reason": "Spend " + "z" * 150, "detail": {"service": "a-long-service-name-" * 4}}
+        )).json()["approval_id"]
     await browser.resize(*PHONE, mobile=True)
     await browser.sign_in(dash_hub.url, dash_hub.operator_token)
     pages = [("#/", "Overview", "[data-tile]", "overview"),
@@ -454,7 +513,8 @@ async def test_every_page_fits_a_phone_screen_without_scrolling_sideways_and_its
              (f"#/tasks/{cleared}/audit", f"Audit of task {cleared}", ".replay-matches", "audit"),
              ("#/accounts/requester:erin", "Account requester:erin", ".balance", "account"),
              ("#/tokens", "Tokens", "tr[data-token-id]", "tokens"),
-             ("#/approvals", "Approvals", "tr[data-approval-id]", "approvals")]
+             ("#/approvals", "Approvals", "tr[data-approval-id]", "approvals"),
+             (f"#/approvals/{asked}", f"Approval {asked}", ".approval[data-state=pending]", "approval")]
     for route, heading, content, name in pages:
         await browser.go(route, heading)
         await browser.find(content)

@@ -259,6 +259,7 @@
       case "agent": applyAgentEvent(data); break;
       case "task": applyTaskEvent(data); break;
       case "bid": applyBidEvent(data); break;
+      case "approval": refetchSoon("metrics", loadMetrics); break; // the pending count now, not at the next tick
       case "transfer": break;
       default: break;
     }
@@ -266,7 +267,13 @@
     notify(kind, data);
   }
 
+  function loadMetrics() {
+    return api("GET", "/metrics/system").then(onMetrics, () => {});
+  }
+
   function onMetrics(metrics) {
+    const shown = store.metrics && store.metrics.timestamp;
+    if (shown && metrics.timestamp && metrics.timestamp < shown) return; // older than the figures on screen
     store.metrics = metrics;
     showPendingApprovals(metrics.approvals ? metrics.approvals.pending : 0);
     notify("metrics", metrics);
@@ -401,7 +408,7 @@
       case "approval":
         text = `approval ${data.approval_id} ${data.change === "requested" ? `requested by ${data.requested_by}` :
           `${data.state} by ${data.decided_by}`}: ${shorten(data.reason || "", 80)}`;
-        href = "#/approvals";
+        href = `#/approvals/${enc(data.approval_id)}`;
         break;
       case "transfer":
         text = `${data.kind}: ${(data.postings || []).map((p) => `${p.account_id} ${p.amount > 0 ? "+" : ""}${p.amount}`)
@@ -437,6 +444,7 @@
     [/^\/accounts\/(.+)$/, (m) => accountPage(m[1]), "accounts"],
     [/^\/tokens\/?$/, () => tokensPage(), "tokens"],
     [/^\/approvals\/?$/, () => approvalsPage(), "approvals"],
+    [/^\/approvals\/(.+)$/, (m) => approvalPage(m[1]), "approvals"],
     [/^\/consent\/(.+)$/, (m) => consentPage(m[1]), null],
   ];
 
@@ -1633,12 +1641,45 @@
     count.setAttribute("aria-label", `${pending} pending`);
   }
 
+  /** Approve / Deny with an optional note: an operator's, on a pending approval. After either (or a refusal: the
+   * 409 of an approval someone decided first names who, in `statusEl`) `done` runs. `notes` keeps half-typed notes
+   * across re-renders, by approval id. */
+  function approvalControls(a, statusEl, done, notes) {
+    if (!isOperator() || a.state !== "pending") return null;
+    const id = a.approval_id;
+    const note = h("input", { name: "note", maxlength: 1000, placeholder: "Note (optional)", autocomplete: "off",
+                              value: notes.get(id) || "", "aria-label": `Note for ${id}`, "data-write": "",
+                              "data-focus-key": `note:${id}`, oninput: () => notes.set(id, note.value) });
+    const decide = (decision) => async () => {
+      try {
+        await api("POST", `/api/v1/approvals/${enc(id)}/decision`, { decision, note: note.value.trim() || null });
+        notes.delete(id);
+      } finally {
+        done();
+      }
+    };
+    return h("div", { class: "approval-actions" }, note,
+      actionButton("Approve", decide("approve"), { class: "small", "aria-label": `Approve ${id}`,
+                                                   "data-focus-key": `approve:${id}` }, statusEl),
+      actionButton("Deny", decide("deny"), { class: "danger small", "aria-label": `Deny ${id}`,
+                                             "data-focus-key": `deny:${id}` }, statusEl));
+  }
+
+  function approvalDecision(a) {
+    if (a.state === "pending") return ["expires ", h("span", { class: "nowrap" }, fmtTime(a.expires_at))];
+    return [h("span", { class: "decision" }, `${a.decision} by ${a.decided_by}`), " ", relTime(a.decided_at),
+      a.note ? h("div", { class: "muted note" }, a.note) : null];
+  }
+
+  const approvalLink = (id) => h("a", { href: `#/approvals/${enc(id)}` }, h("code", {}, id));
+
   /** Approvals newest first (pending ones by default): an operator approves or denies a pending one, with a note,
    * from its row; everyone else reads (an agent, its own). Every `approval` event of the stream reloads the list. */
   function approvalsPage() {
     const tbody = h("tbody");
     const status = h("div");
     const actionStatus = h("p", { class: "form-status", role: "status", "aria-live": "polite" });
+    const notes = new Map();
     const stateSel = select("state", [["pending", "Pending"], ["", "All"], ["approved", "Approved"],
                                       ["denied", "Denied"], ["expired", "Expired"]], "pending");
     const filters = h("form", { class: "filters", role: "search", "aria-label": "Filter approvals" },
@@ -1651,41 +1692,16 @@
         tbody));
     const el = pageShell("Approvals", filters, status, actionStatus, table);
 
-    const decide = (a, decision, note) => async () => {
-      await api("POST", `/api/v1/approvals/${enc(a.approval_id)}/decision`,
-                { decision, note: note.value.trim() || null });
-      await load();
-    };
-
-    const actions = (a) => {
-      if (!isOperator() || a.state !== "pending") return null;
-      const note = h("input", { name: "note", maxlength: 1000, placeholder: "Note (optional)", autocomplete: "off",
-                                "aria-label": `Note for ${a.approval_id}`, "data-write": "",
-                                "data-focus-key": `note:${a.approval_id}` });
-      return h("div", { class: "approval-actions" }, note,
-        actionButton("Approve", decide(a, "approve", note), { class: "small", "aria-label": `Approve ${a.approval_id}`,
-                                                                "data-focus-key": `approve:${a.approval_id}` },
-                     actionStatus),
-        actionButton("Deny", decide(a, "deny", note), { class: "danger small", "aria-label": `Deny ${a.approval_id}`,
-                                                          "data-focus-key": `deny:${a.approval_id}` }, actionStatus));
-    };
-
-    const decision = (a) => {
-      if (a.state === "pending") return ["expires ", h("span", { class: "nowrap" }, fmtTime(a.expires_at))];
-      return [h("span", { class: "decision" }, `${a.decision} by ${a.decided_by}`), " ", relTime(a.decided_at),
-        a.note ? h("div", { class: "muted note" }, a.note) : null];
-    };
-
     const row = (a) => h("tr", { "data-approval-id": a.approval_id, "data-state": a.state },
-      h("th", { scope: "row" }, h("code", {}, a.approval_id)),
+      h("th", { scope: "row" }, approvalLink(a.approval_id)),
       h("td", {}, badge("approval", a.state)),
       h("td", {}, a.kind),
       h("td", {}, h("a", { href: `#/accounts/${enc(a.subject)}` }, a.subject)),
       h("td", { class: "reason" }, h("div", {}, a.reason),
         Object.keys(a.detail || {}).length ? h("details", {}, h("summary", {}, "Detail"), json(a.detail)) : null),
       h("td", { class: "nowrap" }, a.requested_by, " ", relTime(a.created_at)),
-      h("td", {}, decision(a)),
-      h("td", {}, actions(a)));
+      h("td", {}, approvalDecision(a)),
+      h("td", {}, approvalControls(a, actionStatus, load, notes)));
 
     async function load() {
       try {
@@ -1707,7 +1723,35 @@
     filters.addEventListener("submit", (ev) => ev.preventDefault());
     setChildren(tbody, h("tr", {}, h("td", { colspan: columns.length, class: "muted" }, "Loading…")));
     load();
-    return { el, onEvent(kind) { if (kind === "approval") load(); } };
+    return { el, onEvent(kind) { if (kind === "approval") refetchSoon("approvals", load); } };
+  }
+
+  /** One approval: what it is about, its detail, its decision, and (pending, for an operator) the controls. */
+  function approvalPage(id) {
+    const body = h("div", {}, loadingNote());
+    const actionStatus = h("p", { class: "form-status", role: "status", "aria-live": "polite" });
+    const notes = new Map();
+    const el = pageShell(`Approval ${id}`, h("p", {}, h("a", { href: "#/approvals" }, "← All approvals")),
+      actionStatus, body);
+
+    const render = (a) => rerender(body, () => setChildren(body, h("section", { class: "panel approval",
+                                                                                "data-state": a.state },
+      h("p", { class: "full-content reason" }, a.reason),
+      h("dl", { class: "facts" },
+        fact("State", badge("approval", a.state)), fact("Kind", a.kind),
+        fact("Subject", h("a", { href: `#/accounts/${enc(a.subject)}` }, a.subject)),
+        fact("Requested by", a.requested_by), fact("Requested", fmtTime(a.created_at)),
+        fact(a.state === "pending" ? "Decision" : "Decided", approvalDecision(a)),
+        fact("If nobody answers", `${a.default_decision} at ${fmtTime(a.expires_at)}`)),
+      Object.keys(a.detail || {}).length ? [h("h2", {}, "Detail"), json(a.detail)] : null,
+      approvalControls(a, actionStatus, load, notes))));
+
+    function load() {
+      api("GET", `/api/v1/approvals/${enc(id)}`).then(render, (err) => setChildren(body, errorNote(err)));
+    }
+
+    load();
+    return { el, onEvent(kind, data) { if (kind === "approval" && data.approval_id === id) load(); } };
   }
 
   // -- OAuth consent ---------------------------------------------------------------------------------------------
@@ -1815,7 +1859,7 @@
     $("#sign-out").hidden = who.auth === false;
     stream.pos = null;
     openStream();
-    api("GET", "/metrics/system").then(onMetrics, () => {});
+    loadMetrics();
     route();
   }
 
@@ -1832,7 +1876,7 @@
     }, 1000);
     setInterval(() => {
       if (store.whoami && !(stream.source && stream.source.readyState === EventSource.OPEN)) {
-        api("GET", "/metrics/system").then(onMetrics, () => {});
+        loadMetrics();
       }
     }, 5000);
     try {
