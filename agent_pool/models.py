@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_vali
 from agent_pool.confinement import Confinement
 from agent_pool.states import AgentState
 from agenthub.ids import AGENT_ID_PATTERN
+from agenthub.settings import LlmPrice
 from agenthub.text import Storable
 from sandbox.models import CompileLimits, RunLimits
 
@@ -27,7 +28,7 @@ Name = Annotated[str, StringConstraints(min_length=1, max_length=64, strip_white
 Text = Annotated[str, StringConstraints(min_length=1, max_length=16_000)]
 Executor = Literal["scripted", "claude", "command", "wasm"]
 RestartType = Literal["permanent", "transient", "temporary"]
-ErrorCategory = Literal["transient", "fatal", "logical"]
+ErrorCategory = Literal["transient", "fatal", "logical", "budget"]  # budget: a work item the hub refused
 
 
 class Strict(Storable):
@@ -224,6 +225,9 @@ class WorkerConfig(Message):
     heartbeat_seconds: float
     compile_limits: CompileLimits | None = None  # for wasm agents: the hub's limits on compiling a module
     confinement: Confinement | None = None  # applied by the process to itself before it runs the agent
+    # What LLM tokens cost and what to reserve for input that cannot be estimated (agenthub.settings.BudgetSettings)
+    llm_prices: dict[str, LlmPrice] = Field(default_factory=dict)
+    default_llm_reservation: int = 4096
 
 
 class Announce(Message):

@@ -32,6 +32,7 @@ import os
 import secrets
 import shutil
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from datetime import UTC, datetime
 from functools import partial
@@ -77,7 +78,7 @@ from agent_pool.registry import AgentRegistry
 from agent_pool.states import LIVE, AgentState, is_working
 from agenthub.auth import Principal, Role, create_token
 from agenthub.bus import Bus
-from agenthub.database import log_failure
+from agenthub.database import DATABASE_ERRORS, log_failure
 from agenthub.errors import (
     AgentNotFound,
     Conflict,
@@ -89,7 +90,7 @@ from agenthub.errors import (
 from agenthub.ids import TokenId
 from agenthub.metrics import HubMetrics
 from agenthub.nats_auth import NATS_LOGIN_ENV, NatsLogin, NatsUsers
-from agenthub.settings import AgentSettings
+from agenthub.settings import AgentSettings, BudgetSettings
 from agenthub.token_cache import announce_revoked
 from collaboration.models import Discovery
 from sandbox.models import CompileLimits
@@ -121,7 +122,7 @@ class AgentPool:
     def __init__(self, *, pool: asyncpg.Pool, bus: Bus, metrics: HubMetrics, settings: AgentSettings, replica: str,
                  hub_url: str, nats_url: str, data_dir: Path, anthropic_api_key: str | None,
                  compile_limits: CompileLimits, nats_users: NatsUsers | None = None,
-                 agent_nats_login: NatsLogin | None = None) -> None:
+                 agent_nats_login: NatsLogin | None = None, budgets: BudgetSettings | None = None) -> None:
         self.registry = AgentRegistry(pool, bus)
         self.replica = replica
         self._pool = pool
@@ -137,6 +138,9 @@ class AgentPool:
         self._reachable: set[Path] = set()
         self._anthropic_api_key = anthropic_api_key
         self._compile_limits = compile_limits
+        self._budgets = budgets or BudgetSettings()
+        # Told each whole second of work time an agent's process reports (its Performance busy_seconds growing).
+        self.on_work_seconds: Callable[[str, int], Awaitable[None]] | None = None
         self._live: dict[str, LiveAgent] = {}
         self.heartbeats = Judgement()  # whether silence is judged now (not while the bus is out)
         self._breakers: dict[str, Breaker] = {}
@@ -343,7 +347,8 @@ class AgentPool:
             agent_id=agent_id, instance=instance, role=info.role, capabilities=info.capabilities,
             executor=info.executor, executor_config=info.executor_config, hub_url=self._hub_url,
             nats_url=self._nats_url, subject_prefix=self._bus.prefix, heartbeat_seconds=info.heartbeat_seconds,
-            compile_limits=self._compile_limits if info.executor == "wasm" else None, confinement=confinement)
+            compile_limits=self._compile_limits if info.executor == "wasm" else None, confinement=confinement,
+            llm_prices=self._budgets.llm_prices, default_llm_reservation=self._budgets.default_llm_reservation)
         env = {**self._environment(info, config), "AGENTHUB_WORKER": config.model_dump_json(),
                "AGENTHUB_AGENT_TOKEN": token, NATS_LOGIN_ENV: json.dumps(asdict(nats_login))}
         live.instance, live.process, live.announced, live.heartbeat_lost = instance, None, False, False
@@ -573,7 +578,9 @@ class AgentPool:
             live = self._current(agent_id, perf.instance)
             if live is None:
                 return
+            before = live.metrics["busy_seconds"] if live.metrics else 0.0
             live.metrics = perf.model_dump(exclude={"agent_id", "instance"})
+            await self._work_time(agent_id, int(perf.busy_seconds) - int(before))
             if perf.work_done > live.work_done:
                 self._breaker(agent_id).record_success()
                 await self._sync_breaker(agent_id)
@@ -586,6 +593,14 @@ class AgentPool:
             await self.registry.record(agent_id, "error", f"{error.category}: {error.message}")
             if error.category == "logical" and self._ops is not None:
                 self._ops.start_soon(self._fail_logical, agent_id, error.message)
+
+    async def _work_time(self, agent_id: str, seconds: int) -> None:
+        if seconds <= 0 or self.on_work_seconds is None:
+            return
+        try:
+            await self.on_work_seconds(agent_id, seconds)
+        except DATABASE_ERRORS as exc:  # a lost second of work time must not stop the agent's messages
+            log_failure(logger, f"agent {agent_id}: recording {seconds} s of work time failed", exc)
 
     def _current(self, agent_id: str, instance: str) -> LiveAgent | None:
         """The live agent if the message comes from its current process (not a stale or foreign one)."""

@@ -7,7 +7,9 @@ and errors, and feeds work to its executor one item at a time, reporting busy an
 
 Errors are handled by category (the MS-1 error flow): `TransientAgentError` is retried with backoff,
 `LogicalAgentError` is reported and the process waits for the hub to stop it (it must not be restarted into the
-same mistake), anything else is reported as fatal and the process exits non-zero so its supervisor restarts it.
+same mistake), `OverBudgetAgentError` (the hub refused to reserve budget for the work) is reported as a `budget`
+error and only that work item is dropped (the process takes later work), anything else is reported as fatal and
+the process exits non-zero so its supervisor restarts it.
 """
 
 import json
@@ -34,8 +36,9 @@ from pydantic import BaseModel, ValidationError
 
 from agent_pool.models import Announce, ErrorCategory, ErrorEvent, Heartbeat, Performance, WorkerConfig
 from agent_pool.retry import retry
-from agenthub.errors import LogicalAgentError, TransientAgentError
+from agenthub.errors import BUDGET_EXHAUSTED_META, LogicalAgentError, OverBudgetAgentError, TransientAgentError
 from agenthub.nats_auth import NatsLogin
+from agenthub.settings import LlmPrice
 from collaboration.models import RoutedQuestion
 from supervisor.policy import Backoff
 
@@ -104,6 +107,30 @@ class Runtime:
             text = " ".join(c.text for c in result.content if isinstance(c, TextContent))
             raise ToolFailed(f"{name}: {text}")
         return result.structured_content or {}
+
+    # -- budgets (market.budgets, through the hub's budgets tools) ---------------------------------------------------
+
+    def llm_price(self, model: str) -> LlmPrice | None:
+        """What the hub says `model`'s tokens cost (its table's `default` for a model it does not name)."""
+        prices = self.config.llm_prices
+        return prices.get(model) or prices.get("default")
+
+    async def reserve_usage(self, metric: str, amount: int) -> str | None:
+        """Reserve `amount` of this agent's budget on `metric` before work that spends it: the reservation id, or
+        None without a limit. Raises `OverBudgetAgentError` when the hub refuses (the budget is exhausted)."""
+        result = await self.call_tool("reserve_usage", {"agent_id": self.agent_id, "metric": metric,
+                                                        "amount": amount})
+        if result.is_error:
+            text = " ".join(c.text for c in result.content if isinstance(c, TextContent))
+            if result.meta and BUDGET_EXHAUSTED_META in result.meta:
+                raise OverBudgetAgentError(text)
+            raise ToolFailed(f"reserve_usage: {text}")
+        reservation: str | None = (result.structured_content or {}).get("reservation_id")
+        return reservation
+
+    async def report_usage(self, reservations: list[str], **amounts: int) -> None:
+        """Settle `reservations` with the amounts of their metrics and record the rest (`llm_tokens=...`)."""
+        await self.tool("report_usage", {"agent_id": self.agent_id, "reservation_ids": reservations, **amounts})
 
     async def rest(self, path: str) -> httpx2.Response | None:
         """GET a hub REST path as this agent: the response, or None for 404; other failures raise."""
@@ -303,6 +330,8 @@ class Runtime:
                         on_retry=transient)
             if self.shared + self.completed > done_before:
                 self.work_done += 1
+        except OverBudgetAgentError as exc:  # this item is dropped; later ones run once an operator raises the budget
+            await self.report_error("budget", exc.message)
         except LogicalAgentError as exc:
             await self.report_error("logical", exc.message)
             await anyio.sleep(_LOGICAL_GRACE)  # the hub stops us; if it does not, exit without a restart loop

@@ -23,7 +23,7 @@ from agenthub.ring import Ring
 
 logger = logging.getLogger(__name__)
 
-Kind = Literal["agent", "task", "bid", "transfer", "approval"]
+Kind = Literal["agent", "task", "bid", "transfer", "approval", "budget"]
 _PAGE = 500
 
 

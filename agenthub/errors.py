@@ -33,7 +33,8 @@
     │   ├── AuctionClosed            a bid after the auction closed
     │   ├── IllegalTaskTransition    a task state change the task state machine does not allow
     │   ├── WrongTaskState           an action the task's state does not allow (accepting unfinished work)
-    │   └── ApprovalAlreadyDecided   a decision on an approval already decided or expired: it ends once
+    │   ├── ApprovalAlreadyDecided   a decision on an approval already decided or expired: it ends once
+    │   └── BudgetExhausted          a subject's budget on a metric is used up (or denied past its soft limit)
     ├── Unauthenticated              no token, or a token that is unknown or revoked
     ├── Forbidden                    the token's role or agent id does not allow the action
     │   ├── NotEscrowParty           a dispute by someone who is neither the payer nor the payee
@@ -46,7 +47,8 @@
     ├── StartupError                 the hub cannot start; the message is one line for the operator
     └── AgentWorkError               inside an agent process: work that failed, by what to do about it
         ├── TransientAgentError      retry with backoff (a timeout, a rate limit, the hub restarting)
-        └── LogicalAgentError        retrying cannot help (bad configuration, a rejected key): stop and alert
+        ├── LogicalAgentError        retrying cannot help (bad configuration, a rejected key): stop and alert
+        └── OverBudgetAgentError     the hub refused a reservation: drop this work item, stay up for the next
 """
 
 
@@ -361,3 +363,33 @@ class ApprovalAlreadyDecided(Conflict):
         self.state = state
         self.decided_by = decided_by
         self.decided_at = decided_at
+
+
+# -- budgets (market.budgets) ----------------------------------------------------------------------------------------
+
+
+BUDGET_EXHAUSTED_META = "agenthub/budget_exhausted"  # `_meta` of an MCP tool error refused by a budget
+
+
+class BudgetExhausted(Conflict):
+    """No new work for `subject` on `metric` until an operator raises its limit (or sets its limits again after
+    denying it past the soft limit)."""
+
+    def __init__(self, subject: str, metric: str, *, spent: int, reserved: int, limit: int | None,
+                 amount: int = 0, denied: bool = False) -> None:
+        why = (f"an operator denied going past its soft limit ({spent} spent)" if denied else
+               f"{spent} spent + {reserved} reserved + {amount} asked > hard limit {limit}")
+        super().__init__(f"budget exhausted: {subject} on {metric}: {why}; nothing was done. Ask an operator to "
+                         f"raise the limit (agenthub budgets set {subject} --hard {metric}=N)")
+        self.subject = subject
+        self.metric = metric
+        self.spent = spent
+        self.reserved = reserved
+        self.limit = limit
+        self.amount = amount
+        self.denied = denied
+
+
+class OverBudgetAgentError(AgentWorkError):
+    """Inside an agent process: the hub refused a reservation (`BudgetExhausted`); the work item stops, the process
+    keeps running and takes later work once an operator raises the budget."""

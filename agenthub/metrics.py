@@ -68,6 +68,11 @@ class HubMetrics:
         self.wasm_runs = Counter("agenthub_wasm_runs", "Trial runs of WASM modules in the hub", ["outcome"],
                                  registry=r)
 
+        self.budget_spend = Counter("agenthub_budget_spend", "Spend recorded against budgets, by subject and metric "
+                                    "(llm_tokens, llm_cost_micro_usd, tool_calls, work_seconds, credits)",
+                                    ["subject", "metric"], registry=r)
+        self.budget_refused = Counter("agenthub_budget_refused", "Reservations refused at a hard limit (or after "
+                                      "a denied soft limit)", ["subject", "metric"], registry=r)
         self.approvals_pending = Gauge("agenthub_approvals_pending", "Approvals waiting for an operator (refreshed by "
                                        "the expiry sweep)", registry=r)
         self.approvals_requested = Counter("agenthub_approvals_requested", "Approvals requested, by kind (budget, "

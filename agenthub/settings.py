@@ -207,6 +207,41 @@ class NatsSettings(NatsCredentials):
     agents: NatsCredentials | None = None
 
 
+class LlmPrice(BaseModel):
+    """What a model's tokens cost, in micro-USD per million tokens (so $3 per million input tokens is 3_000_000)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input: int = Field(ge=0)
+    output: int = Field(ge=0)
+
+
+def _default_prices() -> dict[str, LlmPrice]:
+    # Anthropic's list prices per million tokens; `default` prices a model the table does not name.
+    return {"claude-opus-4-1": LlmPrice(input=15_000_000, output=75_000_000),
+            "claude-sonnet-4-5": LlmPrice(input=3_000_000, output=15_000_000),
+            "claude-haiku-4-5": LlmPrice(input=1_000_000, output=5_000_000),
+            "default": LlmPrice(input=3_000_000, output=15_000_000)}
+
+
+class BudgetSettings(BaseModel):
+    """Budgets and spend caps (market.budgets)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # An open reservation older than this (its agent crashed before settling) is settled at its reserved amount.
+    reservation_expiry_seconds: float = Field(default=3600.0, gt=0)
+    sweep_seconds: float = Field(default=5.0, gt=0)  # how often expired reservations and unflushed spend are handled
+    # How long a replica believes its list of subjects with limits without reading it again (a change on any
+    # replica reaches the others at once over NATS; this bounds a lost message).
+    cache_seconds: float = Field(default=2.0, gt=0, le=60)
+    # What the claude executor reserves for an API call's input tokens when it cannot estimate them.
+    default_llm_reservation: int = Field(default=4096, ge=0)
+    llm_prices: dict[str, LlmPrice] = Field(default_factory=_default_prices)
+    spend_retention_days: float = Field(default=400.0, gt=0)  # per-minute spend buckets and settled reservations
+    max_series_points: int = Field(default=10_080, ge=1, le=100_000)  # a week of minutes per spend query
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="AGENTHUB_", env_nested_delimiter="__", extra="ignore",
                                       populate_by_name=True)
@@ -244,5 +279,6 @@ class Settings(BaseSettings):
     sandbox: SandboxSettings = Field(default_factory=SandboxSettings)
     approvals: ApprovalSettings = Field(default_factory=ApprovalSettings)
     oauth: OAuthSettings = Field(default_factory=OAuthSettings)
+    budgets: BudgetSettings = Field(default_factory=BudgetSettings)
     # For `claude` agents; read from ANTHROPIC_API_KEY (the Anthropic SDK's own name) and passed to their processes.
     anthropic_api_key: str | None = Field(default=None, validation_alias="ANTHROPIC_API_KEY", repr=False)

@@ -50,6 +50,8 @@ from agenthub.metrics import HubMetrics
 from agenthub.settings import MarketSettings
 from market import bonds
 from market import escrow as escrows
+from market.approvals import ApprovalInfo, Approvals
+from market.budgets import Budgets
 from market.clearing import Award, Bid, Clearing, TaskAuction, clear
 from market.idempotency import prune, run_once, scope_of
 from market.ledger import (
@@ -207,9 +209,13 @@ class Evaluators(Protocol):
 
 class Market:
     def __init__(self, pool: asyncpg.Pool, bus: Bus, metrics: HubMetrics, settings: MarketSettings,
-                 evaluators: Evaluators) -> None:
+                 evaluators: Evaluators, approvals: Approvals, budgets: Budgets) -> None:
         self._pool = pool
         self._evaluators = evaluators
+        self._approvals = approvals
+        self._budgets = budgets
+        approvals.on_decided("task", self._approval_decided)
+        approvals.on_committed("task", self._approval_committed)
         self._bus = bus
         self._metrics = metrics
         self.settings = settings
@@ -258,22 +264,68 @@ class Market:
         if req.acceptance is not None:
             await self._check_acceptance(req.acceptance)
 
+        for subject in (payer, agent_account(req.requester_id)):  # an agent out of budget submits nothing either
+            await self._budgets.require_dispatch(subject)
+
         async def effect(conn: Connection) -> str:
             task_id = _new_task_id()
             held = await escrows.hold(conn, payer, req.budget, task_id, scope=scope_of(who),
                                       key=req.idempotency_key)
+            # Past the requester's credits limit this refuses (and the hold rolls back); settled by `_sweep` with
+            # what the task cost once its escrow ended.
+            credits = await self._budgets.reserve(payer, "credits", req.budget, ref=f"task:{task_id}", conn=conn)
+            approval = None
+            threshold = await self._budgets.approval_threshold(payer, conn=conn)
+            if threshold is not None and req.budget > threshold:
+                approval = await self._approvals.request(
+                    conn, kind="task", subject=payer, requested_by=req.requester_id,
+                    reason=f"task {task_id} of {req.requester_id}: a budget of {req.budget} is over the approval "
+                    f"threshold of {threshold}", detail={"task_id": task_id, "budget": req.budget,
+                                                         "threshold": threshold,
+                                                         "description": req.description[:500]})
             closes = datetime.now(UTC) + timedelta(seconds=req.bidding_seconds)
-            await self.tasks.create(conn, req, task_id=task_id, escrow_id=held.id, closes_at=closes)
+            await self.tasks.create(conn, req, task_id=task_id, escrow_id=held.id, closes_at=closes,
+                                    approval_id=approval.approval_id if approval is not None else None,
+                                    credit_reservation=credits)
             return task_id
 
         task_id = await run_once(self._pool, scope=scope_of(who), key=req.idempotency_key,
                                  request={"op": "submit_task", **req.model_dump(mode="json")}, result_type=str,
                                  effect=effect)
         task = await self.tasks.get(task_id, with_events=True)
-        await self._publish(task_id, "auction", TaskAnnouncement(
-            task_id=task_id, description=task.description, required_capabilities=task.required_capabilities,
-            priority=task.priority, budget=task.budget, bidding_closes_at=task.bidding_closes_at))
+        if task.state == "bidding":
+            await self._announce(task)
         return await self._with_escrow(task)
+
+    async def _announce(self, task: TaskInfo) -> None:
+        await self._publish(task.task_id, "auction", TaskAnnouncement(
+            task_id=task.task_id, description=task.description, required_capabilities=task.required_capabilities,
+            priority=task.priority, budget=task.budget, bidding_closes_at=task.bidding_closes_at))
+
+    async def _approval_decided(self, conn: Connection, approval: ApprovalInfo) -> None:
+        """A person answered for a task over its requester's approval threshold (or nobody did, and the default
+        applied), in the deciding transaction: approved, its auction opens for its bidding time from now; denied,
+        it is cancelled and refunded. A task cancelled meanwhile stays as it is."""
+        task_id = str(approval.detail.get("task_id", ""))
+        row = await conn.fetchrow("SELECT state, bidding_seconds FROM tasks WHERE id = $1 FOR UPDATE", task_id)
+        if row is None or row["state"] != "awaiting_approval":
+            return
+        who = f"{approval.decided_by}" + (f" ({approval.note})" if approval.note else "")
+        if approval.decision == "approve":
+            closes = datetime.now(UTC) + timedelta(seconds=row["bidding_seconds"])
+            await self.tasks.transition(task_id, "bidding", f"approved by {who}: auction open until "
+                                        f"{closes.isoformat()}", conn=conn, bidding_closes_at=closes)
+        else:
+            task = await self.tasks.get(task_id)
+            await self.tasks.transition(task_id, "cancelled", f"approval {approval.state} by {who}", conn=conn)
+            await self._lock_parties(conn, task, paying=False)
+            await escrows.refund(conn, task.escrow_id, scope=HUB_SCOPE, key=f"denied:{task_id}")
+
+    async def _approval_committed(self, approval: ApprovalInfo) -> None:
+        """Once an approval's decision committed: announce the auction it opened."""
+        task = await self.tasks.get(str(approval.detail.get("task_id", "")))
+        if task.state == "bidding" and task.approval_id == approval.approval_id:
+            await self._announce(task)
 
     async def _check_acceptance(self, check: AcceptanceCheck) -> None:
         """Refuse a check that could never run: a schema that is not a JSON Schema, or too big, or an evaluator
@@ -291,6 +343,7 @@ class Market:
 
     async def place_bid(self, who: Principal, req: PlaceBidInput) -> BidPlaced:
         who.require_acting_as(req.agent_id)
+        await self._budgets.require_dispatch(agent_account(req.agent_id))  # a capped agent takes no new work
         required = await self.tasks.required_capabilities(req.task_id)  # a bid must not read every other bid
         if required:
             caps = await self._pool.fetchval("SELECT capabilities FROM agents WHERE id = $1", req.agent_id) or []
@@ -422,8 +475,9 @@ class Market:
             await escrows.refund(conn, task.escrow_id, scope=scope, key=key)
             if forfeit:
                 assert task.winner is not None  # the winner did not deliver: its bond is forfeit
-                await bonds.slash(conn, task_id, task.winner, to=requester_account(task.requester_id),
-                                  fee_percent=self.settings.fee_percent, why=detail)
+                lost = await bonds.slash(conn, task_id, task.winner, to=requester_account(task.requester_id),
+                                         fee_percent=self.settings.fee_percent, why=detail)
+                await self._budgets.record(agent_account(task.winner), "credits", lost, conn=conn)
             await bonds.give_back(conn, task_id, why=detail)
             return state
 
@@ -639,7 +693,9 @@ class Market:
         return published
 
     async def _sweep(self) -> None:
-        """Auto-accept completed tasks whose window passed; fail tasks unfinished past their work timeout."""
+        """Auto-accept completed tasks whose window passed; fail tasks unfinished past their work timeout; settle
+        the credits reservations of tasks whose escrow ended."""
+        await self._settle_credits()
         accept = await self._pool.fetch(
             "SELECT t.id, t.escrow_id FROM tasks t JOIN escrows e ON e.id = t.escrow_id WHERE t.state = 'completed'"
             " AND e.state = 'held' AND t.completed_at < now() - make_interval(secs => $1) LIMIT $2",
@@ -654,6 +710,20 @@ class Market:
         for row in late:
             await self._guarded(self._end(row["id"], "failed", "timed out", key=f"timeout:{row['id']}",
                                           scope=HUB_SCOPE))
+
+    async def _settle_credits(self) -> None:
+        """A task's credits reservation becomes the requester's spend once its escrow ended: what left the
+        requester for good (paid to the agent and the fee), the rest of the budget having come back."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            ended = await conn.fetch(
+                "SELECT t.id, t.credit_reservation, e.paid_to_payee + e.fee AS cost FROM tasks t"
+                " JOIN escrows e ON e.id = t.escrow_id WHERE t.credit_reservation IS NOT NULL"
+                " AND e.settled_at IS NOT NULL ORDER BY t.id LIMIT $1 FOR UPDATE OF t SKIP LOCKED", _BATCH)
+            for row in ended:
+                await self._budgets.settle(row["credit_reservation"], int(row["cost"]), conn=conn)
+            if ended:
+                await conn.execute("UPDATE tasks SET credit_reservation = NULL WHERE id = ANY($1)",
+                                   [r["id"] for r in ended])
 
     @staticmethod
     async def _guarded(action: Awaitable[None]) -> None:

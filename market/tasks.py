@@ -68,18 +68,19 @@ class TaskStore:
         self._pool = pool
 
     async def create(self, conn: Connection, req: SubmitTaskInput, *, task_id: str, escrow_id: str,
-                     closes_at: datetime, approval_id: str | None = None) -> None:
+                     closes_at: datetime, approval_id: str | None = None,
+                     credit_reservation: str | None = None) -> None:
         """Store a new task: bidding until `closes_at`, or, with `approval_id`, awaiting that approval (its
         auction then opens for `req.bidding_seconds`)."""
         state = "bidding" if approval_id is None else "awaiting_approval"
         acceptance = req.acceptance.model_dump_json() if req.acceptance is not None else None
         await conn.execute(
             "INSERT INTO tasks (id, requester_id, description, required_capabilities, priority, parameters, budget,"
-            " state, bidding_closes_at, escrow_id, bidding_seconds, approval_id, bond_percent, acceptance)"
-            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+            " state, bidding_closes_at, escrow_id, bidding_seconds, approval_id, bond_percent, acceptance,"
+            " credit_reservation) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
             task_id, req.requester_id, req.description, req.required_capabilities, req.priority,
             json.dumps(req.parameters), req.budget, state, closes_at, escrow_id, req.bidding_seconds, approval_id,
-            req.bond_percent, acceptance)
+            req.bond_percent, acceptance, credit_reservation)
         detail = (f"auction open until {closes_at.isoformat()}" if approval_id is None
                   else f"waiting for approval {approval_id}")
         await self._event(conn, task_id, "transition", None, state, detail)

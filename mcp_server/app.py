@@ -40,6 +40,7 @@ from agenthub.token_cache import TokenCache
 from collaboration.orchestrator import Orchestrator
 from collaboration.service import Collaboration
 from market.approvals import Approvals
+from market.budgets import Budgets
 from market.service import Market
 from mcp_server.direct import McpEndpoint
 from mcp_server.server import ResourceNotifier, build_server
@@ -51,6 +52,7 @@ from supervisor import INTENSITY_REACHED, Backoff, ChildSpec, Supervisor, Superv
 from supervisor.service import Service, service_child
 from web_ui import agents, api, dashboard, oauth, ops, problems, streams, tokens
 from web_ui import approvals as approvals_api
+from web_ui import budgets as budgets_api
 from web_ui import market as market_api
 from web_ui import sandbox as sandbox_api
 from web_ui.endpoints import openapi
@@ -70,7 +72,7 @@ _THREAD_SWITCH_SECONDS = 0.0005
 # A dead embedded server is started again at once, then after 0.5, 1, 2 ... up to 10 s while it keeps dying.
 _SERVICE_BACKOFF = Backoff(initial=0.5, maximum=10.0)
 _ENDPOINTS = [*api.ENDPOINTS, *tokens.ENDPOINTS, *agents.ENDPOINTS, *market_api.ENDPOINTS, *sandbox_api.ENDPOINTS,
-              *approvals_api.ENDPOINTS]
+              *approvals_api.ENDPOINTS, *budgets_api.ENDPOINTS]
 
 
 def base_url(settings: Settings) -> str:
@@ -155,16 +157,18 @@ async def open_hub(settings: Settings, *, nats_monitor_url: str | None = None,
         agents = AgentPool(pool=pool, bus=bus, metrics=metrics, settings=settings.agents, replica=replica_id(settings),
                            hub_url=local_url(settings), nats_url=settings.nats_url, data_dir=settings.data_dir,
                            nats_users=nats_users, agent_nats_login=_agent_nats_login(settings),
-                           anthropic_api_key=settings.anthropic_api_key,
+                           anthropic_api_key=settings.anthropic_api_key, budgets=settings.budgets,
                            compile_limits=settings.sandbox.compile_limits())
         orchestrator = Orchestrator(collab.log, collab.contexts, metrics, targets=agents.route_targets,
                                     max_depth=settings.agents.max_question_depth,
                                     per_agent_per_minute=settings.agents.questions_per_agent_per_minute)
         collab.feed.add_hook(orchestrator.discovery_shared)
         approvals = Approvals(pool, bus, metrics, settings.approvals)
+        budgets = await stack.enter_async_context(Budgets(pool, bus, metrics, settings.budgets, approvals))
+        agents.on_work_seconds = budgets.work_time
         runner = stack.enter_context(Runner(concurrency=settings.sandbox.concurrency))
         sandbox = _sandbox(settings, pool, metrics, runner)
-        market = Market(pool, bus, metrics, settings.market, sandbox)
+        market = Market(pool, bus, metrics, settings.market, sandbox, approvals, budgets)
         activity = ActivityFeed(ActivityLog(pool), ring_size=settings.sse.ring_size,
                                 poll_seconds=settings.sse.activity_poll_seconds)
         await activity.start()
@@ -172,14 +176,14 @@ async def open_hub(settings: Settings, *, nats_monitor_url: str | None = None,
         root = Supervisor("hub", [*agents.children(), ChildSpec(id="orchestrator", start=task_child(orchestrator.run)),
                                   *market.children(), ChildSpec(id="retention", start=task_child(collab.retention.run)),
                                   ChildSpec(id="activity-feed", start=task_child(activity.run)),
-                                  *approvals.children()],
+                                  *approvals.children(), *budgets.children()],
                           max_restarts=3, period=60, listener=_log_root_event)
         await stack.enter_async_context(root)
         stack.push_async_callback(agents.stop_all)  # runs before the root supervisor stops: agents end as stopped
         await agents.reconcile()
         state = HubState(settings=settings, pool=pool, bus=bus, metrics=metrics, tokens=token_cache, limiter=limiter,
-                         collab=collab, agents=agents, market=market, approvals=approvals, sandbox=sandbox,
-                         activity=activity,
+                         collab=collab, agents=agents, market=market, approvals=approvals, budgets=budgets,
+                         sandbox=sandbox, activity=activity,
                          snapshots=ops.Snapshots(settings.sse.metrics_seconds), supervisor=root,
                          orchestrator=orchestrator, services=embedded, nats_monitor_url=nats_monitor_url)
         await root.start_child(ChildSpec(id="snapshots", start=task_child(partial(state.snapshots.run, state))))

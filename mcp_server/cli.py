@@ -453,6 +453,73 @@ def run_task(remote: Remote, args: argparse.Namespace) -> None:
     _show(args, task, lambda: [_task_line(task)])
 
 
+# -- budgets ----------------------------------------------------------------------------------------------------------
+
+
+def _limit_pairs(values: list[str] | None, flag: str) -> dict[str, int]:
+    pairs: dict[str, int] = {}
+    for value in values or []:
+        metric, sep, number = value.partition("=")
+        if not sep or not number.isascii() or not number.isdigit():
+            raise InvalidInput(f"{flag} {value!r}: use METRIC=N, e.g. {flag} llm_tokens=100000")
+        pairs[metric] = int(number)
+    return pairs
+
+
+def _budget_lines(budget: dict[str, Any]) -> list[str]:
+    lines = [f"{budget['subject']}  approval threshold: {budget['approval_threshold'] or '-'}"
+             + (f"  EXHAUSTED: {', '.join(budget['exhausted'])}" if budget["exhausted"] else "")]
+    for metric in dict.fromkeys([*budget["limits"], *budget["spent"]]):
+        limit = budget["limits"].get(metric, {})
+        soft, hard = limit.get("soft"), limit.get("hard")
+        lines.append(f"  {metric:<20} spent {budget['spent'].get(metric, 0):>14} reserved "
+                     f"{budget['reserved'].get(metric, 0):>12}  soft {soft if soft is not None else '-':>12}  "
+                     f"hard {hard if hard is not None else '-':>12}")
+    return lines
+
+
+def run_budgets(remote: Remote, args: argparse.Namespace) -> None:
+    command = args.budgets_command
+    if command == "list":
+        listed = remote.request("GET", "/api/v1/budgets")
+        _show(args, listed, lambda: [line for b in listed["budgets"] for line in _budget_lines(b)])
+        return
+    path = f"/api/v1/budgets/{urllib.parse.quote(args.subject)}"
+    if command == "show":
+        budget = remote.request("GET", path)
+    elif command == "set":
+        soft, hard = _limit_pairs(args.soft, "--soft"), _limit_pairs(args.hard, "--hard")
+        current = remote.request("GET", path)["limits"]
+        limits = {m: {**current.get(m, {"soft": None, "hard": None}), **({"soft": soft[m]} if m in soft else {}),
+                      **({"hard": hard[m]} if m in hard else {})} for m in dict.fromkeys([*soft, *hard])}
+        body: dict[str, Any] = {"limits": limits}
+        if args.approval_threshold is not None:
+            body["approval_threshold"] = args.approval_threshold
+        budget = remote.request("PUT", path, body)
+    else:  # spend
+        series = remote.request("GET", f"{path}/spend?metric={urllib.parse.quote(args.metric)}")
+        _show(args, series, lambda: [f"{'MINUTE':<19} {'AMOUNT':>14} {'TOTAL':>16}", *(
+            f"{p['at'][:19]:<19} {p['amount']:>14} {p['total']:>16}" for p in series["points"])])
+        return
+    _show(args, budget, lambda: _budget_lines(budget))
+
+
+def _budgets_parser(sub: Any) -> Any:
+    budgets_p = sub.add_parser("budgets", help="budgets and spend caps per agent and requester")
+    budgets_sub = budgets_p.add_subparsers(dest="budgets_command", required=True)
+    budgets_sub.add_parser("list", help="every subject with limits or spend")
+    budgets_sub.add_parser("show", help="one subject's limits, spend and reservations").add_argument("subject")
+    set_p = budgets_sub.add_parser("set", help="set limits (operator): agent:<id> or requester:<id>")
+    set_p.add_argument("subject")
+    set_p.add_argument("--hard", action="append", metavar="METRIC=N", help="hard limit: new work refused at it")
+    set_p.add_argument("--soft", action="append", metavar="METRIC=N", help="soft limit: past it an operator is asked")
+    set_p.add_argument("--approval-threshold", type=int, help="requesters: tasks with a larger budget wait for "
+                       "approval")
+    spend_p = budgets_sub.add_parser("spend", help="spend per minute over the last day, with the running total")
+    spend_p.add_argument("subject")
+    spend_p.add_argument("--metric", default="llm_tokens", help="llm_tokens (default), llm_cost_micro_usd, "
+                         "tool_calls, work_seconds or credits")
+    return budgets_sub
 def _approval_line(approval: dict[str, Any]) -> str:
     decided = f"{approval['decision']} by {approval['decided_by']}" if approval["decision"] else \
         f"expires {_stamp(approval['expires_at'])}"
@@ -597,7 +664,9 @@ def _parser() -> argparse.ArgumentParser:
     connect_p = sub.add_parser("connect", help="MCP over stdio for clients that only start commands (Claude "
                                "Desktop, Cursor, VS Code): forwards to the hub's Streamable HTTP endpoint")
     _client_options(connect_p, json_output=False)
-    for group in (token_sub, agent_sub, binary_sub, account_sub, task_sub, sandbox_sub, disc_sub, approvals_sub):
+    budgets_sub = _budgets_parser(sub)
+    for group in (token_sub, agent_sub, binary_sub, account_sub, task_sub, sandbox_sub, disc_sub, approvals_sub,
+                  budgets_sub):
         for p in group.choices.values():
             if p not in (binary_p, connect_p):
                 _client_options(p, json_output=group is not disc_sub and p is not run_p)
@@ -664,7 +733,8 @@ def _run(args: argparse.Namespace) -> None:
                     token=find_token(args.token, settings.data_dir))
     commands: dict[str, Callable[[Remote, argparse.Namespace], None]] = {
         "agent": run_agent, "account": run_account, "task": run_task, "sandbox": run_sandbox,
-        "discoveries": run_discoveries, "token": run_token, "connect": run_connect, "approvals": run_approvals}
+        "discoveries": run_discoveries, "token": run_token, "connect": run_connect, "approvals": run_approvals,
+        "budgets": run_budgets}
     try:
         commands[args.command](remote, args)
     except (KeyError, TypeError) as exc:  # an answer without the fields this CLI reads: not a hub of its version

@@ -25,7 +25,7 @@ from starlette.types import Scope
 from agent_pool.models import AgentRef, ListAgentsInput, SpawnAgentInput
 from agenthub.auth import Principal, Role
 from agenthub.database import UNAVAILABLE, unavailable
-from agenthub.errors import HubError, RateLimited, ServiceUnavailable
+from agenthub.errors import BUDGET_EXHAUSTED_META, BudgetExhausted, HubError, RateLimited, ServiceUnavailable
 from agenthub.text import find_unstorable
 from collaboration.models import (
     EmptyInput,
@@ -38,6 +38,8 @@ from collaboration.models import (
     validation_errors,
 )
 from market.approvals import ApprovalRef, DecideApprovalInput, ListApprovalsInput, RequestApprovalInput
+from market.budget_models import ReportUsageInput, ReserveUsageInput
+from market.budgets import agent_subject
 from market.models import PlaceBidInput, ReportTaskInput, SubmitTaskInput, TaskRef
 from web_ui.agents import listed
 from web_ui.state import HubState
@@ -194,6 +196,21 @@ TOOLS: list[ToolSpec] = [
         input=ListAgentsInput, roles=OPERATOR_PROFILE, read_only=True,
         run=lambda h, who, req: listed(h, req),
     ),
+    # -- budgets (market.budgets): never refused at a budget's limit, so a capped agent can still report its usage
+    ToolSpec(
+        name="reserve_usage", group="budgets",
+        description="Reserve budget before work that spends it (LLM tokens, cost): a reservation_id to settle with "
+        "report_usage, or null without a limit; an error when exhausted (then skip the work).",
+        input=ReserveUsageInput, roles=AGENT_PROFILE,
+        run=lambda h, who, req: h.budgets.reserve_usage(who, req),
+    ),
+    ToolSpec(
+        name="report_usage", group="budgets",
+        description="Report what your work spent: settles the reservations named with their metric's amount, "
+        "records the rest.",
+        input=ReportUsageInput, roles=AGENT_PROFILE,
+        run=lambda h, who, req: h.budgets.report_usage(who, req),
+    ),
     # -- approvals (market.approvals) --
     ToolSpec(
         name="request_approval", group="approvals",
@@ -221,6 +238,7 @@ TOOLS: list[ToolSpec] = [
         run=lambda h, who, req: h.approvals.decide(who, req.approval_id, req.decision, req.note),
     ),
 ]
+UNMETERED_GROUPS = frozenset({"budgets", "approvals"})  # tool calls not counted against an agent's tool_calls
 _BY_NAME = {t.name: t for t in TOOLS}
 # Built once: generating JSON schemas costs milliseconds, and the SDK looks a tool's up on every call.
 _DEFINITIONS = {t.name: t.definition() for t in TOOLS}
@@ -305,12 +323,21 @@ def tool_error(exc: HubError) -> types.CallToolResult:
     result = _text_result(exc.message)
     if isinstance(exc, RateLimited | ServiceUnavailable):
         result.meta = {RETRY_AFTER_META: round(exc.retry_after, 3)}
+    elif isinstance(exc, BudgetExhausted):
+        result.meta = {BUDGET_EXHAUSTED_META: {"subject": exc.subject, "metric": exc.metric}}
     return result
 
 
 def _validation_message(exc: ValidationError) -> str:
     details = (f"{loc or 'arguments'}: {msg}" for loc, msg, _ in validation_errors(exc))
     return "invalid arguments: " + "; ".join(details)
+
+
+async def _meter_tool_call(hub: HubState, who: Principal) -> None:
+    """One `tool_calls` of the agent's budget: counted in memory without a limit, else charged (or refused)."""
+    subject = agent_subject(who.agent_id or "")
+    if not hub.budgets.count(subject, "tool_calls"):
+        await hub.budgets.charge(subject, "tool_calls", 1)
 
 
 async def call_tool(hub: HubState, who: Principal, name: str, arguments: dict[str, Any] | None,
@@ -330,6 +357,8 @@ async def call_tool(hub: HubState, who: Principal, name: str, arguments: dict[st
             outcome = "invalid"
             return _text_result(f"invalid arguments: {unstorable[0] or 'arguments'}: {unstorable[1]}")
         req = spec.input.model_validate(arguments or {})
+        if who.role is Role.AGENT and spec.group not in UNMETERED_GROUPS:
+            await _meter_tool_call(hub, who)
         output = await spec.run(hub, who, req)
         outcome = "ok"
         return types.CallToolResult(

@@ -41,10 +41,13 @@ def tool_use(name: str, arguments: dict[str, Any], *, id: str | None = None) -> 
     return {"type": "tool_use", "id": id or f"toolu_{next(_ids):04d}", "name": name, "input": arguments}
 
 
-def message(*content: dict[str, Any], stop_reason: str = "end_turn") -> Reply:
+def message(*content: dict[str, Any], stop_reason: str = "end_turn", input_tokens: int = 10,
+            output_tokens: int = 5, **usage: int) -> Reply:
+    """A reply reporting its usage (`cache_read_input_tokens=...` and the like go into `usage` too)."""
     return Reply(body={"id": f"msg_{next(_ids):04d}", "type": "message", "role": "assistant",
                        "model": "claude-test", "content": list(content), "stop_reason": stop_reason,
-                       "stop_sequence": None, "usage": {"input_tokens": 10, "output_tokens": 5}})
+                       "stop_sequence": None,
+                       "usage": {"input_tokens": input_tokens, "output_tokens": output_tokens, **usage}})
 
 
 def error(status: int, kind: str, detail: str) -> Reply:

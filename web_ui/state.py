@@ -20,6 +20,7 @@ from agenthub.token_cache import TokenCache
 from collaboration.orchestrator import Orchestrator
 from collaboration.service import Collaboration
 from market.approvals import Approvals
+from market.budgets import Budgets
 from market.service import Market
 from sandbox.service import SandboxService
 from supervisor import Supervisor
@@ -45,6 +46,7 @@ class HubState:
     collab: Collaboration
     agents: AgentPool
     market: Market
+    budgets: Budgets
     approvals: Approvals
     sandbox: SandboxService
     activity: ActivityFeed

@@ -10,6 +10,12 @@ Contract:
   Every `tool_use` block is run through `Runtime.call_tool` and answered with a `tool_result`, with `is_error` when
   the hub returned an error result or refused the call. A work item makes at most `config.max_turns` API calls;
   tool calls the model asks for in the last one are not run, and its text (if any) is the answer.
+* Budgets: before each API call the executor reserves this agent's budget through the hub (`reserve_usage`):
+  `llm_tokens` for `max_tokens` plus an estimate of the input, `llm_cost_micro_usd` for those at the model's price
+  in the hub's table; after it, it settles them with the usage the API reported (input, output and cache tokens)
+  through `report_usage`, which also records the usage of agents without limits. A refused reservation raises
+  `OverBudgetAgentError`: the work item stops without another API call, the process stays up. The two budget
+  tools are not offered to the model.
 * Key: `ANTHROPIC_API_KEY` from the agent process's environment (the hub hands it to the process, like its
   configuration); a missing key is a `LogicalAgentError`. The key is never logged.
 * Failures: every API call goes through the `anthropic` circuit breaker with the configured call timeout. Transient
@@ -26,6 +32,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anthropic
+import anyio
 from anthropic.types import Message, MessageParam, TextBlockParam, ToolParam, ToolResultBlockParam, ToolUseBlock
 from mcp.types import CallToolResult, TextContent
 
@@ -34,6 +41,7 @@ from agent_pool.models import ClaudeConfig
 from agent_pool.retry import retry
 from agent_pool.runtime import INITIAL_TAG, Runtime, ToolFailed
 from agenthub.errors import AgentWorkError, CircuitOpen, LogicalAgentError, TransientAgentError
+from agenthub.settings import LlmPrice
 from collaboration.models import RoutedQuestion
 from supervisor.breaker import Breaker
 from supervisor.policy import Backoff
@@ -46,6 +54,8 @@ ATTEMPTS = 3  # per API call; the runtime retries the whole work item on top of 
 BACKOFF = Backoff(initial=1.0, maximum=20.0, reset_after=60.0)
 _TRANSIENT_STATUS = frozenset({408, 409, 429})  # and every 5xx
 _MAX_TOOL_RESULT_CHARS = 50_000  # a poll can return megabytes; the model's context window is the limit
+_HIDDEN_TOOLS = frozenset({"reserve_usage", "report_usage"})  # the executor's own bookkeeping, not the model's
+_CHARS_PER_TOKEN = 3  # an input estimate on the safe side (English averages about four characters a token)
 
 
 def breaker_for(config: ClaudeConfig) -> Breaker:
@@ -106,6 +116,23 @@ def error_result(tool_use_id: str, message: str) -> ToolResultBlockParam:
             "content": [{"type": "text", "text": message}]}
 
 
+def cost_micro_usd(price: LlmPrice, *, input_tokens: int, output_tokens: int, cache_write: int = 0,
+                   cache_read: int = 0) -> int:
+    """What a call costs in micro-USD, rounded up: cache writes at 1.25 and cache reads at 0.1 times the input
+    price (Anthropic's pricing)."""
+    per_million = (input_tokens * price.input + cache_write * price.input * 5 // 4 + cache_read * price.input // 10
+                   + output_tokens * price.output)
+    return -(-per_million // 1_000_000)
+
+
+def estimate_input_tokens(system: str, tools: list[ToolParam], messages: list[MessageParam], default: int) -> int:
+    """A bound on the input tokens of a request, from its size; `default` when it cannot be measured."""
+    try:
+        return len(json.dumps([system, tools, messages], default=str)) // _CHARS_PER_TOKEN
+    except (TypeError, ValueError):
+        return default
+
+
 def final_text(message: Message) -> str:
     return "\n\n".join(block.text for block in message.content if block.type == "text").strip()
 
@@ -161,7 +188,8 @@ class ClaudeExecutor(PromptExecutor):
                     raise work_error(exc) from exc
 
             for turn in range(1, self.config.max_turns + 1):
-                reply = await self._call(create)
+                estimate = estimate_input_tokens(system, tools, messages, rt.config.default_llm_reservation)
+                reply = await self._metered(rt, create, estimate)
                 calls = [block for block in reply.content if isinstance(block, ToolUseBlock)]
                 if reply.stop_reason != "tool_use" or not calls:
                     return final_text(reply)
@@ -173,6 +201,41 @@ class ClaudeExecutor(PromptExecutor):
         logger.warning("agent %s: the model still wanted tools after %d turns; using its last text",
                        rt.agent_id, self.config.max_turns)
         return final_text(reply)
+
+    async def _metered(self, rt: Runtime, create: Callable[[], Awaitable[Message]], input_tokens: int) -> Message:
+        """One API call between a reservation of its bound and the report of what it used."""
+        price = rt.llm_price(self.config.model)
+        bounds = {"llm_tokens": input_tokens + self.config.max_tokens}
+        if price is not None:
+            bounds["llm_cost_micro_usd"] = cost_micro_usd(price, input_tokens=input_tokens,
+                                                          output_tokens=self.config.max_tokens)
+        held: list[str] = []
+        try:
+            for metric, amount in bounds.items():
+                if (reservation := await rt.reserve_usage(metric, amount)) is not None:
+                    held.append(reservation)
+            reply = await self._call(create)
+        except BaseException:
+            if held:  # the call did not happen or failed: it spent nothing we know of
+                with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+                    await self._report(rt, held, dict.fromkeys(bounds, 0))
+            raise
+        usage = reply.usage
+        cache_write, cache_read = usage.cache_creation_input_tokens or 0, usage.cache_read_input_tokens or 0
+        used = {"llm_tokens": usage.input_tokens + usage.output_tokens + cache_write + cache_read}
+        if price is not None:
+            used["llm_cost_micro_usd"] = cost_micro_usd(price, input_tokens=usage.input_tokens,
+                                                        output_tokens=usage.output_tokens, cache_write=cache_write,
+                                                        cache_read=cache_read)
+        await self._report(rt, held, used)
+        return reply
+
+    @staticmethod
+    async def _report(rt: Runtime, held: list[str], used: dict[str, int]) -> None:
+        try:
+            await rt.report_usage(held, **used)
+        except (ToolFailed, AgentWorkError) as exc:  # unsettled reservations expire at their reserved amount
+            logger.warning("agent %s: reporting usage %s failed: %s", rt.agent_id, used, exc)
 
     async def _call(self, create: Callable[[], Awaitable[Message]]) -> Message:
         """One Messages API call through the breaker, retried while it fails transiently."""
@@ -201,7 +264,7 @@ class ClaudeExecutor(PromptExecutor):
             while True:
                 listed = await rt.client.list_tools(cursor=cursor)
                 tools.extend({"name": t.name, "description": t.description or t.title or t.name,
-                              "input_schema": t.input_schema} for t in listed.tools)
+                              "input_schema": t.input_schema} for t in listed.tools if t.name not in _HIDDEN_TOOLS)
                 cursor = listed.next_cursor
                 if cursor is None:
                     break

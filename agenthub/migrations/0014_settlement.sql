@@ -41,7 +41,11 @@ ALTER TABLE tasks
     -- {"passed": bool, "checked_at", "schema": {...} | null, "evaluator": {...} | null}: the check's outcome.
     ADD COLUMN check_outcome jsonb,
     ADD COLUMN clearing_batch text,  -- the tasks cleared together share it: a replay re-runs their clearing
-    ADD COLUMN cleared_at timestamptz;
+    ADD COLUMN cleared_at timestamptz,
+    -- The requester's credits reservation (market.budgets) for the budget: settled with what the task cost once
+    -- its escrow ended (null: the requester has no credits limit).
+    ADD COLUMN credit_reservation text;
+CREATE INDEX tasks_credit_reservation_idx ON tasks (updated_at) WHERE credit_reservation IS NOT NULL;
 CREATE INDEX tasks_clearing_batch_idx ON tasks (clearing_batch) WHERE clearing_batch IS NOT NULL;
 
 -- The reputation each bid was scaled by when its auction cleared (null until then, and for bids never cleared).
