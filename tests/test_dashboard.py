@@ -376,6 +376,74 @@ async def test_the_pending_count_follows_approval_events_and_an_operator_decides
         await browser.screenshot("approval-decided-first")
 
 
+async def report_usage(http: httpx2.AsyncClient, agent_id: str, **amounts: int) -> None:
+    r = await http.post(f"/api/v1/budgets/agent:{agent_id}/usage", json=amounts)
+    assert r.status_code == 200, r.text
+
+
+def chart(metric: str) -> str:
+    return f'#view .spend-chart[data-metric="{metric}"]'
+
+
+async def limited_spend(http: httpx2.AsyncClient, agent_id: str) -> None:
+    """Limits on the agent's tool calls and LLM cost, and some spend on both."""
+    r = await http.put(f"/api/v1/budgets/agent:{agent_id}", json={"limits": {
+        "tool_calls": {"soft": 50, "hard": 100}, "llm_cost_micro_usd": {"soft": None, "hard": 2_000_000}}})
+    assert r.status_code == 200, r.text
+    await report_usage(http, agent_id, tool_calls=30, llm_cost_micro_usd=1_234_567)
+
+
+async def test_an_agents_page_plots_its_spend_with_the_limits_and_the_soft_limit_raises_an_approval(
+        dash_hub: RunningHub, browser: Browser) -> None:
+    async with dash_hub.http() as http:
+        await http.post("/api/v1/agents", json=worker("w9", ["count"]))
+        r = await http.put("/api/v1/budgets/agent:w9", json={"limits": {"llm_tokens": {"soft": 500, "hard": 1000}}})
+        assert r.status_code == 200, r.text
+        await browser.sign_in(dash_hub.url, dash_hub.operator_token)
+        await browser.go("#/agents/w9", "Agent w9")
+        await browser.find(f"{chart('llm_tokens')} line.limit-hard[data-value='1000']")
+        assert await browser.count(f"{chart('llm_tokens')} .spend-point") == 0  # limits, nothing spent yet
+
+        await report_usage(http, "w9", llm_tokens=300)
+        await browser.wait_for("const p = document.querySelectorAll(arguments[0]);"
+                               "return p.length && p[p.length - 1].dataset.total === '300'",
+                               f"{chart('llm_tokens')} .spend-point", seconds=10, what="the first report plotted")
+        await report_usage(http, "w9", llm_tokens=400)  # past the soft limit: the hub asks an operator
+        await browser.wait_for("const p = document.querySelectorAll(arguments[0]);"
+                               "return p.length && p[p.length - 1].dataset.total === '700'",
+                               f"{chart('llm_tokens')} .spend-point", seconds=10, what="the second report plotted")
+        series = (await http.get("/api/v1/budgets/agent:w9/spend", params={"metric": "llm_tokens"})).json()
+        # One point per minute's spend (both reports fall in one minute unless a minute turned between them).
+        assert [p["total"] for p in series["points"]][-1] == 700
+        assert await browser.count(f"{chart('llm_tokens')} .spend-point") == len(series["points"])
+        # Drawn where it belongs: the total above the soft limit's line, below the hard limit's (SVG y grows down).
+        soft, point, hard = await browser.js(
+            "const c = document.querySelector(arguments[0]); const p = c.querySelectorAll('.spend-point');"
+            "return [c.querySelector('.limit-soft').getAttribute('y1'), p[p.length - 1].getAttribute('cy'),"
+            " c.querySelector('.limit-hard').getAttribute('y1')].map(Number)", chart("llm_tokens"))
+        assert hard < point < soft
+        assert await browser.text('#view .budget tr[data-metric=llm_tokens] .spent') == "700"
+        await browser.wait_for("return document.querySelector('#nav-pending').textContent === '1'", seconds=5,
+                               what="the soft limit's approval counted in the nav")
+        [approval] = (await http.get("/api/v1/approvals", params={"state": "pending"})).json()["approvals"]
+        assert (approval["kind"], approval["subject"]) == ("budget", "agent:w9")
+        await browser.screenshot("agent-spend")
+
+        await browser.go("#/budgets", "Budgets")
+        await browser.find('#budgets-table tr[data-subject="agent:w9"][data-metric=llm_tokens]')
+        assert "700" in await browser.text('#budgets-table tr[data-subject="agent:w9"][data-metric=llm_tokens]')
+        # An operator sets a requester's limits from the page, and lands on its budget.
+        await browser.click("details.share > summary")
+        await browser.fill_form("#budget-form", {"subject": "requester:carol", "hard": "5000",
+                                                 "approval_threshold": "300"})
+        await browser.choose("#budget-form select[name=metric]", "credits")
+        await browser.click("#budget-form button[type=submit]")
+        await browser.go("#/budgets/requester:carol", "Budget of requester:carol")
+        await browser.find(f"{chart('credits')} line.limit-hard[data-value='5000']")
+        budget = (await http.get("/api/v1/budgets/requester:carol")).json()
+        assert budget["limits"]["credits"] == {"soft": None, "hard": 5000} and budget["approval_threshold"] == 300
+
+
 async def test_the_feed_catches_up_after_the_stream_drops_and_shows_each_discovery_once(
         dash_hub: RunningHub, browser: Browser) -> None:
     await browser.sign_in(dash_hub.url, dash_hub.operator_token)
@@ -418,6 +486,7 @@ async def test_a_viewer_sees_every_page_but_no_form_or_button_that_writes(
                                                    "bidding_seconds": 30, "idempotency_key": str(uuid.uuid4())})
         task_id = r.json()["task_id"]
         cleared = await cleared_task(http, "dora")
+        await limited_spend(http, "w2")
     asked = await ask(dash_hub, "w2", "Buy more paint")
     async with dash_hub.mcp() as client:
         shared = await share(client)
@@ -433,6 +502,8 @@ async def test_a_viewer_sees_every_page_but_no_form_or_button_that_writes(
              (f"#/tasks/{cleared}/audit", f"Audit of task {cleared}", ".replay-matches"),
              ("#/approvals", "Approvals", f"tr[data-approval-id={asked}][data-state=pending]"),
              (f"#/approvals/{asked}", f"Approval {asked}", ".approval[data-state=pending]"),
+             ("#/budgets", "Budgets", '#budgets-table tr[data-subject="agent:w2"]'),
+             ("#/budgets/agent:w2", "Budget of agent:w2", f"{chart('tool_calls')} .spend-point"),
              ("#/accounts/requester:dora", "Account requester:dora", ".balance")]
     for route, heading, content in pages:
         await browser.go(route, heading)
@@ -493,6 +564,7 @@ async def test_every_page_fits_a_phone_screen_without_scrolling_sideways_and_its
             "parameters": {"colour": "x" * 120}, "idempotency_key": str(uuid.uuid4())})
         task_id = r.json()["task_id"]
         cleared = await cleared_task(http, "erin")
+        await limited_spend(http, "a-rather-long-agent-identifier-for-phones")
     async with dash_hub.mcp() as client:
         shared = await share(client, content="A discovery with an unbroken word " + "y" * 150,
                              tags=["a-long-tag-for-the-phone-layout"])
@@ -506,7 +578,8 @@ async def test_every_page_fits_a_phone_screen_without_scrolling_sideways_and_its
              ("#/discoveries", "Discoveries", item(shared["discovery_id"]), "discoveries"),
              (f"#/discoveries/{shared['discovery_id']}", "Discovery", ".thread", "discovery"),
              ("#/agents", "Agents", "tr[data-agent-id]", "agents"),
-             ("#/agents/a-rather-long-agent-identifier-for-phones", "Agent a-rather", ".facts", "agent"),
+             ("#/agents/a-rather-long-agent-identifier-for-phones", "Agent a-rather", ".spend-chart", "agent"),
+             ("#/budgets", "Budgets", "#budgets-table tr[data-subject]", "budgets"),
              ("#/tasks", "Tasks", "tr[data-task-id]", "tasks"),
              (f"#/tasks/{task_id}", f"Task {task_id}", ".bid-count", "task"),
              (f"#/tasks/{cleared}", f"Task {cleared}", "#audit .replay-matches", "task-cleared"),

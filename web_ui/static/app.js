@@ -18,6 +18,8 @@
   const MAX_ACTIVITY = 30; // recent events shown on the overview
   const THREAD_DEPTH = 25; // related_to links followed upwards
   const RECONNECT_MAX_MS = 15000;
+  const ACTIVITY_KINDS = ["discovery", "agent", "task", "bid", "transfer", "approval", "budget"];
+  const METRICS = ["llm_tokens", "llm_cost_micro_usd", "tool_calls", "work_seconds", "credits"]; // budgets'
 
   // -- small DOM helpers ---------------------------------------------------------------------------------------
 
@@ -185,7 +187,7 @@
     const mine = (fn) => (ev) => { if (stream.source === source) fn(ev); };
     source.addEventListener("connected", mine(onConnected));
     source.addEventListener("metrics_update", mine((ev) => onMetrics(JSON.parse(ev.data))));
-    for (const kind of ["discovery", "agent", "task", "bid", "transfer", "approval"]) {
+    for (const kind of ACTIVITY_KINDS) {
       source.addEventListener(kind, mine((ev) => onStreamEvent(kind, ev)));
     }
     // The browser would reconnect by itself, but only from the last id *it* saw; reconnecting here resumes from
@@ -410,6 +412,10 @@
           `${data.state} by ${data.decided_by}`}: ${shorten(data.reason || "", 80)}`;
         href = `#/approvals/${enc(data.approval_id)}`;
         break;
+      case "budget":
+        text = `budget of ${data.subject}: ${data.event.replace(/_/g, " ")}${data.metric ? ` on ${data.metric}` : ""}`;
+        href = `#/budgets/${enc(data.subject)}`;
+        break;
       case "transfer":
         text = `${data.kind}: ${(data.postings || []).map((p) => `${p.account_id} ${p.amount > 0 ? "+" : ""}${p.amount}`)
           .join(", ")}`;
@@ -445,6 +451,8 @@
     [/^\/tokens\/?$/, () => tokensPage(), "tokens"],
     [/^\/approvals\/?$/, () => approvalsPage(), "approvals"],
     [/^\/approvals\/(.+)$/, (m) => approvalPage(m[1]), "approvals"],
+    [/^\/budgets\/?$/, () => budgetsPage(), "budgets"],
+    [/^\/budgets\/(.+)$/, (m) => budgetPage(m[1]), "budgets"],
     [/^\/consent\/(.+)$/, (m) => consentPage(m[1]), null],
   ];
 
@@ -657,7 +665,7 @@
       el,
       onEvent(kind) {
         if (kind === "metrics") render();
-        else if (["discovery", "agent", "task", "bid", "transfer", "approval"].includes(kind)) renderActivity();
+        else if (ACTIVITY_KINDS.includes(kind)) renderActivity();
       },
     };
   }
@@ -1057,9 +1065,11 @@
     const metrics = h("div");
     const config = h("div");
     const history = h("div");
+    const budget = budgetPanel(`agent:${id}`);
     const el = pageShell(`Agent ${id}`, h("p", {}, h("a", { href: "#/agents" }, "← All agents")),
       h("section", { class: "panel" }, h("h2", {}, "State"), state, isOperator() ? [actions, actionStatus] : null),
       h("section", { class: "panel" }, h("h2", {}, "Metrics"), metrics),
+      budget.el,
       h("section", { class: "panel" }, h("h2", {}, "Configuration"), config),
       h("section", { class: "panel" }, h("h2", {}, "Event history"), history));
     let actionsSig = null;
@@ -1098,6 +1108,7 @@
       onEvent(kind, data) {
         if (kind === "agent-loaded" && data === id) render(store.agents.get(id));
         else if (kind === "metrics") refresh(); // heartbeats and metrics are not events
+        budget.onEvent(kind, data);
       },
     };
   }
@@ -1752,6 +1763,186 @@
 
     load();
     return { el, onEvent(kind, data) { if (kind === "approval" && data.approval_id === id) load(); } };
+  }
+
+  // -- budgets ---------------------------------------------------------------------------------------------------
+
+  const fmtLimit = (limit, key) => (limit && !missing(limit[key]) ? fmtNumber(limit[key]) : "—");
+
+  /** A meter's cells: spent, reserved, soft and hard limits, and whether new work is refused. */
+  const meterCells = (b, m) => [
+    h("td", { class: "num spent" }, fmtNumber(b.spent[m] || 0)), h("td", { class: "num" }, fmtNumber(b.reserved[m] || 0)),
+    h("td", { class: "num" }, fmtLimit(b.limits[m], "soft")), h("td", { class: "num" }, fmtLimit(b.limits[m], "hard")),
+    h("td", {}, badge("budget", b.exhausted.includes(m) ? "exhausted" : "open"))];
+  const METER_COLUMNS = ["Spent", "Reserved", "Soft limit", "Hard limit", "State"];
+
+  /** The metrics worth a row or a plot: those with a limit, spend or a reservation. */
+  function budgetMetrics(b) {
+    return METRICS.filter((m) => b.limits[m] || b.spent[m] || b.reserved[m]);
+  }
+
+  function budgetTable(b) {
+    const metrics = budgetMetrics(b);
+    if (!metrics.length) return h("p", { class: "muted" }, "No limits and no spend recorded.");
+    return h("div", { class: "table-wrap", tabindex: 0, role: "region", "aria-label": `Budget of ${b.subject}` },
+      h("table", { class: "data budget-table" },
+        h("thead", {}, h("tr", {}, ["Metric", ...METER_COLUMNS].map((c) => h("th", { scope: "col" }, c)))),
+        h("tbody", {}, metrics.map((m) => h("tr", { "data-metric": m },
+          h("th", { scope: "row" }, m.replace(/_/g, " ")), meterCells(b, m))))));
+  }
+
+  /** Spend over time as an inline SVG step line: a point per minute with spend (the API's buckets) at its running
+   * total, the soft and hard limits as horizontal lines. Drawn here (no chart library: the page works offline). */
+  function spendChart(series, limit) {
+    const W = 600;
+    const H = 180;
+    const PAD = { left: 8, right: 8, top: 10, bottom: 6 };
+    const MINUTE = 60000;
+    const points = series.points.map((p) => ({ t: new Date(p.at).getTime(), amount: p.amount, total: p.total }));
+    const soft = limit && !missing(limit.soft) ? limit.soft : null;
+    const hard = limit && !missing(limit.hard) ? limit.hard : null;
+    const last = points.length ? points[points.length - 1] : null;
+    const t1 = Math.max(Date.now(), last ? last.t + MINUTE : 0);
+    const t0 = points.length ? Math.min(points[0].t - MINUTE, t1 - 10 * MINUTE) : t1 - 60 * MINUTE;
+    const top = Math.max(1, last ? last.total : 0, soft || 0, hard || 0) * 1.1;
+    const x = (t) => PAD.left + ((W - PAD.left - PAD.right) * (t - t0)) / (t1 - t0);
+    const y = (v) => PAD.top + (H - PAD.top - PAD.bottom) * (1 - v / top);
+    const name = series.metric.replace(/_/g, " ");
+    const label = `${name} spent over time: ${fmtNumber(last ? last.total : 0)} in all`
+      + `${soft === null ? "" : `, soft limit ${fmtNumber(soft)}`}${hard === null ? "" : `, hard limit ${fmtNumber(hard)}`}`;
+    const chart = svg("svg", { class: "chart spend-chart", viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": label,
+                                "data-metric": series.metric }, svg("title", {}, label));
+    chart.append(svg("line", { x1: PAD.left, y1: y(0), x2: W - PAD.right, y2: y(0), class: "axis" }));
+    for (const [kind, value] of [["soft", soft], ["hard", hard]]) {
+      if (value === null) continue;
+      chart.append(svg("line", { x1: PAD.left, y1: y(value), x2: W - PAD.right, y2: y(value), class: `limit limit-${kind}`,
+                                 "data-value": value }, svg("title", {}, `${kind} limit: ${fmtNumber(value)}`)));
+    }
+    if (points.length) {
+      // A step line: the total holds until the next minute with spend, then rises to it.
+      const start = points[0].total - points[0].amount; // spent before the first point shown
+      const path = [[x(t0), y(start)], ...points.flatMap((p) => [[x(p.t), y(p.total - p.amount)], [x(p.t), y(p.total)]]),
+                    [x(t1), y(last.total)]];
+      chart.append(svg("polyline", { class: "spend-line", points: path.map(([a, b]) => `${a},${b}`).join(" ") }));
+      for (const p of points) {
+        chart.append(svg("circle", { cx: x(p.t), cy: y(p.total), r: 3.5, class: "spend-point", "data-total": p.total },
+          svg("title", {}, `${fmtTime(new Date(p.t).toISOString())}: +${fmtNumber(p.amount)}, ${fmtNumber(p.total)} in all`)));
+      }
+    }
+    const key = (kind, text) => h("span", { class: `key key-${kind}` }, text);
+    return h("figure", { class: "chart-figure spend", "data-metric": series.metric },
+      h("figcaption", {}, h("strong", {}, name), " · ", `${fmtNumber(last ? last.total : 0)} spent`),
+      chart,
+      h("div", { class: "chart-axis", "aria-hidden": "true" }, h("span", {}, fmtTime(new Date(t0).toISOString())),
+        h("span", {}, "now")),
+      h("div", { class: "legend" }, key("spend", "spent (running total)"),
+        soft === null ? null : key("soft", `soft limit ${fmtNumber(soft)}`),
+        hard === null ? null : key("hard", `hard limit ${fmtNumber(hard)}`)));
+  }
+
+  /** A subject's budget: its meters and a spend plot per metric, read again on each metrics tick (usage reports
+   * are not events) and on the subject's budget events; redrawn only when something changed. */
+  function budgetPanel(subject) {
+    const body = h("div", {}, loadingNote());
+    const el = h("section", { class: "panel budget", "data-subject": subject }, h("h2", {}, "Budget and spend"), body);
+    let shown = null;
+
+    async function load() {
+      try {
+        const b = await api("GET", `/api/v1/budgets/${enc(subject)}`);
+        const metrics = budgetMetrics(b);
+        const series = await Promise.all(metrics.map((m) =>
+          api("GET", `/api/v1/budgets/${enc(subject)}/spend?metric=${enc(m)}`)));
+        const sig = JSON.stringify([b, series]);
+        if (sig === shown) return;
+        shown = sig;
+        setChildren(body, budgetTable(b),
+          b.approval_threshold === null || b.approval_threshold === undefined ? null
+            : h("p", {}, `Tasks with a budget above ${fmtNumber(b.approval_threshold)} wait for an operator's approval.`),
+          h("div", { class: "spend-charts" }, series.map((one) => spendChart(one, b.limits[one.metric]))));
+      } catch (err) {
+        shown = null;
+        setChildren(body, errorNote(err));
+      }
+    }
+
+    load();
+    return {
+      el,
+      load,
+      onEvent(kind, data) {
+        if (kind === "metrics" || (kind === "budget" && data.subject === subject)) refetchSoon(`budget:${subject}`, load);
+      },
+    };
+  }
+
+  /** An operator sets one metric's limits (empty: none) and, for requesters, the approval threshold. */
+  function budgetForm(subject, done) {
+    return h("details", { class: "share" }, h("summary", {}, "Set limits"),
+      writeForm({ class: "card form-grid", id: "budget-form", "aria-label": "Set limits" }, [
+        subject ? null : field("Subject", h("input", { name: "subject", required: true, autocomplete: "off",
+                                                       placeholder: "agent:worker-1" }), "agent:<id> or requester:<id>"),
+        field("Metric", select("metric", METRICS, "llm_tokens")),
+        field("Soft limit", h("input", { name: "soft", type: "number", min: 0, step: 1 }), "empty: none; past it an operator is asked"),
+        field("Hard limit", h("input", { name: "hard", type: "number", min: 0, step: 1 }), "empty: none; at it new work stops"),
+        field("Approval threshold", h("input", { name: "approval_threshold", type: "number", min: 0, step: 1 }),
+              "requesters: tasks above this budget wait for approval (empty: unchanged)"),
+        h("div", { class: "actions" }, h("button", { type: "submit" }, "Set limits")),
+      ], async (f) => {
+        const e = f.elements;
+        const target = subject || e.subject.value.trim();
+        const optional = (name) => (e[name].value.trim() ? numberOf(f, name, name.replace(/_/g, " ")) : null);
+        const body = { limits: { [e.metric.value]: { soft: optional("soft"), hard: optional("hard") } } };
+        if (e.approval_threshold.value.trim()) body.approval_threshold = optional("approval_threshold");
+        await api("PUT", `/api/v1/budgets/${enc(target)}`, body);
+        done(target);
+        return `Limits of ${target} set.`;
+      }));
+  }
+
+  function budgetsPage() {
+    const tbody = h("tbody");
+    const status = h("div");
+    if (role() === "agent") return budgetPage(`agent:${ownAgent()}`); // an agent reads its own budget only
+    const columns = ["Subject", "Metric", ...METER_COLUMNS];
+    const el = pageShell("Budgets",
+      isOperator() ? budgetForm(null, (target) => { location.hash = `#/budgets/${enc(target)}`; }) : null,
+      status,
+      h("div", { class: "table-wrap", tabindex: 0, role: "region", "aria-label": "Budgets table" },
+        h("table", { class: "data", id: "budgets-table" },
+          h("caption", { class: "visually-hidden" }, "Every subject with limits or spend"),
+          h("thead", {}, h("tr", {}, columns.map((c) => h("th", { scope: "col" }, c)))), tbody)));
+
+    const rows = (b) => budgetMetrics(b).map((m, i) => h("tr", { "data-subject": b.subject, "data-metric": m },
+      i ? h("td", {}) : h("th", { scope: "row" }, h("a", { href: `#/budgets/${enc(b.subject)}` }, b.subject)),
+      h("td", {}, m.replace(/_/g, " ")), meterCells(b, m)));
+
+    async function load() {
+      try {
+        const listed = await api("GET", "/api/v1/budgets");
+        setChildren(status);
+        setChildren(tbody, ...listed.budgets.map(rows));
+        if (!tbody.children.length) {
+          tbody.append(h("tr", {}, h("td", { colspan: columns.length, class: "muted" }, "No budgets yet.")));
+        }
+      } catch (err) {
+        setChildren(status, errorNote(err));
+      }
+    }
+
+    setChildren(tbody, h("tr", {}, h("td", { colspan: columns.length, class: "muted" }, "Loading…")));
+    load();
+    return { el, onEvent(kind) { if (kind === "budget" || kind === "metrics") refetchSoon("budgets", load); } };
+  }
+
+  /** One subject's budget page (requesters have no agent page to carry it). */
+  function budgetPage(subject) {
+    const panel = budgetPanel(subject);
+    const agent = subject.startsWith("agent:") ? subject.slice("agent:".length) : null;
+    const el = pageShell(`Budget of ${subject}`, h("p", {}, h("a", { href: "#/budgets" }, "← All budgets"),
+      agent ? [" · ", h("a", { href: `#/agents/${enc(agent)}` }, `Agent ${agent}`)] : null),
+      isOperator() ? budgetForm(subject, () => panel.load()) : null, panel.el);
+    return { el, onEvent: panel.onEvent };
   }
 
   // -- OAuth consent ---------------------------------------------------------------------------------------------
