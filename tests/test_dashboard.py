@@ -444,6 +444,34 @@ async def test_an_agents_page_plots_its_spend_with_the_limits_and_the_soft_limit
         assert budget["limits"]["credits"] == {"soft": None, "hard": 5000} and budget["approval_threshold"] == 300
 
 
+async def test_a_task_over_the_requesters_threshold_waits_on_its_page_until_approved_from_the_approval_page(
+        dash_hub: RunningHub, browser: Browser) -> None:
+    async with dash_hub.http() as http:
+        await deposit(http, "requester:carol", 1000)
+        r = await http.put("/api/v1/budgets/requester:carol", json={"approval_threshold": 100})
+        assert r.status_code == 200, r.text
+        await browser.sign_in(dash_hub.url, dash_hub.operator_token)
+        await browser.go("#/tasks", "Tasks")
+        await browser.click("details.share > summary")
+        await browser.fill_form("#task-form", {"requester_id": "carol", "budget": "400",
+                                               "description": "Audit the ledger", "bidding_seconds": "30"})
+        await browser.click("#task-form button[type=submit]")
+        await browser.wait_for("return document.querySelector('main .page').dataset.taskState === "
+                               "'awaiting_approval'", what="the new task waiting for approval")
+        task_id = await browser.js("return location.hash.split('/').pop()")
+        assert "opens when an operator approves" in await browser.text(".auction .facts")
+        await browser.wait_for("return document.querySelector('#nav-pending').textContent === '1'", seconds=5,
+                               what="its approval counted in the nav")
+        await browser.click("a.approval-link")
+        await browser.find(f'#view a.task-link[href="#/tasks/{task_id}"]')
+        await browser.click("#view button[aria-label^=Approve]")
+        await browser.find("#view .approval[data-state=approved]")
+        await browser.click("#view a.task-link")
+        await browser.wait_for("return document.querySelector('main .page').dataset.taskState === 'bidding'",
+                               what="the auction open once approved")
+        assert (await http.get(f"/api/v1/tasks/{task_id}")).json()["state"] == "bidding"
+
+
 async def test_the_feed_catches_up_after_the_stream_drops_and_shows_each_discovery_once(
         dash_hub: RunningHub, browser: Browser) -> None:
     await browser.sign_in(dash_hub.url, dash_hub.operator_token)

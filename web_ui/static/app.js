@@ -1248,15 +1248,18 @@
 
     function render(task) {
       const bidding = task.state === "bidding";
+      const waiting = task.state === "awaiting_approval";
       countdown = bidding ? h("span", { class: "countdown", "data-closes": task.bidding_closes_at }) : null;
       el.dataset.taskState = task.state;
       setChildren(facts, h("dl", { class: "facts" },
         fact("State", badge("task", task.state)),
         fact("Bids", h("span", { class: "bid-count", "data-bid-count": task.bid_count || 0 }, bidsText(task),
           bidding ? " (prices stay sealed until the auction closes)" : null)),
-        fact(bidding ? "Closes" : "Closed", [fmtTime(task.bidding_closes_at), countdown ? " · " : null, countdown]),
+        waiting ? fact("Auction", "opens when an operator approves the task (its budget is over the requester's "
+                       + "approval threshold)")
+          : fact(bidding ? "Closes" : "Closed", [fmtTime(task.bidding_closes_at), countdown ? " · " : null, countdown]),
         fact("Winner", task.winner ? h("a", { href: `#/agents/${enc(task.winner)}`, class: "winner" }, task.winner)
-          : (bidding ? "not yet" : "none")),
+          : (bidding || waiting ? "not yet" : "none")),
         fact("Price", task.price === null || task.price === undefined ? null : fmtNumber(task.price)),
         fact("Welfare", task.welfare === null || task.welfare === undefined ? null : fmtNumber(task.welfare, 2)),
         fact("Budget", fmtNumber(task.budget)),
@@ -1751,6 +1754,8 @@
       h("dl", { class: "facts" },
         fact("State", badge("approval", a.state)), fact("Kind", a.kind),
         fact("Subject", h("a", { href: `#/accounts/${enc(a.subject)}` }, a.subject)),
+        a.detail && a.detail.task_id ? fact("Task", h("a", { href: `#/tasks/${enc(a.detail.task_id)}`, class: "task-link" },
+          String(a.detail.task_id))) : null,
         fact("Requested by", a.requested_by), fact("Requested", fmtTime(a.created_at)),
         fact(a.state === "pending" ? "Decision" : "Decided", approvalDecision(a)),
         fact("If nobody answers", `${a.default_decision} at ${fmtTime(a.expires_at)}`)),
