@@ -9,12 +9,14 @@ from typing import Any
 
 import httpx2
 import pytest
+from wasmtime import wat2wasm
 
 from agenthub.auth import Role, create_token
 from tests.agents_helpers import FAST_POLICY, wait_for
 from tests.browser import PHONE, Browser
 from tests.conftest import HubFactory, RunningHub
 from tests.test_market import task_state
+from tests.test_verified_settlement import EVALUATOR
 
 # The first test may install chromium (apt-get) inside its setup.
 pytestmark = pytest.mark.timeout(900)
@@ -442,6 +444,45 @@ async def test_an_agents_page_plots_its_spend_with_the_limits_and_the_soft_limit
         await browser.find(f"{chart('credits')} line.limit-hard[data-value='5000']")
         budget = (await http.get("/api/v1/budgets/requester:carol")).json()
         assert budget["limits"]["credits"] == {"soft": None, "hard": 5000} and budget["approval_threshold"] == 300
+
+    # The agent itself reads its own budget (the Budgets link brings it there), and nobody else's.
+    await browser.click("#sign-out")
+    await browser.sign_in(dash_hub.url, await dash_hub.token(Role.AGENT, "w9"))
+    await browser.go("#/budgets", "Budget of agent:w9")
+    await browser.find(f"{chart('llm_tokens')} .spend-point")
+    assert await browser.count("#view [data-write]") == 0
+    await browser.go("#/budgets/requester:carol", "Budget of requester:carol")
+    await browser.wait_for("const b = document.querySelector('#view .budget p.muted');"
+                           "return b && b.textContent.includes('only its own budget')",
+                           what="the refusal to show another subject's budget")
+
+
+async def test_a_wasm_evaluators_failing_run_shows_its_exit_code_and_log_on_the_task_page_and_opens_a_dispute(
+        dash_hub: RunningHub, browser: Browser) -> None:
+    async with dash_hub.http() as http:
+        await deposit(http, "requester:carol", 1000)
+        r = await http.post("/api/v1/evaluators", content=bytes(wat2wasm(EVALUATOR.read_text())),
+                            headers={"Content-Type": "application/wasm"})
+        assert r.status_code == 201, r.text
+        evaluator = r.json()["sha256"]
+        await browser.sign_in(dash_hub.url, dash_hub.operator_token)
+        await browser.go("#/tasks", "Tasks")
+        await browser.click("details.share > summary")
+        await browser.fill_form("#task-form", {"requester_id": "carol", "description": "Be careful",
+                                               "bidding_seconds": "3", "evaluator": evaluator})
+        await browser.choose("#task-form select[name=on_fail]", "dispute")
+        await browser.click("#task-form button[type=submit]")
+        await browser.wait_for("return /^#\\/tasks\\/.+/.test(location.hash)", what="the new task's page")
+        task_id = await browser.js("return location.hash.split('/').pop()")
+        await won_by(http, task_id, "bob", 50)
+        await report(http, task_id, "bob", {"worker": "sloppy"})
+        await browser.wait_for("return document.querySelector('#check .check-outcome[data-passed=false]')",
+                               seconds=10, what="the evaluator's fail on the task page")
+        assert evaluator in await browser.text("#check")
+        assert "1" == await browser.text("#check .evaluator-run dd:nth-of-type(2)")  # its exit code
+        assert "not made by the careful worker" in await browser.text("#check pre.log")
+        await browser.find(".escrow-state .escrow-disputed")  # on_fail: dispute
+        await browser.screenshot("task-evaluator-failed")
 
 
 async def test_a_task_over_the_requesters_threshold_waits_on_its_page_until_approved_from_the_approval_page(

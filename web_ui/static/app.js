@@ -1264,6 +1264,8 @@
         fact("Welfare", task.welfare === null || task.welfare === undefined ? null : fmtNumber(task.welfare, 2)),
         fact("Budget", fmtNumber(task.budget)),
         fact("Bond", task.bond_percent ? `${task.bond_percent} % of each bid` : "none"),
+        task.acceptance ? fact("Check", task.check ? badge("check", task.check.passed ? "passed" : "failed")
+          : "not run yet") : null,
         task.approval_id ? fact("Approval", h("a", { href: `#/approvals/${enc(task.approval_id)}`, class: "approval-link" },
           task.approval_id)) : null,
         fact("Escrow", task.escrow_state ? h("span", { class: "escrow-state" }, badge("escrow", task.escrow_state))
@@ -1495,7 +1497,9 @@
     const summary = h("div", {}, loadingNote());
     const tbody = h("tbody");
     const more = h("button", { type: "button", class: "secondary", hidden: true }, "Older entries");
-    const el = pageShell(`Account ${id}`, h("p", {}, h("a", { href: "#/accounts" }, "← Accounts")), summary,
+    const budgeted = /^(agent|requester):/.test(id); // the subjects a budget can be about
+    const el = pageShell(`Account ${id}`, h("p", {}, h("a", { href: "#/accounts" }, "← Accounts"),
+      budgeted ? [" · ", h("a", { href: `#/budgets/${enc(id)}` }, "Budget and spend")] : null), summary,
       isOperator() ? depositForm(id, () => refresh()) : null,
       h("section", { class: "panel" }, h("h2", {}, "Ledger"),
         h("div", { class: "table-wrap", tabindex: 0, role: "region", "aria-label": "Ledger" },
@@ -1867,7 +1871,7 @@
           h("div", { class: "spend-charts" }, series.map((one) => spendChart(one, b.limits[one.metric]))));
       } catch (err) {
         shown = null;
-        setChildren(body, errorNote(err));
+        setChildren(body, err.status === 403 ? h("p", { class: "muted" }, err.detail) : errorNote(err));
       }
     }
 
