@@ -19,7 +19,9 @@
   const THREAD_DEPTH = 25; // related_to links followed upwards
   const RECONNECT_MAX_MS = 15000;
   const ACTIVITY_KINDS = ["discovery", "agent", "task", "bid", "transfer", "approval", "budget"];
-  const METRICS = ["llm_tokens", "llm_cost_micro_usd", "tool_calls", "work_seconds", "credits"]; // budgets'
+  const METRIC_NAMES = { llm_tokens: "LLM tokens", llm_cost_micro_usd: "LLM cost", tool_calls: "tool calls",
+                         work_seconds: "work time", credits: "credits" }; // what budgets meter
+  const METRICS = Object.keys(METRIC_NAMES);
 
   // -- small DOM helpers ---------------------------------------------------------------------------------------
 
@@ -413,7 +415,8 @@
         href = `#/approvals/${enc(data.approval_id)}`;
         break;
       case "budget":
-        text = `budget of ${data.subject}: ${data.event.replace(/_/g, " ")}${data.metric ? ` on ${data.metric}` : ""}`;
+        text = `budget of ${data.subject}: ${data.event.replace(/_/g, " ")}`
+          + `${data.metric ? ` on ${METRIC_NAMES[data.metric] || data.metric}` : ""}`;
         href = `#/budgets/${enc(data.subject)}`;
         break;
       case "transfer":
@@ -1776,12 +1779,20 @@
 
   // -- budgets ---------------------------------------------------------------------------------------------------
 
-  const fmtLimit = (limit, key) => (limit && !missing(limit[key]) ? fmtNumber(limit[key]) : "—");
+  /** An amount in its metric's unit: LLM cost in dollars (kept in micro-USD), work in seconds, the rest as counts. */
+  function fmtAmount(metric, value) {
+    if (metric === "llm_cost_micro_usd") return `$${(value / 1e6).toLocaleString(undefined, { minimumFractionDigits: 2,
+                                                                                             maximumFractionDigits: 6 })}`;
+    return metric === "work_seconds" ? `${fmtNumber(value)} s` : fmtNumber(value);
+  }
+
+  const fmtLimit = (limit, key, m) => (limit && !missing(limit[key]) ? fmtAmount(m, limit[key]) : "—");
 
   /** A meter's cells: spent, reserved, soft and hard limits, and whether new work is refused. */
   const meterCells = (b, m) => [
-    h("td", { class: "num spent" }, fmtNumber(b.spent[m] || 0)), h("td", { class: "num" }, fmtNumber(b.reserved[m] || 0)),
-    h("td", { class: "num" }, fmtLimit(b.limits[m], "soft")), h("td", { class: "num" }, fmtLimit(b.limits[m], "hard")),
+    h("td", { class: "num spent" }, fmtAmount(m, b.spent[m] || 0)),
+    h("td", { class: "num" }, fmtAmount(m, b.reserved[m] || 0)),
+    h("td", { class: "num" }, fmtLimit(b.limits[m], "soft", m)), h("td", { class: "num" }, fmtLimit(b.limits[m], "hard", m)),
     h("td", {}, badge("budget", b.exhausted.includes(m) ? "exhausted" : "open"))];
   const METER_COLUMNS = ["Spent", "Reserved", "Soft limit", "Hard limit", "State"];
 
@@ -1797,7 +1808,7 @@
       h("table", { class: "data budget-table" },
         h("thead", {}, h("tr", {}, ["Metric", ...METER_COLUMNS].map((c) => h("th", { scope: "col" }, c)))),
         h("tbody", {}, metrics.map((m) => h("tr", { "data-metric": m },
-          h("th", { scope: "row" }, m.replace(/_/g, " ")), meterCells(b, m))))));
+          h("th", { scope: "row" }, METRIC_NAMES[m]), meterCells(b, m))))));
   }
 
   /** Spend over time as an inline SVG step line: a point per minute with spend (the API's buckets) at its running
@@ -1816,16 +1827,17 @@
     const top = Math.max(1, last ? last.total : 0, soft || 0, hard || 0) * 1.1;
     const x = (t) => PAD.left + ((W - PAD.left - PAD.right) * (t - t0)) / (t1 - t0);
     const y = (v) => PAD.top + (H - PAD.top - PAD.bottom) * (1 - v / top);
-    const name = series.metric.replace(/_/g, " ");
-    const label = `${name} spent over time: ${fmtNumber(last ? last.total : 0)} in all`
-      + `${soft === null ? "" : `, soft limit ${fmtNumber(soft)}`}${hard === null ? "" : `, hard limit ${fmtNumber(hard)}`}`;
+    const name = METRIC_NAMES[series.metric] || series.metric;
+    const amount = (v) => fmtAmount(series.metric, v);
+    const label = `${name} spent over time: ${amount(last ? last.total : 0)} in all`
+      + `${soft === null ? "" : `, soft limit ${amount(soft)}`}${hard === null ? "" : `, hard limit ${amount(hard)}`}`;
     const chart = svg("svg", { class: "chart spend-chart", viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": label,
                                 "data-metric": series.metric }, svg("title", {}, label));
     chart.append(svg("line", { x1: PAD.left, y1: y(0), x2: W - PAD.right, y2: y(0), class: "axis" }));
     for (const [kind, value] of [["soft", soft], ["hard", hard]]) {
       if (value === null) continue;
       chart.append(svg("line", { x1: PAD.left, y1: y(value), x2: W - PAD.right, y2: y(value), class: `limit limit-${kind}`,
-                                 "data-value": value }, svg("title", {}, `${kind} limit: ${fmtNumber(value)}`)));
+                                 "data-value": value }, svg("title", {}, `${kind} limit: ${amount(value)}`)));
     }
     if (points.length) {
       // A step line: the total holds until the next minute with spend, then rises to it.
@@ -1835,18 +1847,18 @@
       chart.append(svg("polyline", { class: "spend-line", points: path.map(([a, b]) => `${a},${b}`).join(" ") }));
       for (const p of points) {
         chart.append(svg("circle", { cx: x(p.t), cy: y(p.total), r: 3.5, class: "spend-point", "data-total": p.total },
-          svg("title", {}, `${fmtTime(new Date(p.t).toISOString())}: +${fmtNumber(p.amount)}, ${fmtNumber(p.total)} in all`)));
+          svg("title", {}, `${fmtTime(new Date(p.t).toISOString())}: +${amount(p.amount)}, ${amount(p.total)} in all`)));
       }
     }
     const key = (kind, text) => h("span", { class: `key key-${kind}` }, text);
     return h("figure", { class: "chart-figure spend", "data-metric": series.metric },
-      h("figcaption", {}, h("strong", {}, name), " · ", `${fmtNumber(last ? last.total : 0)} spent`),
+      h("figcaption", {}, h("strong", {}, name), " · ", `${amount(last ? last.total : 0)} spent`),
       chart,
       h("div", { class: "chart-axis", "aria-hidden": "true" }, h("span", {}, fmtTime(new Date(t0).toISOString())),
         h("span", {}, "now")),
       h("div", { class: "legend" }, key("spend", "spent (running total)"),
-        soft === null ? null : key("soft", `soft limit ${fmtNumber(soft)}`),
-        hard === null ? null : key("hard", `hard limit ${fmtNumber(hard)}`)));
+        soft === null ? null : key("soft", `soft limit ${amount(soft)}`),
+        hard === null ? null : key("hard", `hard limit ${amount(hard)}`)));
   }
 
   /** A subject's budget: its meters and a spend plot per metric, read again on each metrics tick (usage reports
@@ -1866,7 +1878,7 @@
         if (sig === shown) return;
         shown = sig;
         setChildren(body, budgetTable(b),
-          b.approval_threshold === null || b.approval_threshold === undefined ? null
+          missing(b.approval_threshold) ? null
             : h("p", {}, `Tasks with a budget above ${fmtNumber(b.approval_threshold)} wait for an operator's approval.`),
           h("div", { class: "spend-charts" }, series.map((one) => spendChart(one, b.limits[one.metric]))));
       } catch (err) {
@@ -1891,7 +1903,8 @@
       writeForm({ class: "card form-grid", id: "budget-form", "aria-label": "Set limits" }, [
         subject ? null : field("Subject", h("input", { name: "subject", required: true, autocomplete: "off",
                                                        placeholder: "agent:worker-1" }), "agent:<id> or requester:<id>"),
-        field("Metric", select("metric", METRICS, "llm_tokens")),
+        field("Metric", select("metric", METRICS.map((m) => [m, m === "llm_cost_micro_usd" ? "LLM cost (micro-USD)"
+                                                              : METRIC_NAMES[m]]), "llm_tokens")),
         field("Soft limit", h("input", { name: "soft", type: "number", min: 0, step: 1 }), "empty: none; past it an operator is asked"),
         field("Hard limit", h("input", { name: "hard", type: "number", min: 0, step: 1 }), "empty: none; at it new work stops"),
         field("Approval threshold", h("input", { name: "approval_threshold", type: "number", min: 0, step: 1 }),
@@ -1924,7 +1937,7 @@
 
     const rows = (b) => budgetMetrics(b).map((m, i) => h("tr", { "data-subject": b.subject, "data-metric": m },
       i ? h("td", {}) : h("th", { scope: "row" }, h("a", { href: `#/budgets/${enc(b.subject)}` }, b.subject)),
-      h("td", {}, m.replace(/_/g, " ")), meterCells(b, m)));
+      h("td", {}, METRIC_NAMES[m]), meterCells(b, m)));
 
     async function load() {
       try {
