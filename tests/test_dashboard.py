@@ -430,6 +430,13 @@ async def test_an_agents_page_plots_its_spend_with_the_limits_and_the_soft_limit
         [approval] = (await http.get("/api/v1/approvals", params={"state": "pending"})).json()["approvals"]
         assert (approval["kind"], approval["subject"]) == ("budget", "agent:w9")
         await browser.screenshot("agent-spend")
+        # Denied from its page, the soft limit's approval exhausts the metric: the agent's page says so.
+        await browser.go(f"#/approvals/{approval['approval_id']}", "Approval")
+        await browser.find('#view .approval a[href="#/budgets/agent%3Aw9"]')
+        await browser.click("#view button[aria-label^=Deny]")
+        await browser.go("#/agents/w9", "Agent w9")
+        await browser.wait_for("return document.querySelector('#view .budget tr[data-metric=llm_tokens] "
+                               ".badge.budget-exhausted')", seconds=10, what="the denied metric exhausted")
 
         await browser.go("#/budgets", "Budgets")
         await browser.find('#budgets-table tr[data-subject="agent:w9"][data-metric=llm_tokens]')

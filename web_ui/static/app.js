@@ -1692,6 +1692,9 @@
       a.note ? h("div", { class: "muted note" }, a.note) : null];
   }
 
+  /** Whom an approval is about: their budget for a budget approval, else their account. */
+  const subjectLink = (a) => h("a", { href: `#/${a.kind === "budget" ? "budgets" : "accounts"}/${enc(a.subject)}` },
+    a.subject);
   const approvalLink = (id) => h("a", { href: `#/approvals/${enc(id)}` }, h("code", {}, id));
 
   /** Approvals newest first (pending ones by default): an operator approves or denies a pending one, with a note,
@@ -1717,7 +1720,7 @@
       h("th", { scope: "row" }, approvalLink(a.approval_id)),
       h("td", {}, badge("approval", a.state)),
       h("td", {}, a.kind),
-      h("td", {}, h("a", { href: `#/accounts/${enc(a.subject)}` }, a.subject)),
+      h("td", {}, subjectLink(a)),
       h("td", { class: "reason" }, h("div", {}, a.reason),
         Object.keys(a.detail || {}).length ? h("details", {}, h("summary", {}, "Detail"), json(a.detail)) : null),
       h("td", { class: "nowrap" }, a.requested_by, " ", relTime(a.created_at)),
@@ -1760,7 +1763,7 @@
       h("p", { class: "full-content reason" }, a.reason),
       h("dl", { class: "facts" },
         fact("State", badge("approval", a.state)), fact("Kind", a.kind),
-        fact("Subject", h("a", { href: `#/accounts/${enc(a.subject)}` }, a.subject)),
+        fact("Subject", subjectLink(a)),
         a.detail && a.detail.task_id ? fact("Task", h("a", { href: `#/tasks/${enc(a.detail.task_id)}`, class: "task-link" },
           String(a.detail.task_id))) : null,
         fact("Requested by", a.requested_by), fact("Requested", fmtTime(a.created_at)),
