@@ -30,15 +30,13 @@ class Strict(Storable):
 
 
 class AcceptanceCheck(Strict):
-    """How a result is checked before the escrow pays, fixed at submission."""
+    # How a result is checked before the escrow pays, fixed at submission (a comment: tool schemas stay short).
 
     json_schema: Annotated[dict[str, Any], Field(max_length=100)] | None = Field(
-        default=None, description="A JSON Schema (draft 2020-12) the result must satisfy.")
+        default=None, description="JSON Schema (2020-12) the result must satisfy.")
     evaluator: Sha256 | None = Field(
-        default=None, description="The SHA-256 of a WASM evaluator uploaded with POST /api/v1/evaluators: run in "
-        "the sandbox with {\"task\": ..., \"result\": ...} on stdin; exit code 0 passes.")
-    on_fail: Literal["refund", "dispute"] = Field(
-        default="refund", description="A failed check refunds the requester, or opens a dispute for an arbiter.")
+        default=None, description="SHA-256 of an uploaded WASM evaluator: {task, result} on stdin, exit 0 passes.")
+    on_fail: Literal["refund", "dispute"] = "refund"
 
     @model_validator(mode="after")
     def _something_to_check(self) -> "AcceptanceCheck":
@@ -76,11 +74,9 @@ class SubmitTaskInput(Strict):
     budget: Credits = Field(description="The most you pay, held in escrow until the task ends.")
     bidding_seconds: Annotated[float, Field(gt=0, le=86_400)] = 30.0
     bond_percent: Annotated[int, Field(ge=0, le=100)] = Field(
-        default=0, description="A bond each bidder stakes, in percent of its bid: returned when it loses or delivers, "
-        "paid to you (less the fee) if it wins and never delivers.")
+        default=0, description="Each bidder's bond, % of its bid: yours if the winner never delivers.")
     acceptance: AcceptanceCheck | None = Field(
-        default=None, description="Checked when the winner reports the task completed: a pass pays at once, a fail "
-        "refunds you or opens a dispute. Without one, you accept (or the hub does after a while).")
+        default=None, description="Run on the winner's result: a pass pays at once, a fail refunds or disputes.")
     idempotency_key: IdempotencyKey
 
 

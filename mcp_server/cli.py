@@ -13,8 +13,9 @@
     agenthub discoveries export [--after N] [--context] [--output FILE] | import FILE [--chunk-lines N]
     agenthub account deposit ID AMOUNT | show ID | ledger ID
     agenthub task submit --requester R --description D --budget B [--capability C]... [--bidding-seconds S]
-                         [--parameters JSON]
-    agenthub task list | show ID | accept ID | cancel ID | dispute ID --by X --evidence E
+                         [--parameters JSON] [--bond-percent N] [--acceptance JSON]
+    agenthub task list | show ID | audit ID | accept ID | cancel ID | dispute ID --by X --evidence E
+    agenthub task evaluator FILE(.wasm|.wat)
     agenthub task resolve ID --outcome release|refund|split [--share N]
     agenthub approvals list [--state S]... [--limit N] | show ID [--wait SECONDS] | approve ID | deny ID [--note N]
 
@@ -429,6 +430,11 @@ def run_task(remote: Remote, args: argparse.Namespace) -> None:
             f"{'TASK':<22} {'STATE':<10} {'REQUESTER':<16} {'BUDGET':>8} {'BIDS':>5}  {'WINNER':<16} {'PRICE':>8}"
             "  DESCRIPTION", *map(_task_line, listed["tasks"])])
         return
+    if command == "evaluator":
+        evaluator = remote.request("POST", "/api/v1/evaluators", raw=_module_bytes(args.file), timeout=300)
+        _show(args, evaluator, lambda: [f"evaluator {evaluator['sha256']} ({evaluator['size_bytes']:,} bytes): name "
+                                        "it in --acceptance '{\"evaluator\": \"<sha256>\"}'"])
+        return
     if command in ("show", "audit"):
         path = f"/api/v1/tasks/{args.task_id}" + ("/audit" if command == "audit" else "")
         print(json.dumps(remote.request("GET", path), indent=2))
@@ -620,6 +626,8 @@ def _parser() -> argparse.ArgumentParser:
                        ("audit", "a cleared auction's bids, reputations and replayed clearing, as JSON"),
                        ("accept", "accept the result: pay the agent"), ("cancel", "cancel and refund")):
         task_sub.add_parser(name, help=text).add_argument("task_id")
+    task_sub.add_parser("evaluator", help="upload a WASM evaluator (.wasm, or .wat compiled here) for acceptance "
+                        "checks; prints its SHA-256").add_argument("file", type=Path)
     dispute_p = task_sub.add_parser("dispute", help="dispute a task (requester or winner)")
     dispute_p.add_argument("task_id")
     dispute_p.add_argument("--by", required=True)

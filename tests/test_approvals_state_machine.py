@@ -2,7 +2,9 @@
 two operators at once), expiries and handlers that refuse, against a running hub and a pure-Python model, with the
 invariants checked after every step: the database holds what the model says, each approval is decided at most
 once with exactly one event for it on the activity log, a handler's effect committed exactly when its decision did,
-and at most one approval per dedupe key is pending.
+and at most one approval per dedupe key is pending. Requests without a key hold credits in an escrow, as a task
+over its requester's approval threshold does, and a denial refunds it in the deciding transaction: the ledger's
+invariants hold throughout and each escrow is refunded exactly when its approval was denied.
 
 The hub runs in an anyio blocking portal (its own event loop thread) for the whole test; each example uses fresh
 subject and key names."""
@@ -22,7 +24,9 @@ from agenthub.auth import Principal, Role
 from agenthub.database import Connection
 from agenthub.errors import ApprovalAlreadyDecided, Conflict, HubError
 from agenthub.ids import TokenId
+from market import escrow as escrows
 from market.approvals import ApprovalInfo, Approvals
+from market.ledger import escrow_account, requester_account
 from tests.conftest import HubFactory, RunningHub
 
 SETTINGS = settings(max_examples=200, stateful_step_count=15, deadline=None,
@@ -31,6 +35,8 @@ Decision = Literal["approve", "deny"]
 OPERATORS = (Principal(token_id=TokenId("tok_sm_one"), role=Role.OPERATOR),
              Principal(token_id=TokenId("tok_sm_two"), role=Role.OPERATOR))
 STATE_OF = {"approve": "approved", "deny": "denied"}
+FUNDS = 1_000_000  # each example's requester
+HELD = 10  # what each request without a key holds in escrow
 
 
 @dataclass
@@ -39,9 +45,14 @@ class ModelApproval:
     key: str | None
     default: Decision
     refuses: bool  # its handler raises: it can never be decided
+    escrow: str | None  # the escrow its request held (requests without a key hold one)
     state: str = "pending"
     decision: str | None = None
     decided_by: str | None = None
+
+    @property
+    def escrow_state(self) -> str:
+        return "refunded" if self.decision == "deny" else "held"
 
 
 class Effects:
@@ -53,6 +64,8 @@ class Effects:
     async def handler(self, conn: Connection, info: ApprovalInfo) -> None:
         self.attempts[info.approval_id] = self.attempts.get(info.approval_id, 0) + 1
         await conn.execute("INSERT INTO sm_effects (approval_id, state) VALUES ($1, $2)", info.approval_id, info.state)
+        if info.decision == "deny" and info.detail.get("escrow"):  # denied: what was held for it goes back
+            await escrows.refund(conn, info.detail["escrow"])
         if info.detail.get("refuse"):
             raise Conflict("the handler refuses")
 
@@ -66,6 +79,8 @@ class ApprovalMachine(RuleBasedStateMachine):
         self.effects = effects
         self.prefix = f"sm{secrets.token_hex(4)}"
         self.model: list[ModelApproval] = []
+        self.payer = requester_account(self.prefix)
+        self._run(hub.state.market.ledger.deposit, self.payer, FUNDS, key=self.prefix, scope=self.prefix)
 
     def _run(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         return self.portal.call(partial(fn, *args, **kwargs))
@@ -77,19 +92,24 @@ class ApprovalMachine(RuleBasedStateMachine):
     def request(self, key: str | None, default: Decision, refuses: bool) -> None:
         dedupe = f"{self.prefix}:{key}" if key is not None else None
 
-        async def raise_one() -> ApprovalInfo:
+        async def raise_one() -> tuple[ApprovalInfo, str | None]:
             async with self.hub.state.pool.acquire() as conn, conn.transaction():
-                return await self.approvals.request(
+                task = f"{self.prefix}-{len(self.model)}"
+                held = None if dedupe else await escrows.hold(conn, self.payer, HELD, task)
+                info = await self.approvals.request(
                     conn, kind="budget", subject=f"agent:{self.prefix}", reason="over the soft limit",
-                    detail={"refuse": refuses}, requested_by="hub", default=default, dedupe_key=dedupe)
+                    detail={"refuse": refuses, "escrow": held.id if held else None}, requested_by="hub",
+                    default=default, dedupe_key=dedupe)
+                return info, held.id if held else None
 
-        info = self._run(raise_one)
+        info, escrow = self._run(raise_one)
         twin = next((a for a in self.model if a.key == dedupe and a.state == "pending"), None) if dedupe else None
         if twin is not None:
             assert info.approval_id == twin.id and info.state == "pending"
             return
         assert info.state == "pending" and all(a.id != info.approval_id for a in self.model)
-        self.model.append(ModelApproval(id=info.approval_id, key=dedupe, default=default, refuses=refuses))
+        self.model.append(ModelApproval(id=info.approval_id, key=dedupe, default=default, refuses=refuses,
+                                        escrow=escrow))
 
     @precondition(lambda self: self.model)
     @rule(data=st.data(), decision=st.sampled_from(["approve", "deny"]), race=st.booleans())
@@ -158,6 +178,16 @@ class ApprovalMachine(RuleBasedStateMachine):
             assert committed.get(a.id) == (None if a.state == "pending" else a.state), (a, committed.get(a.id))
             if a.state != "pending":
                 assert self.effects.attempts[a.id] == 1, a  # decided at the first attempt that did not refuse
+
+    @invariant()
+    def the_ledger_holds_what_was_not_denied(self) -> None:
+        escrowed = {a.escrow: a.escrow_state for a in self.model if a.escrow is not None}
+        rows = self._run(self.hub.state.pool.fetch, "SELECT id, state FROM escrows WHERE id = ANY($1)", list(escrowed))
+        assert {r["id"]: r["state"] for r in rows} == escrowed
+        held = sum(HELD for state in escrowed.values() if state == "held")
+        assert self._run(self.hub.state.market.ledger.balance, self.payer) == FUNDS - held
+        audit = self._run(self.hub.state.market.ledger.verify, [self.payer, *map(escrow_account, escrowed)])
+        assert audit.ok, audit
 
     @invariant()
     def one_pending_per_key(self) -> None:

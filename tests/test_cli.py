@@ -272,6 +272,9 @@ def test_a_whole_market_round_from_the_cli_survives_a_restart(workdir: Path) -> 
             assert time.monotonic() < deadline, task
             time.sleep(0.2)
         assert (task["winner"], task["price"]) == ("w1", 220)  # the runner-up's ask: 55 % of the budget
+        audit = json.loads(cli(data_dir, hub.url, "task", "audit", task_id))
+        assert [b["agent_id"] for b in audit["auctions"][0]["bids"]] in (["w1", "w2"], ["w2", "w1"])
+        assert audit["replay"] == {"winner": "w1", "price": 220, "matches": True}
         assert cli(data_dir, hub.url, "task", "accept", task_id).split()[1] == "completed"
         listing = cli(data_dir, hub.url, "task", "list").splitlines()
         assert listing[1].split()[:2] == [task_id, "completed"]
@@ -325,6 +328,20 @@ def test_a_wasm_agent_from_the_cli_uploads_tries_and_works(workdir: Path) -> Non
             assert time.monotonic() < deadline, task
             time.sleep(0.2)
         assert (task["winner"], task["result"]) == ("wc", {"words": 4})
+
+        # The same work under an acceptance check it fails: the evaluator wants the "careful" worker's results.
+        uploaded = cli(data_dir, hub.url, "task", "evaluator", str(hostile / "evaluator_needle.wat"), "--json")
+        evaluator = json.loads(uploaded)["sha256"]
+        line = cli(data_dir, hub.url, "task", "submit", "--requester", "carol", "--description", "count",
+                   "--budget", "100", "--capability", "count", "--bidding-seconds", "1",
+                   "--parameters", '{"text": "four words right here"}',
+                   "--acceptance", json.dumps({"evaluator": evaluator, "on_fail": "refund"}))
+        task_id = line.split()[0]
+        deadline = time.monotonic() + 30
+        while (task := json.loads(cli(data_dir, hub.url, "task", "show", task_id)))["state"] != "failed":
+            assert time.monotonic() < deadline, task
+            time.sleep(0.2)
+        assert task["check"]["passed"] is False and task["escrow_state"] == "refunded"
         assert hub.stop() == 0
 
 
