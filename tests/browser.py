@@ -174,6 +174,11 @@ class Browser:
 
         await self._on(css, fill)
 
+    async def fill_form(self, form: str, values: dict[str, str]) -> None:
+        """Type each value into the field of that name (an input or a textarea) in the form `form`."""
+        for name, text in values.items():
+            await self.fill(f"{form} [name={name}]", text)
+
     async def choose(self, css: str, value: str) -> None:
         await self._on(css, lambda e: Select(e).select_by_value(value))
 

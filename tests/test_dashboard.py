@@ -2,17 +2,21 @@
 catch-up after the event stream drops, spawning agents and running an auction from the forms, a viewer's
 read-only pages, and a phone-width layout. Each page's screenshot goes to `test-artifacts/dashboard/`."""
 
+import json
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx2
 import pytest
+from wasmtime import wat2wasm
 
-from agenthub.auth import Role
+from agenthub.auth import Role, create_token
 from tests.agents_helpers import FAST_POLICY, wait_for
 from tests.browser import PHONE, Browser
 from tests.conftest import HubFactory, RunningHub
+from tests.test_market import task_state
+from tests.test_verified_settlement import EVALUATOR
 
 # The first test may install chromium (apt-get) inside its setup.
 pytestmark = pytest.mark.timeout(900)
@@ -231,6 +235,291 @@ async def test_a_disputed_task_is_frozen_then_split_by_the_operator_from_the_tas
     await browser.screenshot("task-resolved")
 
 
+WORDS_SCHEMA = {"type": "object", "required": ["words"], "properties": {"words": {"type": "integer", "minimum": 1}}}
+
+
+async def won_by(http: httpx2.AsyncClient, task_id: str, agent_id: str, price: int) -> None:
+    r = await http.post(f"/api/v1/tasks/{task_id}/bids",
+                        json={"agent_id": agent_id, "price": price, "estimated_seconds": 1})
+    assert r.status_code == 201, r.text
+    await task_state(http, task_id, "assigned")
+
+
+async def report(http: httpx2.AsyncClient, task_id: str, agent_id: str, result: dict[str, Any]) -> None:
+    r = await http.post(f"/api/v1/tasks/{task_id}/report",
+                        json={"agent_id": agent_id, "status": "completed", "result": result})
+    assert r.status_code == 200, r.text
+
+
+async def cleared_task(http: httpx2.AsyncClient, requester: str) -> str:
+    """A task with a JSON Schema check and a bond whose auction cleared (won by a bid of an agent with a long id)."""
+    bidder = "a-bidder-with-a-rather-long-identifier"
+    await deposit(http, f"agent:{bidder}", 10)
+    r = await http.post("/api/v1/tasks", json={
+        "requester_id": requester, "description": "Count the words", "budget": 20, "bidding_seconds": 1,
+        "bond_percent": 10, "acceptance": {"json_schema": WORDS_SCHEMA}, "idempotency_key": str(uuid.uuid4())})
+    assert r.status_code == 201, r.text
+    task_id: str = r.json()["task_id"]
+    await won_by(http, task_id, bidder, 10)
+    return task_id
+
+
+async def test_the_task_page_shows_the_acceptance_check_passed_or_failed_with_the_schema_error_and_the_replay(
+        dash_hub: RunningHub, browser: Browser) -> None:
+    async with dash_hub.http() as http:
+        await deposit(http, "requester:carol", 1000)
+        await deposit(http, "agent:bob", 100)
+        await browser.sign_in(dash_hub.url, dash_hub.operator_token)
+        await browser.go("#/tasks", "Tasks")
+        await browser.click("details.share > summary")
+        await browser.fill_form("#task-form", {"requester_id": "carol", "description": "Count the words",
+                                               "bidding_seconds": "3", "bond_percent": "20",
+                                               "json_schema": '{"type": "nonsense"}'})
+        await browser.click("#task-form button[type=submit]")  # a schema that could never check anything
+        await browser.wait_for("const e = document.querySelector('#task-form .form-status.error');"
+                               "return e && e.textContent.includes('not a valid JSON Schema')",
+                               what="the refused schema's problem beside the form")
+        await browser.fill("#task-form textarea[name=json_schema]", json.dumps(WORDS_SCHEMA))
+        await browser.click("#task-form button[type=submit]")
+        await browser.wait_for("return /^#\\/tasks\\/.+/.test(location.hash)", what="the new task's page")
+        failing = await browser.js("return location.hash.split('/').pop()")
+        await won_by(http, failing, "bob", 50)
+        task = (await http.get(f"/api/v1/tasks/{failing}")).json()
+        assert task["bond_percent"] == 20 and task["acceptance"] == {
+            "json_schema": WORDS_SCHEMA, "evaluator": None, "on_fail": "refund"}
+        assert "not run yet" in await browser.text("#check")
+        await report(http, failing, "bob", {"words": "five"})
+        await browser.wait_for("return document.querySelector('#check .check-outcome[data-passed=false]')",
+                               seconds=10, what="the failed check on the task page")
+        assert await browser.text("#check .badge") == "failed"
+        assert await browser.text("#check .schema-errors") == "words: 'five' is not of type 'integer'"
+        await browser.wait_for("return document.querySelector('main .page').dataset.taskState === 'failed'",
+                               what="the task failed by its check")
+        assert "20 % of each bid" in await browser.text(".auction .facts")
+        # The clearing: replayed to the recorded winner, with the reputation bob's bid was scaled by.
+        await browser.find("#audit .replay-matches")
+        assert await browser.text("#audit .badge.replay-matches") == "replay matches"
+        audit = (await http.get(f"/api/v1/tasks/{failing}/audit")).json()
+        [bid] = audit["auctions"][0]["bids"]
+        assert await browser.text("#audit tr[data-bidder=bob] .reputation") == f"{bid['reputation']:.3f}"
+        await browser.screenshot("task-check-failed")
+        await browser.click("#audit a.audit-link")
+        await browser.find(f'[data-audit-task="{failing}"] tr[data-bidder=bob]')
+        assert "replay matches" in await browser.text("#view")
+
+        r = await http.post("/api/v1/tasks", json={
+            "requester_id": "carol", "description": "Count the words again", "budget": 100, "bidding_seconds": 1,
+            "acceptance": {"json_schema": WORDS_SCHEMA, "on_fail": "dispute"}, "idempotency_key": str(uuid.uuid4())})
+        passing = r.json()["task_id"]
+        await won_by(http, passing, "bob", 50)
+        await browser.go(f"#/tasks/{passing}", f"Task {passing}")
+        await report(http, passing, "bob", {"words": 5})
+        await browser.wait_for("return document.querySelector('#check .check-outcome[data-passed=true]')",
+                               seconds=10, what="the passed check on the task page")
+        assert await browser.text("#check .badge") == "passed"
+        assert await browser.count("#check .schema-errors") == 0
+        await browser.wait_for("return document.querySelector('.escrow-state .escrow-released')", seconds=10,
+                               what="the escrow released at once by the passing check")
+        await browser.screenshot("task-check-passed")
+
+
+async def ask(hub: RunningHub, agent_id: str, reason: str) -> str:
+    """An agent's approval request over REST, with its own token; the approval id."""
+    async with hub.http(await hub.token(Role.AGENT, agent_id)) as as_agent:
+        r = await as_agent.post("/api/v1/approvals", json={"agent_id": agent_id, "reason": reason,
+                                                            "detail": {"service": "billing"}})
+    assert r.status_code == 201, r.text
+    approval_id: str = r.json()["approval_id"]
+    return approval_id
+
+
+async def test_the_pending_count_follows_approval_events_and_an_operator_decides_on_the_approval_page(
+        hub_factory: HubFactory, browser: Browser) -> None:
+    # metrics_update comes once a minute here: the count can only follow the stream's approval events.
+    settings = hub_factory.settings(sse={"metrics_seconds": 60, "activity_poll_seconds": 0.1})
+    async with hub_factory.run(settings) as hub:
+        token_id, operator = await create_token(hub.state.pool, Role.OPERATOR)
+        await browser.sign_in(hub.url, operator)
+        await browser.go("#/tasks", "Tasks")  # any page: the count is in the nav
+        assert await browser.js("return document.querySelector('#nav-pending').hidden")
+        first = await ask(hub, "alice", "Restart the billing service")
+        await browser.wait_for("return document.querySelector('#nav-pending').textContent === '1'", seconds=5,
+                               what="one pending approval beside the nav link, live")
+        second = await ask(hub, "alice", "Rotate the billing keys")
+        await browser.wait_for("return document.querySelector('#nav-pending').textContent === '2'", seconds=5,
+                               what="two pending")
+
+        await browser.go(f"#/approvals/{first}", f"Approval {first}")
+        assert await browser.text("#view .reason") == "Restart the billing service"
+        await browser.fill("#view input[name=note]", "after the backup")
+        await browser.click(f"#view button[aria-label='Approve {first}']")
+        await browser.wait_for("return document.querySelector('#view .approval[data-state=approved]')",
+                               what="the approval shown approved")
+        await browser.wait_for("return document.querySelector('#nav-pending').textContent === '1'", seconds=5,
+                               what="the count down to one")
+        async with hub.http() as http:
+            approved = (await http.get(f"/api/v1/approvals/{first}")).json()
+        assert (approved["state"], approved["decided_by"], approved["note"]) == (
+            "approved", token_id, "after the backup")
+
+        # Someone else decides the second one while this page cannot hear of it: the refusal says who.
+        await browser.go(f"#/approvals/{second}", f"Approval {second}")
+        await browser.find(f"#view button[aria-label='Deny {second}']")
+        await browser.js("window.agenthub.dropStream(600000)")
+        other_id, other = await create_token(hub.state.pool, Role.OPERATOR)
+        async with hub.http(other) as as_other:
+            r = await as_other.post(f"/api/v1/approvals/{second}/decision", json={"decision": "approve"})
+            assert r.status_code == 200, r.text
+        await browser.click(f"#view button[aria-label='Deny {second}']")
+        await browser.wait_for("const s = document.querySelector('#view .form-status.error');"
+                               "return s && s.textContent.includes(arguments[0])", f"approved (by {other_id}",
+                               what="the refusal naming the operator who decided first")
+        await browser.find("#view .approval[data-state=approved]")  # and the page shows the decision made
+        await browser.screenshot("approval-decided-first")
+
+
+async def report_usage(http: httpx2.AsyncClient, agent_id: str, **amounts: int) -> None:
+    r = await http.post(f"/api/v1/budgets/agent:{agent_id}/usage", json=amounts)
+    assert r.status_code == 200, r.text
+
+
+def chart(metric: str) -> str:
+    return f'#view .spend-chart[data-metric="{metric}"]'
+
+
+async def limited_spend(http: httpx2.AsyncClient, agent_id: str) -> None:
+    """Limits on the agent's tool calls and LLM cost, and some spend on both."""
+    r = await http.put(f"/api/v1/budgets/agent:{agent_id}", json={"limits": {
+        "tool_calls": {"soft": 50, "hard": 100}, "llm_cost_micro_usd": {"soft": None, "hard": 2_000_000}}})
+    assert r.status_code == 200, r.text
+    await report_usage(http, agent_id, tool_calls=30, llm_cost_micro_usd=1_234_567)
+
+
+async def test_an_agents_page_plots_its_spend_with_the_limits_and_the_soft_limit_raises_an_approval(
+        dash_hub: RunningHub, browser: Browser) -> None:
+    async with dash_hub.http() as http:
+        await http.post("/api/v1/agents", json=worker("w9", ["count"]))
+        r = await http.put("/api/v1/budgets/agent:w9", json={"limits": {"llm_tokens": {"soft": 500, "hard": 1000}}})
+        assert r.status_code == 200, r.text
+        await browser.sign_in(dash_hub.url, dash_hub.operator_token)
+        await browser.go("#/agents/w9", "Agent w9")
+        await browser.find(f"{chart('llm_tokens')} line.limit-hard[data-value='1000']")
+        assert await browser.count(f"{chart('llm_tokens')} .spend-point") == 0  # limits, nothing spent yet
+
+        await report_usage(http, "w9", llm_tokens=300)
+        await browser.wait_for("const p = document.querySelectorAll(arguments[0]);"
+                               "return p.length && p[p.length - 1].dataset.total === '300'",
+                               f"{chart('llm_tokens')} .spend-point", seconds=10, what="the first report plotted")
+        await report_usage(http, "w9", llm_tokens=400)  # past the soft limit: the hub asks an operator
+        await browser.wait_for("const p = document.querySelectorAll(arguments[0]);"
+                               "return p.length && p[p.length - 1].dataset.total === '700'",
+                               f"{chart('llm_tokens')} .spend-point", seconds=10, what="the second report plotted")
+        series = (await http.get("/api/v1/budgets/agent:w9/spend", params={"metric": "llm_tokens"})).json()
+        # One point per minute's spend (both reports fall in one minute unless a minute turned between them).
+        assert [p["total"] for p in series["points"]][-1] == 700
+        assert await browser.count(f"{chart('llm_tokens')} .spend-point") == len(series["points"])
+        # Drawn where it belongs: the total above the soft limit's line, below the hard limit's (SVG y grows down).
+        soft, point, hard = await browser.js(
+            "const c = document.querySelector(arguments[0]); const p = c.querySelectorAll('.spend-point');"
+            "return [c.querySelector('.limit-soft').getAttribute('y1'), p[p.length - 1].getAttribute('cy'),"
+            " c.querySelector('.limit-hard').getAttribute('y1')].map(Number)", chart("llm_tokens"))
+        assert hard < point < soft
+        assert await browser.text('#view .budget tr[data-metric=llm_tokens] .spent') == "700"
+        await browser.wait_for("return document.querySelector('#nav-pending').textContent === '1'", seconds=5,
+                               what="the soft limit's approval counted in the nav")
+        [approval] = (await http.get("/api/v1/approvals", params={"state": "pending"})).json()["approvals"]
+        assert (approval["kind"], approval["subject"]) == ("budget", "agent:w9")
+        await browser.screenshot("agent-spend")
+        # Denied from its page, the soft limit's approval exhausts the metric: the agent's page says so.
+        await browser.go(f"#/approvals/{approval['approval_id']}", "Approval")
+        await browser.find('#view .approval a[href="#/budgets/agent%3Aw9"]')
+        await browser.click("#view button[aria-label^=Deny]")
+        await browser.go("#/agents/w9", "Agent w9")
+        await browser.wait_for("return document.querySelector('#view .budget tr[data-metric=llm_tokens] "
+                               ".badge.budget-exhausted')", seconds=10, what="the denied metric exhausted")
+
+        await browser.go("#/budgets", "Budgets")
+        await browser.find('#budgets-table tr[data-subject="agent:w9"][data-metric=llm_tokens]')
+        assert "700" in await browser.text('#budgets-table tr[data-subject="agent:w9"][data-metric=llm_tokens]')
+        # An operator sets a requester's limits from the page, and lands on its budget.
+        await browser.click("details.share > summary")
+        await browser.fill_form("#budget-form", {"subject": "requester:carol", "hard": "5000",
+                                                 "approval_threshold": "300"})
+        await browser.choose("#budget-form select[name=metric]", "credits")
+        await browser.click("#budget-form button[type=submit]")
+        await browser.go("#/budgets/requester:carol", "Budget of requester:carol")
+        await browser.find(f"{chart('credits')} line.limit-hard[data-value='5000']")
+        budget = (await http.get("/api/v1/budgets/requester:carol")).json()
+        assert budget["limits"]["credits"] == {"soft": None, "hard": 5000} and budget["approval_threshold"] == 300
+
+    # The agent itself reads its own budget (the Budgets link brings it there), and nobody else's.
+    await browser.click("#sign-out")
+    await browser.sign_in(dash_hub.url, await dash_hub.token(Role.AGENT, "w9"))
+    await browser.go("#/budgets", "Budget of agent:w9")
+    await browser.find(f"{chart('llm_tokens')} .spend-point")
+    assert await browser.count("#view [data-write]") == 0
+    await browser.go("#/budgets/requester:carol", "Budget of requester:carol")
+    await browser.wait_for("const b = document.querySelector('#view .budget p.muted');"
+                           "return b && b.textContent.includes('only its own budget')",
+                           what="the refusal to show another subject's budget")
+
+
+async def test_a_wasm_evaluators_failing_run_shows_its_exit_code_and_log_on_the_task_page_and_opens_a_dispute(
+        dash_hub: RunningHub, browser: Browser) -> None:
+    async with dash_hub.http() as http:
+        await deposit(http, "requester:carol", 1000)
+        r = await http.post("/api/v1/evaluators", content=bytes(wat2wasm(EVALUATOR.read_text())),
+                            headers={"Content-Type": "application/wasm"})
+        assert r.status_code == 201, r.text
+        evaluator = r.json()["sha256"]
+        await browser.sign_in(dash_hub.url, dash_hub.operator_token)
+        await browser.go("#/tasks", "Tasks")
+        await browser.click("details.share > summary")
+        await browser.fill_form("#task-form", {"requester_id": "carol", "description": "Be careful",
+                                               "bidding_seconds": "3", "evaluator": evaluator})
+        await browser.choose("#task-form select[name=on_fail]", "dispute")
+        await browser.click("#task-form button[type=submit]")
+        await browser.wait_for("return /^#\\/tasks\\/.+/.test(location.hash)", what="the new task's page")
+        task_id = await browser.js("return location.hash.split('/').pop()")
+        await won_by(http, task_id, "bob", 50)
+        await report(http, task_id, "bob", {"worker": "sloppy"})
+        await browser.wait_for("return document.querySelector('#check .check-outcome[data-passed=false]')",
+                               seconds=10, what="the evaluator's fail on the task page")
+        assert evaluator in await browser.text("#check")
+        assert "1" == await browser.text("#check .evaluator-run dd:nth-of-type(2)")  # its exit code
+        assert "not made by the careful worker" in await browser.text("#check pre.log")
+        await browser.find(".escrow-state .escrow-disputed")  # on_fail: dispute
+        await browser.screenshot("task-evaluator-failed")
+
+
+async def test_a_task_over_the_requesters_threshold_waits_on_its_page_until_approved_from_the_approval_page(
+        dash_hub: RunningHub, browser: Browser) -> None:
+    async with dash_hub.http() as http:
+        await deposit(http, "requester:carol", 1000)
+        r = await http.put("/api/v1/budgets/requester:carol", json={"approval_threshold": 100})
+        assert r.status_code == 200, r.text
+        await browser.sign_in(dash_hub.url, dash_hub.operator_token)
+        await browser.go("#/tasks", "Tasks")
+        await browser.click("details.share > summary")
+        await browser.fill_form("#task-form", {"requester_id": "carol", "budget": "400",
+                                               "description": "Audit the ledger", "bidding_seconds": "30"})
+        await browser.click("#task-form button[type=submit]")
+        await browser.wait_for("return document.querySelector('main .page').dataset.taskState === "
+                               "'awaiting_approval'", what="the new task waiting for approval")
+        task_id = await browser.js("return location.hash.split('/').pop()")
+        assert "opens when an operator approves" in await browser.text(".auction .facts")
+        await browser.wait_for("return document.querySelector('#nav-pending').textContent === '1'", seconds=5,
+                               what="its approval counted in the nav")
+        await browser.click("a.approval-link")
+        await browser.find(f'#view a.task-link[href="#/tasks/{task_id}"]')
+        await browser.click("#view button[aria-label^=Approve]")
+        await browser.find("#view .approval[data-state=approved]")
+        await browser.click("#view a.task-link")
+        await browser.wait_for("return document.querySelector('main .page').dataset.taskState === 'bidding'",
+                               what="the auction open once approved")
+        assert (await http.get(f"/api/v1/tasks/{task_id}")).json()["state"] == "bidding"
+
+
 async def test_the_feed_catches_up_after_the_stream_drops_and_shows_each_discovery_once(
         dash_hub: RunningHub, browser: Browser) -> None:
     await browser.sign_in(dash_hub.url, dash_hub.operator_token)
@@ -272,6 +561,9 @@ async def test_a_viewer_sees_every_page_but_no_form_or_button_that_writes(
                                                    "required_capabilities": ["paint"], "budget": 50,
                                                    "bidding_seconds": 30, "idempotency_key": str(uuid.uuid4())})
         task_id = r.json()["task_id"]
+        cleared = await cleared_task(http, "dora")
+        await limited_spend(http, "w2")
+    asked = await ask(dash_hub, "w2", "Buy more paint")
     async with dash_hub.mcp() as client:
         shared = await share(client)
     viewer = await dash_hub.token(Role.VIEWER)
@@ -283,6 +575,11 @@ async def test_a_viewer_sees_every_page_but_no_form_or_button_that_writes(
              ("#/agents", "Agents", "tr[data-agent-id=w2]"), ("#/agents/w2", "Agent w2", ".facts"),
              ("#/tasks", "Tasks", f"tr[data-task-id={task_id}]"),
              (f"#/tasks/{task_id}", f"Task {task_id}", ".bid-count"),
+             (f"#/tasks/{cleared}/audit", f"Audit of task {cleared}", ".replay-matches"),
+             ("#/approvals", "Approvals", f"tr[data-approval-id={asked}][data-state=pending]"),
+             (f"#/approvals/{asked}", f"Approval {asked}", ".approval[data-state=pending]"),
+             ("#/budgets", "Budgets", '#budgets-table tr[data-subject="agent:w2"]'),
+             ("#/budgets/agent:w2", "Budget of agent:w2", f"{chart('tool_calls')} .spend-point"),
              ("#/accounts/requester:dora", "Account requester:dora", ".balance")]
     for route, heading, content in pages:
         await browser.go(route, heading)
@@ -342,24 +639,31 @@ async def test_every_page_fits_a_phone_screen_without_scrolling_sideways_and_its
             "required_capabilities": ["paint"], "budget": 50, "bidding_seconds": 30,
             "parameters": {"colour": "x" * 120}, "idempotency_key": str(uuid.uuid4())})
         task_id = r.json()["task_id"]
+        cleared = await cleared_task(http, "erin")
+        await limited_spend(http, "a-rather-long-agent-identifier-for-phones")
     async with dash_hub.mcp() as client:
         shared = await share(client, content="A discovery with an unbroken word " + "y" * 150,
                              tags=["a-long-tag-for-the-phone-layout"])
     async with dash_hub.http(await dash_hub.token(Role.AGENT, "erin")) as as_erin:
-        await as_erin.post("/api/v1/approvals", json={"agent_id": "erin", "reason": "Spend " + "z" * 150,
-                                                       "detail": {"service": "a-long-service-name-" * 4}})
+        asked = (await as_erin.post("/api/v1/approvals", json={
+            "agent_id": "erin", "reason": "Spend " + "z" * 150, "detail": {"service": "a-long-service-name-" * 4}}
+        )).json()["approval_id"]
     await browser.resize(*PHONE, mobile=True)
     await browser.sign_in(dash_hub.url, dash_hub.operator_token)
     pages = [("#/", "Overview", "[data-tile]", "overview"),
              ("#/discoveries", "Discoveries", item(shared["discovery_id"]), "discoveries"),
              (f"#/discoveries/{shared['discovery_id']}", "Discovery", ".thread", "discovery"),
              ("#/agents", "Agents", "tr[data-agent-id]", "agents"),
-             ("#/agents/a-rather-long-agent-identifier-for-phones", "Agent a-rather", ".facts", "agent"),
+             ("#/agents/a-rather-long-agent-identifier-for-phones", "Agent a-rather", ".spend-chart", "agent"),
+             ("#/budgets", "Budgets", "#budgets-table tr[data-subject]", "budgets"),
              ("#/tasks", "Tasks", "tr[data-task-id]", "tasks"),
              (f"#/tasks/{task_id}", f"Task {task_id}", ".bid-count", "task"),
+             (f"#/tasks/{cleared}", f"Task {cleared}", "#audit .replay-matches", "task-cleared"),
+             (f"#/tasks/{cleared}/audit", f"Audit of task {cleared}", ".replay-matches", "audit"),
              ("#/accounts/requester:erin", "Account requester:erin", ".balance", "account"),
              ("#/tokens", "Tokens", "tr[data-token-id]", "tokens"),
-             ("#/approvals", "Approvals", "tr[data-approval-id]", "approvals")]
+             ("#/approvals", "Approvals", "tr[data-approval-id]", "approvals"),
+             (f"#/approvals/{asked}", f"Approval {asked}", ".approval[data-state=pending]", "approval")]
     for route, heading, content, name in pages:
         await browser.go(route, heading)
         await browser.find(content)

@@ -13,11 +13,15 @@
   const TOKEN_KEY = "agenthub.token";
   const DISCOVERY_TYPES = ["pattern", "anomaly", "connection", "solution", "question", "insight"];
   const AGENT_STATES = ["created", "starting", "running", "idle", "busy", "stopping", "stopped", "error", "failed"];
-  const TASK_STATES = ["bidding", "assigned", "running", "completed", "failed", "cancelled", "expired"];
+  const TASK_STATES = ["awaiting_approval", "bidding", "assigned", "running", "completed", "failed", "cancelled", "expired"];
   const MAX_DISCOVERIES = 2000; // kept in memory; the oldest are forgotten first
   const MAX_ACTIVITY = 30; // recent events shown on the overview
   const THREAD_DEPTH = 25; // related_to links followed upwards
   const RECONNECT_MAX_MS = 15000;
+  const ACTIVITY_KINDS = ["discovery", "agent", "task", "bid", "transfer", "approval", "budget"];
+  const METRIC_NAMES = { llm_tokens: "LLM tokens", llm_cost_micro_usd: "LLM cost", tool_calls: "tool calls",
+                         work_seconds: "work time", credits: "credits" }; // what budgets meter
+  const METRICS = Object.keys(METRIC_NAMES);
 
   // -- small DOM helpers ---------------------------------------------------------------------------------------
 
@@ -94,6 +98,8 @@
   const shorten = (s, n) => (s.length > n ? `${s.slice(0, n - 1)}…` : s);
   const badge = (kind, value) => h("span", { class: `badge ${kind}-${value}` }, value);
   const json = (value) => h("pre", { class: "json" }, JSON.stringify(value, null, 2));
+  const missing = (v) => v === null || v === undefined;
+  const fmtReputation = (r) => (missing(r) ? null : Number(r).toFixed(3));
 
   // -- state -------------------------------------------------------------------------------------------------
 
@@ -183,7 +189,7 @@
     const mine = (fn) => (ev) => { if (stream.source === source) fn(ev); };
     source.addEventListener("connected", mine(onConnected));
     source.addEventListener("metrics_update", mine((ev) => onMetrics(JSON.parse(ev.data))));
-    for (const kind of ["discovery", "agent", "task", "bid", "transfer", "approval"]) {
+    for (const kind of ACTIVITY_KINDS) {
       source.addEventListener(kind, mine((ev) => onStreamEvent(kind, ev)));
     }
     // The browser would reconnect by itself, but only from the last id *it* saw; reconnecting here resumes from
@@ -257,6 +263,7 @@
       case "agent": applyAgentEvent(data); break;
       case "task": applyTaskEvent(data); break;
       case "bid": applyBidEvent(data); break;
+      case "approval": refetchSoon("metrics", loadMetrics); break; // the pending count now, not at the next tick
       case "transfer": break;
       default: break;
     }
@@ -264,7 +271,13 @@
     notify(kind, data);
   }
 
+  function loadMetrics() {
+    return api("GET", "/metrics/system").then(onMetrics, () => {});
+  }
+
   function onMetrics(metrics) {
+    const shown = store.metrics && store.metrics.timestamp;
+    if (shown && metrics.timestamp && metrics.timestamp < shown) return; // older than the figures on screen
     store.metrics = metrics;
     showPendingApprovals(metrics.approvals ? metrics.approvals.pending : 0);
     notify("metrics", metrics);
@@ -399,7 +412,12 @@
       case "approval":
         text = `approval ${data.approval_id} ${data.change === "requested" ? `requested by ${data.requested_by}` :
           `${data.state} by ${data.decided_by}`}: ${shorten(data.reason || "", 80)}`;
-        href = "#/approvals";
+        href = `#/approvals/${enc(data.approval_id)}`;
+        break;
+      case "budget":
+        text = `budget of ${data.subject}: ${data.event.replace(/_/g, " ")}`
+          + `${data.metric ? ` on ${METRIC_NAMES[data.metric] || data.metric}` : ""}`;
+        href = `#/budgets/${enc(data.subject)}`;
         break;
       case "transfer":
         text = `${data.kind}: ${(data.postings || []).map((p) => `${p.account_id} ${p.amount > 0 ? "+" : ""}${p.amount}`)
@@ -429,11 +447,15 @@
     [/^\/agents\/?$/, () => agentsPage(), "agents"],
     [/^\/agents\/(.+)$/, (m) => agentPage(m[1]), "agents"],
     [/^\/tasks\/?$/, () => tasksPage(), "tasks"],
+    [/^\/tasks\/([^/]+)\/audit$/, (m) => auditPage(m[1]), "tasks"],
     [/^\/tasks\/(.+)$/, (m) => taskPage(m[1]), "tasks"],
     [/^\/accounts\/?$/, () => accountsPage(), "accounts"],
     [/^\/accounts\/(.+)$/, (m) => accountPage(m[1]), "accounts"],
     [/^\/tokens\/?$/, () => tokensPage(), "tokens"],
     [/^\/approvals\/?$/, () => approvalsPage(), "approvals"],
+    [/^\/approvals\/(.+)$/, (m) => approvalPage(m[1]), "approvals"],
+    [/^\/budgets\/?$/, () => budgetsPage(), "budgets"],
+    [/^\/budgets\/(.+)$/, (m) => budgetPage(m[1]), "budgets"],
     [/^\/consent\/(.+)$/, (m) => consentPage(m[1]), null],
   ];
 
@@ -646,7 +668,7 @@
       el,
       onEvent(kind) {
         if (kind === "metrics") render();
-        else if (["discovery", "agent", "task", "bid", "transfer", "approval"].includes(kind)) renderActivity();
+        else if (ACTIVITY_KINDS.includes(kind)) renderActivity();
       },
     };
   }
@@ -1046,9 +1068,11 @@
     const metrics = h("div");
     const config = h("div");
     const history = h("div");
+    const budget = budgetPanel(`agent:${id}`);
     const el = pageShell(`Agent ${id}`, h("p", {}, h("a", { href: "#/agents" }, "← All agents")),
       h("section", { class: "panel" }, h("h2", {}, "State"), state, isOperator() ? [actions, actionStatus] : null),
       h("section", { class: "panel" }, h("h2", {}, "Metrics"), metrics),
+      budget.el,
       h("section", { class: "panel" }, h("h2", {}, "Configuration"), config),
       h("section", { class: "panel" }, h("h2", {}, "Event history"), history));
     let actionsSig = null;
@@ -1060,8 +1084,7 @@
         fact("Executor", agent.executor), fact("Process", agent.pid),
         fact("Restarts", agent.restarts), fact("Last heartbeat", relTime(agent.last_heartbeat)),
         fact("Breaker", badge("breaker", agent.breaker_state || "closed")),
-        fact("Reputation", agent.reputation === null || agent.reputation === undefined ? null
-          : Number(agent.reputation).toFixed(3)),
+        fact("Reputation", fmtReputation(agent.reputation)),
         fact("Last error", agent.last_error), fact("Binary version", agent.binary_version),
         fact("Owner", agent.owner), fact("Created", fmtTime(agent.created_at)),
         fact("Account", h("a", { href: `#/accounts/${enc(`agent:${agent.agent_id}`)}` }, `agent:${agent.agent_id}`))));
@@ -1088,6 +1111,7 @@
       onEvent(kind, data) {
         if (kind === "agent-loaded" && data === id) render(store.agents.get(id));
         else if (kind === "metrics") refresh(); // heartbeats and metrics are not events
+        budget.onEvent(kind, data);
       },
     };
   }
@@ -1127,6 +1151,15 @@
       field("Priority", h("input", { name: "priority", type: "number", min: 1, max: 10, step: 1, value: "5" })),
       h("div", { class: "field wide" }, field("Parameters (JSON)", h("textarea", { name: "parameters", rows: 2,
         placeholder: '{"text": "a b c"}' }), "optional")),
+      field("Bond (%)", h("input", { name: "bond_percent", type: "number", min: 0, max: 100, step: 1, value: "0" }),
+            "of each bid, staked by the bidder: lost if it wins and never delivers"),
+      h("div", { class: "field wide" }, field("Acceptance check: JSON Schema", h("textarea", { name: "json_schema",
+        rows: 2, placeholder: '{"type": "object", "required": ["summary"]}' }),
+        "optional: the result must satisfy it; a pass pays the winner at once")),
+      field("Evaluator (SHA-256)", h("input", { name: "evaluator", autocomplete: "off", pattern: "[0-9a-f]{64}" }),
+            "optional: a WASM evaluator uploaded to the hub"),
+      field("If the check fails", select("on_fail", [["refund", "refund the requester"],
+                                                      ["dispute", "open a dispute"]], "refund")),
       h("div", { class: "actions" }, h("button", { type: "submit" }, "Submit task")),
     ], async (f) => {
       const e = f.elements;
@@ -1136,6 +1169,8 @@
         bidding_seconds: numberOf(f, "bidding_seconds", "bidding seconds"),
         priority: numberOf(f, "priority", "priority"),
         parameters: parseJsonField(f, "parameters", "parameters") || {},
+        bond_percent: numberOf(f, "bond_percent", "bond percent"),
+        acceptance: acceptanceOf(f),
         idempotency_key: newKey(),
       };
       const task = await api("POST", "/api/v1/tasks", body);
@@ -1143,6 +1178,14 @@
       location.hash = `#/tasks/${enc(task.task_id)}`;
       return null;
     });
+  }
+
+  /** The form's acceptance check: null when it names neither a JSON Schema nor an evaluator. */
+  function acceptanceOf(form) {
+    const schema = parseJsonField(form, "json_schema", "the JSON Schema");
+    const evaluator = form.elements.evaluator.value.trim();
+    if (!schema && !evaluator) return null;
+    return { json_schema: schema || null, evaluator: evaluator || null, on_fail: form.elements.on_fail.value };
   }
 
   function tasksPage() {
@@ -1190,31 +1233,44 @@
     const actions = h("div", { class: "task-actions" });
     const description = h("div");
     const bids = h("div");
+    const audit = h("div");
     const result = h("div");
+    const check = h("div");
     const events = h("div");
     const el = pageShell(`Task ${id}`, h("p", {}, h("a", { href: "#/tasks" }, "← All tasks")),
       h("section", { class: "panel auction" }, h("h2", {}, "Auction"), facts, actions),
       h("section", { class: "panel" }, h("h2", {}, "Description"), description),
-      h("section", { class: "panel" }, h("h2", {}, "Bids"), bids),
       h("section", { class: "panel" }, h("h2", {}, "Result"), result),
+      h("section", { class: "panel", id: "check" }, h("h2", {}, "Acceptance check"), check),
+      h("section", { class: "panel" }, h("h2", {}, "Bids"), bids),
+      h("section", { class: "panel", id: "audit" }, h("h2", {}, "Clearing audit"), audit),
       h("section", { class: "panel" }, h("h2", {}, "Events"), events));
     let countdown = null;
     let actionsSig = null;
+    let auditAsked = false;
 
     function render(task) {
       const bidding = task.state === "bidding";
+      const waiting = task.state === "awaiting_approval";
       countdown = bidding ? h("span", { class: "countdown", "data-closes": task.bidding_closes_at }) : null;
       el.dataset.taskState = task.state;
       setChildren(facts, h("dl", { class: "facts" },
         fact("State", badge("task", task.state)),
         fact("Bids", h("span", { class: "bid-count", "data-bid-count": task.bid_count || 0 }, bidsText(task),
           bidding ? " (prices stay sealed until the auction closes)" : null)),
-        fact(bidding ? "Closes" : "Closed", [fmtTime(task.bidding_closes_at), countdown ? " · " : null, countdown]),
+        waiting ? fact("Auction", "opens when an operator approves the task (its budget is over the requester's "
+                       + "approval threshold)")
+          : fact(bidding ? "Closes" : "Closed", [fmtTime(task.bidding_closes_at), countdown ? " · " : null, countdown]),
         fact("Winner", task.winner ? h("a", { href: `#/agents/${enc(task.winner)}`, class: "winner" }, task.winner)
-          : (bidding ? "not yet" : "none")),
+          : (bidding || waiting ? "not yet" : "none")),
         fact("Price", task.price === null || task.price === undefined ? null : fmtNumber(task.price)),
         fact("Welfare", task.welfare === null || task.welfare === undefined ? null : fmtNumber(task.welfare, 2)),
         fact("Budget", fmtNumber(task.budget)),
+        fact("Bond", task.bond_percent ? `${task.bond_percent} % of each bid` : "none"),
+        task.acceptance ? fact("Check", task.check ? badge("check", task.check.passed ? "passed" : "failed")
+          : "not run yet") : null,
+        task.approval_id ? fact("Approval", h("a", { href: `#/approvals/${enc(task.approval_id)}`, class: "approval-link" },
+          task.approval_id)) : null,
         fact("Escrow", task.escrow_state ? h("span", { class: "escrow-state" }, badge("escrow", task.escrow_state))
           : null),
         fact("Requester", h("a", { href: `#/accounts/${enc(`requester:${task.requester_id}`)}` },
@@ -1228,9 +1284,16 @@
       }
       setChildren(description, h("p", { class: "full-content" }, task.description),
         Object.keys(task.parameters || {}).length ? [h("h3", {}, "Parameters"), json(task.parameters)] : []);
-      setChildren(bids, task.bids ? bidsTable(task)
+      setChildren(bids, task.bids ? bidsTable(task.bids, task.winner, ["Placed", (b) => fmtTime(b.placed_at)])
         : h("p", { class: "muted" }, `${bidsText(task)}; the prices are shown when the auction closes.`));
+      if (!auditAsked && !UNCLEARED.includes(task.state)) {
+        auditAsked = true; // a clearing never changes: read once
+        loadAudit(task.task_id, audit);
+      } else if (!auditAsked) {
+        setChildren(audit, h("p", { class: "muted" }, "Shown once the auction has cleared."));
+      }
       setChildren(result, task.result ? json(task.result) : h("p", { class: "muted" }, "No result yet."));
+      setChildren(check, checkView(task));
       setChildren(events, eventsTable(task.events || []));
       tickCountdown();
     }
@@ -1255,17 +1318,111 @@
     };
   }
 
-  function bidsTable(task) {
-    if (!task.bids.length) return h("p", { class: "muted" }, "No bids.");
+  /** Bids, cheapest first, the winner marked; `placed` is the last column: [heading, bid => cell]. */
+  function bidsTable(bids, winner, placed, reputationHeading = "Reputation") {
+    if (!bids.length) return h("p", { class: "muted" }, "No bids.");
     return h("div", { class: "table-wrap", tabindex: 0, role: "region", "aria-label": "Bids" },
       h("table", { class: "data" },
-        h("thead", {}, h("tr", {}, ["Agent", "Asked", "Estimate", "Reputation", "Placed"]
+        h("thead", {}, h("tr", {}, ["Agent", "Asked", "Estimate", reputationHeading, placed[0]]
           .map((c) => h("th", { scope: "col" }, c)))),
-        h("tbody", {}, task.bids.slice().sort((a, b) => a.price - b.price).map((b) => h("tr",
-          { class: b.agent_id === task.winner ? "won" : null },
-          h("th", { scope: "row" }, b.agent_id, b.agent_id === task.winner ? " (winner)" : ""),
+        h("tbody", {}, bids.slice().sort((a, b) => a.price - b.price).map((b) => h("tr",
+          { class: b.agent_id === winner ? "won" : null, "data-bidder": b.agent_id },
+          h("th", { scope: "row" }, b.agent_id, b.agent_id === winner ? " (winner)" : ""),
           h("td", { class: "num" }, fmtNumber(b.price)), h("td", { class: "num" }, `${fmtNumber(b.estimated_seconds, 1)} s`),
-          h("td", { class: "num" }, Number(b.reputation).toFixed(3)), h("td", {}, fmtTime(b.placed_at)))))));
+          h("td", { class: "num reputation" }, fmtReputation(b.reputation) || "—"),
+          h("td", { class: "nowrap" }, placed[1](b)))))));
+  }
+
+  // -- verified settlement: the acceptance check and the clearing audit ----------------------------------------
+
+  const UNCLEARED = ["awaiting_approval", "bidding"]; // no clearing to audit yet
+
+  /** What the task's acceptance check is, and what it found once the winner reported. */
+  function checkView(task) {
+    const spec = task.acceptance;
+    if (!spec) {
+      return h("p", { class: "muted" }, "None: the requester accepts the result (or the hub does after a while).");
+    }
+    const outcome = task.check;
+    return [
+      h("dl", { class: "facts" },
+        fact("Outcome", outcome ? h("span", { class: "check-outcome", "data-passed": String(outcome.passed) },
+          badge("check", outcome.passed ? "passed" : "failed"))
+          : "not run yet: it runs when the winner reports the task completed"),
+        outcome ? fact("Checked", fmtTime(outcome.checked_at)) : null,
+        fact("If it fails", spec.on_fail === "dispute" ? "a dispute opens" : "the requester is refunded"),
+        fact("JSON Schema", spec.json_schema ? "the result must satisfy it (below)" : "none"),
+        fact("Evaluator", spec.evaluator ? h("code", {}, spec.evaluator) : "none")),
+      outcome && outcome.schema_errors && outcome.schema_errors.length ? [
+        h("h3", {}, "Why the result fails the schema"),
+        h("ul", { class: "schema-errors" }, outcome.schema_errors.map((e) => h("li", {}, e)))] : null,
+      outcome && outcome.evaluator ? evaluatorRun(outcome.evaluator) : null,
+      spec.json_schema ? h("details", { class: "schema" }, h("summary", {}, "The JSON Schema"), json(spec.json_schema))
+        : null,
+    ];
+  }
+
+  function evaluatorRun(run) {
+    const output = run.output;
+    return [
+      h("h3", {}, "Evaluator run"),
+      h("dl", { class: "facts evaluator-run" }, fact("Outcome", run.outcome), fact("Exit code", run.exit_code),
+        run.error ? fact("Error", run.error) : null),
+      run.log ? [h("h4", {}, "Log"), h("pre", { class: "log" }, run.log)] : null,
+      missing(output) || output === "" ? null
+        : [h("h4", {}, "Output"), typeof output === "string" ? h("pre", { class: "log" }, output) : json(output)],
+    ];
+  }
+
+  /** The clearing's summary into `box`: the replay's verdict and this auction's bids with the reputations used. */
+  async function loadAudit(taskId, box) {
+    setChildren(box, loadingNote());
+    try {
+      const audit = await api("GET", `/api/v1/tasks/${enc(taskId)}/audit`);
+      const mine = audit.auctions.find((a) => a.task_id === taskId);
+      const others = audit.auctions.length - 1;
+      setChildren(box, auditFacts(audit),
+        mine ? auditBids(mine, audit.winner) : null,
+        h("p", {}, h("a", { href: `#/tasks/${enc(taskId)}/audit`, class: "audit-link" },
+          others ? `The whole clearing (${others} other auction${others === 1 ? "" : "s"} cleared with it)`
+            : "The clearing's inputs")));
+    } catch (err) {
+      setChildren(box, err.status === 409 ? h("p", { class: "muted" }, err.detail) : errorNote(err));
+    }
+  }
+
+  function auditFacts(audit) {
+    const award = (winner, price) => (winner ? `${winner} at ${fmtNumber(price)}` : "no award");
+    return h("dl", { class: "facts" },
+      fact("Replay", h("span", { class: "replay", "data-matches": String(audit.replay.matches) },
+        h("span", { class: `badge replay-${audit.replay.matches ? "matches" : "differs"}` },
+          audit.replay.matches ? "replay matches" : "replay differs"))),
+      fact("Recorded", award(audit.winner, audit.price)),
+      fact("Replayed", award(audit.replay.winner, audit.replay.price)),
+      fact("Cleared", fmtTime(audit.cleared_at)),
+      fact("Clearing batch", h("code", {}, audit.clearing_batch)));
+  }
+
+  function auditBids(auction, winner) {
+    return bidsTable(auction.bids, winner, ["Arrival", (b) => `#${b.placed_seq}`], "Reputation used");
+  }
+
+  /** One clearing's whole input: every auction cleared with the task, each with its bids, and the replay. */
+  function auditPage(id) {
+    const body = h("div", {}, loadingNote());
+    const el = pageShell(`Audit of task ${id}`, h("p", {}, h("a", { href: `#/tasks/${enc(id)}` }, "← The task")),
+      body);
+    api("GET", `/api/v1/tasks/${enc(id)}/audit`).then((audit) => {
+      setChildren(body,
+        h("section", { class: "panel" }, h("h2", {}, "Replay"), auditFacts(audit),
+          h("p", { class: "muted" }, "Clearing these auctions again, with the reputations recorded at the time, "
+            + "gives the winner and price above.")),
+        audit.auctions.map((a) => h("section", { class: "panel", "data-audit-task": a.task_id },
+          h("h2", {}, a.task_id === id ? `This task (budget ${fmtNumber(a.budget)})`
+            : ["Task ", h("a", { href: `#/tasks/${enc(a.task_id)}` }, a.task_id), ` (budget ${fmtNumber(a.budget)})`]),
+          auditBids(a, a.task_id === id ? audit.winner : null))));
+    }, (err) => setChildren(body, errorNote(err)));
+    return { el };
   }
 
   function taskActions(task) {
@@ -1343,7 +1500,9 @@
     const summary = h("div", {}, loadingNote());
     const tbody = h("tbody");
     const more = h("button", { type: "button", class: "secondary", hidden: true }, "Older entries");
-    const el = pageShell(`Account ${id}`, h("p", {}, h("a", { href: "#/accounts" }, "← Accounts")), summary,
+    const budgeted = /^(agent|requester):/.test(id); // the subjects a budget can be about
+    const el = pageShell(`Account ${id}`, h("p", {}, h("a", { href: "#/accounts" }, "← Accounts"),
+      budgeted ? [" · ", h("a", { href: `#/budgets/${enc(id)}` }, "Budget and spend")] : null), summary,
       isOperator() ? depositForm(id, () => refresh()) : null,
       h("section", { class: "panel" }, h("h2", {}, "Ledger"),
         h("div", { class: "table-wrap", tabindex: 0, role: "region", "aria-label": "Ledger" },
@@ -1364,8 +1523,7 @@
                                                    api("GET", `/api/v1/accounts/${enc(id)}/ledger?limit=50`)]);
         setChildren(summary, h("section", { class: "panel" }, h("dl", { class: "facts" },
           fact("Balance", h("strong", { class: "balance" }, fmtNumber(account.balance))),
-          account.reputation === null || account.reputation === undefined ? null
-            : fact("Reputation", Number(account.reputation).toFixed(3)))));
+          missing(account.reputation) ? null : fact("Reputation", fmtReputation(account.reputation)))));
         setChildren(tbody, ...page.entries.map(row));
         if (!page.entries.length) tbody.append(h("tr", {}, h("td", { colspan: 6, class: "muted" }, "No entries.")));
         nextBefore = page.next_before;
@@ -1504,12 +1662,48 @@
     count.setAttribute("aria-label", `${pending} pending`);
   }
 
+  /** Approve / Deny with an optional note: an operator's, on a pending approval. After either (or a refusal: the
+   * 409 of an approval someone decided first names who, in `statusEl`) `done` runs. `notes` keeps half-typed notes
+   * across re-renders, by approval id. */
+  function approvalControls(a, statusEl, done, notes) {
+    if (!isOperator() || a.state !== "pending") return null;
+    const id = a.approval_id;
+    const note = h("input", { name: "note", maxlength: 1000, placeholder: "Note (optional)", autocomplete: "off",
+                              value: notes.get(id) || "", "aria-label": `Note for ${id}`, "data-write": "",
+                              "data-focus-key": `note:${id}`, oninput: () => notes.set(id, note.value) });
+    const decide = (decision) => async () => {
+      try {
+        await api("POST", `/api/v1/approvals/${enc(id)}/decision`, { decision, note: note.value.trim() || null });
+        notes.delete(id);
+      } finally {
+        done();
+      }
+    };
+    return h("div", { class: "approval-actions" }, note,
+      actionButton("Approve", decide("approve"), { class: "small", "aria-label": `Approve ${id}`,
+                                                   "data-focus-key": `approve:${id}` }, statusEl),
+      actionButton("Deny", decide("deny"), { class: "danger small", "aria-label": `Deny ${id}`,
+                                             "data-focus-key": `deny:${id}` }, statusEl));
+  }
+
+  function approvalDecision(a) {
+    if (a.state === "pending") return ["expires ", h("span", { class: "nowrap" }, fmtTime(a.expires_at))];
+    return [h("span", { class: "decision" }, `${a.decision} by ${a.decided_by}`), " ", relTime(a.decided_at),
+      a.note ? h("div", { class: "muted note" }, a.note) : null];
+  }
+
+  /** Whom an approval is about: their budget for a budget approval, else their account. */
+  const subjectLink = (a) => h("a", { href: `#/${a.kind === "budget" ? "budgets" : "accounts"}/${enc(a.subject)}` },
+    a.subject);
+  const approvalLink = (id) => h("a", { href: `#/approvals/${enc(id)}` }, h("code", {}, id));
+
   /** Approvals newest first (pending ones by default): an operator approves or denies a pending one, with a note,
    * from its row; everyone else reads (an agent, its own). Every `approval` event of the stream reloads the list. */
   function approvalsPage() {
     const tbody = h("tbody");
     const status = h("div");
     const actionStatus = h("p", { class: "form-status", role: "status", "aria-live": "polite" });
+    const notes = new Map();
     const stateSel = select("state", [["pending", "Pending"], ["", "All"], ["approved", "Approved"],
                                       ["denied", "Denied"], ["expired", "Expired"]], "pending");
     const filters = h("form", { class: "filters", role: "search", "aria-label": "Filter approvals" },
@@ -1522,41 +1716,16 @@
         tbody));
     const el = pageShell("Approvals", filters, status, actionStatus, table);
 
-    const decide = (a, decision, note) => async () => {
-      await api("POST", `/api/v1/approvals/${enc(a.approval_id)}/decision`,
-                { decision, note: note.value.trim() || null });
-      await load();
-    };
-
-    const actions = (a) => {
-      if (!isOperator() || a.state !== "pending") return null;
-      const note = h("input", { name: "note", maxlength: 1000, placeholder: "Note (optional)", autocomplete: "off",
-                                "aria-label": `Note for ${a.approval_id}`, "data-write": "",
-                                "data-focus-key": `note:${a.approval_id}` });
-      return h("div", { class: "approval-actions" }, note,
-        actionButton("Approve", decide(a, "approve", note), { class: "small", "aria-label": `Approve ${a.approval_id}`,
-                                                                "data-focus-key": `approve:${a.approval_id}` },
-                     actionStatus),
-        actionButton("Deny", decide(a, "deny", note), { class: "danger small", "aria-label": `Deny ${a.approval_id}`,
-                                                          "data-focus-key": `deny:${a.approval_id}` }, actionStatus));
-    };
-
-    const decision = (a) => {
-      if (a.state === "pending") return ["expires ", h("span", { class: "nowrap" }, fmtTime(a.expires_at))];
-      return [h("span", { class: "decision" }, `${a.decision} by ${a.decided_by}`), " ", relTime(a.decided_at),
-        a.note ? h("div", { class: "muted note" }, a.note) : null];
-    };
-
     const row = (a) => h("tr", { "data-approval-id": a.approval_id, "data-state": a.state },
-      h("th", { scope: "row" }, h("code", {}, a.approval_id)),
+      h("th", { scope: "row" }, approvalLink(a.approval_id)),
       h("td", {}, badge("approval", a.state)),
       h("td", {}, a.kind),
-      h("td", {}, h("a", { href: `#/accounts/${enc(a.subject)}` }, a.subject)),
+      h("td", {}, subjectLink(a)),
       h("td", { class: "reason" }, h("div", {}, a.reason),
         Object.keys(a.detail || {}).length ? h("details", {}, h("summary", {}, "Detail"), json(a.detail)) : null),
       h("td", { class: "nowrap" }, a.requested_by, " ", relTime(a.created_at)),
-      h("td", {}, decision(a)),
-      h("td", {}, actions(a)));
+      h("td", {}, approvalDecision(a)),
+      h("td", {}, approvalControls(a, actionStatus, load, notes)));
 
     async function load() {
       try {
@@ -1578,7 +1747,227 @@
     filters.addEventListener("submit", (ev) => ev.preventDefault());
     setChildren(tbody, h("tr", {}, h("td", { colspan: columns.length, class: "muted" }, "Loading…")));
     load();
-    return { el, onEvent(kind) { if (kind === "approval") load(); } };
+    return { el, onEvent(kind) { if (kind === "approval") refetchSoon("approvals", load); } };
+  }
+
+  /** One approval: what it is about, its detail, its decision, and (pending, for an operator) the controls. */
+  function approvalPage(id) {
+    const body = h("div", {}, loadingNote());
+    const actionStatus = h("p", { class: "form-status", role: "status", "aria-live": "polite" });
+    const notes = new Map();
+    const el = pageShell(`Approval ${id}`, h("p", {}, h("a", { href: "#/approvals" }, "← All approvals")),
+      actionStatus, body);
+
+    const render = (a) => rerender(body, () => setChildren(body, h("section", { class: "panel approval",
+                                                                                "data-state": a.state },
+      h("p", { class: "full-content reason" }, a.reason),
+      h("dl", { class: "facts" },
+        fact("State", badge("approval", a.state)), fact("Kind", a.kind),
+        fact("Subject", subjectLink(a)),
+        a.detail && a.detail.task_id ? fact("Task", h("a", { href: `#/tasks/${enc(a.detail.task_id)}`, class: "task-link" },
+          String(a.detail.task_id))) : null,
+        fact("Requested by", a.requested_by), fact("Requested", fmtTime(a.created_at)),
+        fact(a.state === "pending" ? "Decision" : "Decided", approvalDecision(a)),
+        fact("If nobody answers", `${a.default_decision} at ${fmtTime(a.expires_at)}`)),
+      Object.keys(a.detail || {}).length ? [h("h2", {}, "Detail"), json(a.detail)] : null,
+      approvalControls(a, actionStatus, load, notes))));
+
+    function load() {
+      api("GET", `/api/v1/approvals/${enc(id)}`).then(render, (err) => setChildren(body, errorNote(err)));
+    }
+
+    load();
+    return { el, onEvent(kind, data) { if (kind === "approval" && data.approval_id === id) load(); } };
+  }
+
+  // -- budgets ---------------------------------------------------------------------------------------------------
+
+  /** An amount in its metric's unit: LLM cost in dollars (kept in micro-USD), work in seconds, the rest as counts. */
+  function fmtAmount(metric, value) {
+    if (metric === "llm_cost_micro_usd") return `$${(value / 1e6).toLocaleString(undefined, { minimumFractionDigits: 2,
+                                                                                             maximumFractionDigits: 6 })}`;
+    return metric === "work_seconds" ? `${fmtNumber(value)} s` : fmtNumber(value);
+  }
+
+  const fmtLimit = (limit, key, m) => (limit && !missing(limit[key]) ? fmtAmount(m, limit[key]) : "—");
+
+  /** A meter's cells: spent, reserved, soft and hard limits, and whether new work is refused. */
+  const meterCells = (b, m) => [
+    h("td", { class: "num spent" }, fmtAmount(m, b.spent[m] || 0)),
+    h("td", { class: "num" }, fmtAmount(m, b.reserved[m] || 0)),
+    h("td", { class: "num" }, fmtLimit(b.limits[m], "soft", m)), h("td", { class: "num" }, fmtLimit(b.limits[m], "hard", m)),
+    h("td", {}, badge("budget", b.exhausted.includes(m) ? "exhausted" : "open"))];
+  const METER_COLUMNS = ["Spent", "Reserved", "Soft limit", "Hard limit", "State"];
+
+  /** The metrics worth a row or a plot: those with a limit, spend or a reservation. */
+  function budgetMetrics(b) {
+    return METRICS.filter((m) => b.limits[m] || b.spent[m] || b.reserved[m]);
+  }
+
+  function budgetTable(b) {
+    const metrics = budgetMetrics(b);
+    if (!metrics.length) return h("p", { class: "muted" }, "No limits and no spend recorded.");
+    return h("div", { class: "table-wrap", tabindex: 0, role: "region", "aria-label": `Budget of ${b.subject}` },
+      h("table", { class: "data budget-table" },
+        h("thead", {}, h("tr", {}, ["Metric", ...METER_COLUMNS].map((c) => h("th", { scope: "col" }, c)))),
+        h("tbody", {}, metrics.map((m) => h("tr", { "data-metric": m },
+          h("th", { scope: "row" }, METRIC_NAMES[m]), meterCells(b, m))))));
+  }
+
+  /** Spend over time as an inline SVG step line: a point per minute with spend (the API's buckets) at its running
+   * total, the soft and hard limits as horizontal lines. Drawn here (no chart library: the page works offline). */
+  function spendChart(series, limit) {
+    const W = 600;
+    const H = 180;
+    const PAD = { left: 8, right: 8, top: 10, bottom: 6 };
+    const MINUTE = 60000;
+    const points = series.points.map((p) => ({ t: new Date(p.at).getTime(), amount: p.amount, total: p.total }));
+    const soft = limit && !missing(limit.soft) ? limit.soft : null;
+    const hard = limit && !missing(limit.hard) ? limit.hard : null;
+    const last = points.length ? points[points.length - 1] : null;
+    const t1 = Math.max(Date.now(), last ? last.t + MINUTE : 0);
+    const t0 = points.length ? Math.min(points[0].t - MINUTE, t1 - 10 * MINUTE) : t1 - 60 * MINUTE;
+    const top = Math.max(1, last ? last.total : 0, soft || 0, hard || 0) * 1.1;
+    const x = (t) => PAD.left + ((W - PAD.left - PAD.right) * (t - t0)) / (t1 - t0);
+    const y = (v) => PAD.top + (H - PAD.top - PAD.bottom) * (1 - v / top);
+    const name = METRIC_NAMES[series.metric] || series.metric;
+    const amount = (v) => fmtAmount(series.metric, v);
+    const label = `${name} spent over time: ${amount(last ? last.total : 0)} in all`
+      + `${soft === null ? "" : `, soft limit ${amount(soft)}`}${hard === null ? "" : `, hard limit ${amount(hard)}`}`;
+    const chart = svg("svg", { class: "chart spend-chart", viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": label,
+                                "data-metric": series.metric }, svg("title", {}, label));
+    chart.append(svg("line", { x1: PAD.left, y1: y(0), x2: W - PAD.right, y2: y(0), class: "axis" }));
+    for (const [kind, value] of [["soft", soft], ["hard", hard]]) {
+      if (value === null) continue;
+      chart.append(svg("line", { x1: PAD.left, y1: y(value), x2: W - PAD.right, y2: y(value), class: `limit limit-${kind}`,
+                                 "data-value": value }, svg("title", {}, `${kind} limit: ${amount(value)}`)));
+    }
+    if (points.length) {
+      // A step line: the total holds until the next minute with spend, then rises to it.
+      const start = points[0].total - points[0].amount; // spent before the first point shown
+      const path = [[x(t0), y(start)], ...points.flatMap((p) => [[x(p.t), y(p.total - p.amount)], [x(p.t), y(p.total)]]),
+                    [x(t1), y(last.total)]];
+      chart.append(svg("polyline", { class: "spend-line", points: path.map(([a, b]) => `${a},${b}`).join(" ") }));
+      for (const p of points) {
+        chart.append(svg("circle", { cx: x(p.t), cy: y(p.total), r: 3.5, class: "spend-point", "data-total": p.total },
+          svg("title", {}, `${fmtTime(new Date(p.t).toISOString())}: +${amount(p.amount)}, ${amount(p.total)} in all`)));
+      }
+    }
+    const key = (kind, text) => h("span", { class: `key key-${kind}` }, text);
+    return h("figure", { class: "chart-figure spend", "data-metric": series.metric },
+      h("figcaption", {}, h("strong", {}, name), " · ", `${amount(last ? last.total : 0)} spent`),
+      chart,
+      h("div", { class: "chart-axis", "aria-hidden": "true" }, h("span", {}, fmtTime(new Date(t0).toISOString())),
+        h("span", {}, "now")),
+      h("div", { class: "legend" }, key("spend", "spent (running total)"),
+        soft === null ? null : key("soft", `soft limit ${amount(soft)}`),
+        hard === null ? null : key("hard", `hard limit ${amount(hard)}`)));
+  }
+
+  /** A subject's budget: its meters and a spend plot per metric, read again on each metrics tick (usage reports
+   * are not events) and on the subject's budget events; redrawn only when something changed. */
+  function budgetPanel(subject) {
+    const body = h("div", {}, loadingNote());
+    const el = h("section", { class: "panel budget", "data-subject": subject }, h("h2", {}, "Budget and spend"), body);
+    let shown = null;
+
+    async function load() {
+      try {
+        const b = await api("GET", `/api/v1/budgets/${enc(subject)}`);
+        const metrics = budgetMetrics(b);
+        const series = await Promise.all(metrics.map((m) =>
+          api("GET", `/api/v1/budgets/${enc(subject)}/spend?metric=${enc(m)}`)));
+        const sig = JSON.stringify([b, series]);
+        if (sig === shown) return;
+        shown = sig;
+        setChildren(body, budgetTable(b),
+          missing(b.approval_threshold) ? null
+            : h("p", {}, `Tasks with a budget above ${fmtNumber(b.approval_threshold)} wait for an operator's approval.`),
+          h("div", { class: "spend-charts" }, series.map((one) => spendChart(one, b.limits[one.metric]))));
+      } catch (err) {
+        shown = null;
+        setChildren(body, err.status === 403 ? h("p", { class: "muted" }, err.detail) : errorNote(err));
+      }
+    }
+
+    load();
+    return {
+      el,
+      load,
+      onEvent(kind, data) {
+        if (kind === "metrics" || (kind === "budget" && data.subject === subject)) refetchSoon(`budget:${subject}`, load);
+      },
+    };
+  }
+
+  /** An operator sets one metric's limits (empty: none) and, for requesters, the approval threshold. */
+  function budgetForm(subject, done) {
+    return h("details", { class: "share" }, h("summary", {}, "Set limits"),
+      writeForm({ class: "card form-grid", id: "budget-form", "aria-label": "Set limits" }, [
+        subject ? null : field("Subject", h("input", { name: "subject", required: true, autocomplete: "off",
+                                                       placeholder: "agent:worker-1" }), "agent:<id> or requester:<id>"),
+        field("Metric", select("metric", METRICS.map((m) => [m, m === "llm_cost_micro_usd" ? "LLM cost (micro-USD)"
+                                                              : METRIC_NAMES[m]]), "llm_tokens")),
+        field("Soft limit", h("input", { name: "soft", type: "number", min: 0, step: 1 }), "empty: none; past it an operator is asked"),
+        field("Hard limit", h("input", { name: "hard", type: "number", min: 0, step: 1 }), "empty: none; at it new work stops"),
+        field("Approval threshold", h("input", { name: "approval_threshold", type: "number", min: 0, step: 1 }),
+              "requesters: tasks above this budget wait for approval (empty: unchanged)"),
+        h("div", { class: "actions" }, h("button", { type: "submit" }, "Set limits")),
+      ], async (f) => {
+        const e = f.elements;
+        const target = subject || e.subject.value.trim();
+        const optional = (name) => (e[name].value.trim() ? numberOf(f, name, name.replace(/_/g, " ")) : null);
+        const body = { limits: { [e.metric.value]: { soft: optional("soft"), hard: optional("hard") } } };
+        if (e.approval_threshold.value.trim()) body.approval_threshold = optional("approval_threshold");
+        await api("PUT", `/api/v1/budgets/${enc(target)}`, body);
+        done(target);
+        return `Limits of ${target} set.`;
+      }));
+  }
+
+  function budgetsPage() {
+    const tbody = h("tbody");
+    const status = h("div");
+    if (role() === "agent") return budgetPage(`agent:${ownAgent()}`); // an agent reads its own budget only
+    const columns = ["Subject", "Metric", ...METER_COLUMNS];
+    const el = pageShell("Budgets",
+      isOperator() ? budgetForm(null, (target) => { location.hash = `#/budgets/${enc(target)}`; }) : null,
+      status,
+      h("div", { class: "table-wrap", tabindex: 0, role: "region", "aria-label": "Budgets table" },
+        h("table", { class: "data", id: "budgets-table" },
+          h("caption", { class: "visually-hidden" }, "Every subject with limits or spend"),
+          h("thead", {}, h("tr", {}, columns.map((c) => h("th", { scope: "col" }, c)))), tbody)));
+
+    const rows = (b) => budgetMetrics(b).map((m, i) => h("tr", { "data-subject": b.subject, "data-metric": m },
+      i ? h("td", {}) : h("th", { scope: "row" }, h("a", { href: `#/budgets/${enc(b.subject)}` }, b.subject)),
+      h("td", {}, METRIC_NAMES[m]), meterCells(b, m)));
+
+    async function load() {
+      try {
+        const listed = await api("GET", "/api/v1/budgets");
+        setChildren(status);
+        setChildren(tbody, ...listed.budgets.map(rows));
+        if (!tbody.children.length) {
+          tbody.append(h("tr", {}, h("td", { colspan: columns.length, class: "muted" }, "No budgets yet.")));
+        }
+      } catch (err) {
+        setChildren(status, errorNote(err));
+      }
+    }
+
+    setChildren(tbody, h("tr", {}, h("td", { colspan: columns.length, class: "muted" }, "Loading…")));
+    load();
+    return { el, onEvent(kind) { if (kind === "budget" || kind === "metrics") refetchSoon("budgets", load); } };
+  }
+
+  /** One subject's budget page (requesters have no agent page to carry it). */
+  function budgetPage(subject) {
+    const panel = budgetPanel(subject);
+    const agent = subject.startsWith("agent:") ? subject.slice("agent:".length) : null;
+    const el = pageShell(`Budget of ${subject}`, h("p", {}, h("a", { href: "#/budgets" }, "← All budgets"),
+      agent ? [" · ", h("a", { href: `#/agents/${enc(agent)}` }, `Agent ${agent}`)] : null),
+      isOperator() ? budgetForm(subject, () => panel.load()) : null, panel.el);
+    return { el, onEvent: panel.onEvent };
   }
 
   // -- OAuth consent ---------------------------------------------------------------------------------------------
@@ -1686,7 +2075,7 @@
     $("#sign-out").hidden = who.auth === false;
     stream.pos = null;
     openStream();
-    api("GET", "/metrics/system").then(onMetrics, () => {});
+    loadMetrics();
     route();
   }
 
@@ -1703,7 +2092,7 @@
     }, 1000);
     setInterval(() => {
       if (store.whoami && !(stream.source && stream.source.readyState === EventSource.OPEN)) {
-        api("GET", "/metrics/system").then(onMetrics, () => {});
+        loadMetrics();
       }
     }, 5000);
     try {
