@@ -220,9 +220,14 @@ class Market:
         self.tasks = TaskStore(pool)
         self.ledger = Ledger(pool)
         self._solver = anyio.CapacityLimiter(1)  # one clearing solve at a time per replica: it takes a core
+        self._schemas = acceptance.SchemaChecker(seconds=settings.schema_check_seconds)
 
     def children(self) -> list[ChildSpec]:
         return [ChildSpec(id="auction-closer", start=task_child(self._close_forever))]
+
+    async def aclose(self) -> None:
+        """Stop the acceptance checks' schema child (the hub's shutdown)."""
+        await self._schemas.aclose()
 
     # -- accounts --------------------------------------------------------------------------------------------------
 
@@ -539,8 +544,7 @@ class Market:
         assert check is not None
         schema_errors = None
         if check.json_schema is not None:
-            schema_errors = await acceptance.schema_errors(check.json_schema, result,
-                                                           seconds=self.settings.schema_check_seconds)
+            schema_errors = await self._schemas.errors(check.json_schema, result)
         evaluator = None
         if check.evaluator is not None:
             stdin = json.dumps({"task": {"task_id": task.task_id, "description": task.description,

@@ -169,6 +169,7 @@ async def open_hub(settings: Settings, *, nats_monitor_url: str | None = None,
         runner = stack.enter_context(Runner(concurrency=settings.sandbox.concurrency))
         sandbox = _sandbox(settings, pool, metrics, runner)
         market = Market(pool, bus, metrics, settings.market, sandbox, approvals, budgets)
+        stack.push_async_callback(market.aclose)
         activity = ActivityFeed(ActivityLog(pool), ring_size=settings.sse.ring_size,
                                 poll_seconds=settings.sse.activity_poll_seconds)
         await activity.start()
