@@ -164,9 +164,9 @@ async def open_hub(settings: Settings, *, nats_monitor_url: str | None = None,
                                     per_agent_per_minute=settings.agents.questions_per_agent_per_minute)
         collab.feed.add_hook(orchestrator.discovery_shared)
         approvals = Approvals(pool, bus, metrics, settings.approvals)
-        market = Market(pool, bus, metrics, settings.market)
         budgets = await stack.enter_async_context(Budgets(pool, bus, metrics, settings.budgets, approvals))
         agents.on_work_seconds = budgets.work_time
+        market = Market(pool, bus, metrics, settings.market)
         runner = stack.enter_context(Runner(concurrency=settings.sandbox.concurrency))
         sandbox = _sandbox(settings, pool, metrics, runner)
         activity = ActivityFeed(ActivityLog(pool), ring_size=settings.sse.ring_size,

@@ -170,6 +170,29 @@ async def test_expired_reservations_settle_at_their_reserved_amount(hub_factory:
         assert state == "expired"
 
 
+async def test_a_limit_set_on_one_replica_applies_on_another_at_once(hub_factory: HubFactory) -> None:
+    # The replicas re-read limits only every minute on their own: the NATS hint is what tells the other one.
+    settings = {"budgets": {"cache_seconds": 60}}
+    async with hub_factory.run(hub_factory.settings(**settings)) as first, \
+            hub_factory.run(hub_factory.settings(replica_id="second", **settings)) as second:
+        assert await second.state.budgets.reserve("agent:roamer", "llm_tokens", 5, ref="before") is None
+        await put_budget(first, "agent:roamer", {"limits": {"llm_tokens": {"hard": 4}}})
+
+        async def applies() -> bool:
+            return second.state.budgets.limited("agent:roamer", "llm_tokens")
+
+        await eventually(applies, 5, "the limit known on the second replica")
+        with pytest.raises(BudgetExhausted, match="hard limit 4"):
+            await second.state.budgets.reserve("agent:roamer", "llm_tokens", 5, ref="after")
+        await put_budget(first, "agent:roamer", {"limits": {"llm_tokens": {"hard": None}}})
+
+        async def lifted() -> bool:
+            return not second.state.budgets.limited("agent:roamer", "llm_tokens")
+
+        await eventually(lifted, 5, "the limit gone on the second replica")
+        assert await second.state.budgets.reserve("agent:roamer", "llm_tokens", 5, ref="lifted") is None
+
+
 # -- tool calls through MCP -----------------------------------------------------------------------------------------
 
 
@@ -315,6 +338,8 @@ async def test_a_claude_agent_gets_no_llm_call_past_its_hard_limit_and_works_aga
         assert cost == 2 * (20_000 * 3 + 5 * 15)  # the default price: $3 / $15 per million tokens
         shown = await run_cli(hub, "budgets", "show", "agent:llm")
         assert "EXHAUSTED: llm_tokens" in shown and "40010" in shown
+        assert "40010" in (await run_cli(hub, "budgets", "spend", "agent:llm", "--metric", "llm_tokens"))
+        assert "agent:llm" in await run_cli(hub, "budgets", "list")
         metrics = (await http.get("/metrics")).text
         assert 'agenthub_budget_spend_total{metric="llm_tokens",subject="agent:llm"} 40010.0' in metrics
         assert 'agenthub_budget_refused_total{metric="llm_tokens",subject="agent:llm"} 1.0' in metrics
