@@ -426,6 +426,8 @@
     [/^\/tasks\/(.+)$/, (m) => taskPage(m[1]), "tasks"],
     [/^\/accounts\/?$/, () => accountsPage(), "accounts"],
     [/^\/accounts\/(.+)$/, (m) => accountPage(m[1]), "accounts"],
+    [/^\/budgets\/?$/, () => budgetsPage(), "budgets"],
+    [/^\/budgets\/(.+)$/, (m) => budgetPage(m[1]), "budgets"],
     [/^\/tokens\/?$/, () => tokensPage(), "tokens"],
     [/^\/consent\/(.+)$/, (m) => consentPage(m[1]), null],
   ];
@@ -1304,6 +1306,156 @@
       }));
     }
     return parts;
+  }
+
+  // -- budgets -----------------------------------------------------------------------------------------------
+
+  const METRICS = ["llm_tokens", "llm_cost_micro_usd", "tool_calls", "work_seconds", "credits"];
+  const BUDGET_REFRESH_MS = 3000; // spend moves without a hub-wide event (tool calls, LLM usage): re-read it
+
+  function svg(tag, attrs, ...children) {
+    const el = document.createElementNS("http://www.w3.org/2000/svg", tag);
+    for (const [key, value] of Object.entries(attrs || {})) el.setAttribute(key, String(value));
+    append(el, children);
+    return el;
+  }
+
+  function limitText(limit) {
+    if (!limit) return "—";
+    return `${limit.soft === null ? "—" : fmtNumber(limit.soft)} / ${limit.hard === null ? "—" : fmtNumber(limit.hard)}`;
+  }
+
+  function polled(refresh) {
+    refresh();
+    const timer = setInterval(refresh, BUDGET_REFRESH_MS);
+    return () => clearInterval(timer);
+  }
+
+  function budgetsPage() {
+    if (role() === "agent") {
+      return { el: pageShell("Budgets", h("p", {}, "An agent sees its own budget: ",
+        h("a", { href: `#/budgets/${enc(`agent:${ownAgent()}`)}` }, `agent:${ownAgent()}`))) };
+    }
+    const tbody = h("tbody");
+    const status = h("div", {}, loadingNote());
+    const open = h("input", { name: "subject", required: true, autocomplete: "off", placeholder: "agent:analyst-1" });
+    const form = h("form", { class: "card inline-form", "aria-label": "Open a budget" },
+      field("Subject", open, "agent:<id> or requester:<id>"),
+      h("div", { class: "actions" }, h("button", { type: "submit" }, "Open")));
+    form.addEventListener("submit", (ev) => {
+      ev.preventDefault();
+      if (open.value.trim()) location.hash = `#/budgets/${enc(open.value.trim())}`;
+    });
+    const el = pageShell("Budgets", form, status, h("section", { class: "panel" }, h("h2", {}, "Spend and limits"),
+      h("div", { class: "table-wrap", tabindex: 0, role: "region", "aria-label": "Budgets" },
+        h("table", { class: "data", id: "budgets-table" },
+          h("thead", {}, h("tr", {}, ["Subject", ...METRICS.map((m) => `${m} spent (soft / hard)`), "Exhausted"]
+            .map((c) => h("th", { scope: "col" }, c)))), tbody))));
+
+    async function refresh() {
+      try {
+        const listed = await api("GET", "/api/v1/budgets");
+        setChildren(status);
+        setChildren(tbody, ...listed.budgets.map((b) => h("tr", { "data-subject": b.subject },
+          h("th", { scope: "row" }, h("a", { href: `#/budgets/${enc(b.subject)}` }, b.subject)),
+          METRICS.map((m) => h("td", { class: "num" }, b.spent[m] === undefined ? "—" : fmtNumber(b.spent[m]),
+            b.limits[m] ? h("span", { class: "muted" }, ` (${limitText(b.limits[m])})`) : null)),
+          h("td", { class: b.exhausted.length ? "error" : "" }, b.exhausted.join(", ") || "—"))));
+        if (!listed.budgets.length) {
+          tbody.append(h("tr", {}, h("td", { colspan: METRICS.length + 2, class: "muted" }, "No budgets or spend yet.")));
+        }
+      } catch (err) {
+        setChildren(status, errorNote(err));
+      }
+    }
+
+    return { el, dispose: polled(refresh) };
+  }
+
+  /** Spend over time as a line of the running total (an SVG the page draws itself, no library). */
+  function spendPlot(series) {
+    const width = 640;
+    const height = 200;
+    const pad = 8;
+    const points = series.points;
+    const label = points.length
+      ? `${series.metric} of ${series.subject}: ${fmtNumber(points[points.length - 1].total)} in all, ` +
+        `${points.length} minute${points.length === 1 ? "" : "s"} with spend since ${fmtTime(points[0].at)}`
+      : `${series.metric} of ${series.subject}: no spend in this period`;
+    const plot = svg("svg", { class: "spend-plot", viewBox: `0 0 ${width} ${height}`, role: "img",
+                              "aria-label": label, "data-points": points.length }, svg("title", {}, label));
+    if (points.length) {
+      const t0 = new Date(points[0].at).getTime();
+      const t1 = Math.max(new Date(points[points.length - 1].at).getTime() + 60_000, t0 + 60_000);
+      const top = Math.max(...points.map((p) => p.total), 1);
+      const low = Math.min(points[0].total - points[0].amount, top);
+      const x = (at) => pad + ((new Date(at).getTime() - t0) / (t1 - t0)) * (width - 2 * pad);
+      const y = (v) => height - pad - ((v - low) / Math.max(top - low, 1)) * (height - 2 * pad);
+      const coords = [[x(points[0].at), y(low)], ...points.map((p) => [x(p.at) + (width - 2 * pad) * 60_000 /
+        (t1 - t0), y(p.total)])];
+      plot.append(svg("line", { class: "axis", x1: pad, y1: height - pad, x2: width - pad, y2: height - pad }),
+        svg("polyline", { class: "spend-line", fill: "none", points: coords.map(([a, b]) => `${a.toFixed(1)},${b.toFixed(1)}`)
+          .join(" ") }));
+    }
+    return h("figure", { class: "panel" }, plot, h("figcaption", { class: "muted" }, label));
+  }
+
+  function budgetPage(subject) {
+    const summary = h("div", {}, loadingNote());
+    const metricSelect = h("select", { name: "metric", id: "spend-metric" },
+      METRICS.map((m) => h("option", { value: m }, m)));
+    const plotBox = h("div", { id: "spend-plot" });
+    const el = pageShell(`Budget ${subject}`, h("p", {}, h("a", { href: "#/budgets" }, "← Budgets")), summary,
+      isOperator() ? limitsForm(subject, () => refresh()) : null,
+      h("section", { class: "panel" }, h("h2", {}, "Spend over time"),
+        h("form", { class: "inline-form", "aria-label": "Metric" }, field("Metric", metricSelect)), plotBox));
+    metricSelect.addEventListener("change", () => refresh());
+
+    async function refresh() {
+      try {
+        const metric = metricSelect.value;
+        const [budget, series] = await Promise.all([
+          api("GET", `/api/v1/budgets/${enc(subject)}`),
+          api("GET", `/api/v1/budgets/${enc(subject)}/spend?metric=${enc(metric)}`)]);
+        setChildren(summary, h("section", { class: "panel" },
+          h("table", { class: "data", id: "budget-metrics" },
+            h("thead", {}, h("tr", {}, ["Metric", "Spent", "Reserved", "Soft", "Hard", "State"]
+              .map((c) => h("th", { scope: "col" }, c)))),
+            h("tbody", {}, METRICS.filter((m) => budget.limits[m] || budget.spent[m] !== undefined).map((m) => {
+              const limit = budget.limits[m] || { soft: null, hard: null };
+              const exhausted = budget.exhausted.includes(m);
+              return h("tr", { "data-metric": m }, h("th", { scope: "row" }, m),
+                h("td", { class: "num spent" }, fmtNumber(budget.spent[m] || 0)),
+                h("td", { class: "num" }, fmtNumber(budget.reserved[m] || 0)),
+                h("td", { class: "num" }, limit.soft === null ? "—" : fmtNumber(limit.soft)),
+                h("td", { class: "num" }, limit.hard === null ? "—" : fmtNumber(limit.hard)),
+                h("td", { class: exhausted ? "error" : "" }, exhausted ? "exhausted" : "ok"));
+            }))),
+          h("dl", { class: "facts" }, fact("Approval threshold", budget.approval_threshold === null ? "—"
+            : fmtNumber(budget.approval_threshold)))));
+        setChildren(plotBox, spendPlot(series));
+      } catch (err) {
+        setChildren(summary, errorNote(err));
+      }
+    }
+
+    return { el, dispose: polled(refresh) };
+  }
+
+  function limitsForm(subject, done) {
+    return h("details", { class: "share" }, h("summary", {}, "Set limits"),
+      writeForm({ class: "card form-grid", id: "limits-form", "aria-label": "Set limits" }, [
+        field("Metric", h("select", { name: "metric" }, METRICS.map((m) => h("option", { value: m }, m)))),
+        field("Soft limit", h("input", { name: "soft", type: "number", min: 0, step: 1 }), "empty: none"),
+        field("Hard limit", h("input", { name: "hard", type: "number", min: 0, step: 1 }), "empty: none"),
+        h("div", { class: "actions" }, h("button", { type: "submit" }, "Set")),
+      ], async (f) => {
+        const optional = (name) => (f.elements[name].value.trim() ? numberOf(f, name, name) : null);
+        await api("PUT", `/api/v1/budgets/${enc(subject)}`,
+          { limits: { [f.elements.metric.value]: { soft: optional("soft"), hard: optional("hard") } } });
+        done();
+        return "Limits set.";
+      }));
   }
 
   // -- accounts ----------------------------------------------------------------------------------------------
