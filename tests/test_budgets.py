@@ -10,12 +10,16 @@ import anyio
 import psutil
 import pytest
 
+from agent_pool.executors.claude import ClaudeExecutor
+from agent_pool.models import ClaudeConfig, WorkerConfig
+from agent_pool.runtime import Runtime
 from agenthub.auth import Role
-from agenthub.errors import BUDGET_EXHAUSTED_META, BudgetExhausted
+from agenthub.errors import BUDGET_EXHAUSTED_META, BudgetExhausted, TransientAgentError
+from supervisor.policy import Backoff
 from tests.agents_helpers import FAST_POLICY, eventually, wait_for
 from tests.browser import Browser
 from tests.conftest import HubFactory, RunningHub
-from tests.messages_api import MessagesApi, message, running_messages_api, text
+from tests.messages_api import OVERLOADED, MessagesApi, message, running_messages_api, text
 
 KEY = "sk-ant-test-0123456789"
 
@@ -427,3 +431,29 @@ async def test_the_dashboard_plots_an_agents_spend_and_an_operator_sets_its_limi
     info = await budget(hub, "agent:plotter")
     assert (info["limits"]["llm_tokens"], info["exhausted"]) == ({"soft": 100, "hard": 150}, ["llm_tokens"])
     assert browser.console_errors() == []
+
+
+async def test_a_failed_llm_call_gives_back_what_it_reserved(
+        budget_hub: RunningHub, messages_api: MessagesApi, monkeypatch: pytest.MonkeyPatch) -> None:
+    hub, api = budget_hub, messages_api
+    monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
+    api.script(OVERLOADED, OVERLOADED)
+    await put_budget(hub, "agent:flaky", {"limits": {"llm_tokens": {"hard": 100_000},
+                                                     "llm_cost_micro_usd": {"hard": 10**9}}})
+    config = ClaudeConfig.model_validate({"base_url": api.url, "model": "claude-test", "max_tokens": 100})
+    worker = WorkerConfig(agent_id="flaky", instance="test", role="analyst", capabilities=[], executor="claude",
+                          executor_config=config.model_dump(), hub_url=hub.url,
+                          nats_url=hub.state.settings.nats_url, subject_prefix=hub.state.settings.nats_subject_prefix,
+                          heartbeat_seconds=10, llm_prices=hub.state.settings.budgets.llm_prices)
+    login = await hub.state.agents.credentials.issue("flaky", worker.instance)
+    executor = ClaudeExecutor(config, backoff=Backoff(initial=0.01, maximum=0.02, jitter=0.0), attempts=2)
+    async with Runtime(worker, await hub.token(Role.AGENT, "flaky"), login).connect() as rt:
+        with anyio.fail_after(30), pytest.raises(TransientAgentError):
+            await executor.run(rt, "Anything?")
+    assert len(api.requests) == 2  # one reservation covered both attempts
+    info = await budget(hub, "agent:flaky")
+    assert (info["spent"], info["reserved"]) == ({"llm_tokens": 0, "llm_cost_micro_usd": 0},
+                                                 {"llm_tokens": 0, "llm_cost_micro_usd": 0})
+    assert await hub.state.pool.fetchval(
+        "SELECT count(*) FROM budget_reservations WHERE subject = 'agent:flaky' AND state = 'settled'"
+        " AND actual = 0") == 2
