@@ -17,7 +17,6 @@ from agenthub.auth import Role
 from agenthub.errors import BUDGET_EXHAUSTED_META, BudgetExhausted, TransientAgentError
 from supervisor.policy import Backoff
 from tests.agents_helpers import FAST_POLICY, eventually, wait_for
-from tests.browser import Browser
 from tests.conftest import HubFactory, RunningHub
 from tests.messages_api import OVERLOADED, MessagesApi, message, running_messages_api, text
 
@@ -397,40 +396,6 @@ async def test_work_time_of_an_agent_process_is_recorded_from_its_performance(bu
         return (await budget(hub, "agent:slow"))["spent"].get("work_seconds", 0) >= 2
 
     await eventually(recorded, 30, "two seconds of work recorded")
-
-
-# -- the dashboard ---------------------------------------------------------------------------------------------------
-
-
-@pytest.mark.timeout(900)  # the first browser test may install chromium
-async def test_the_dashboard_plots_an_agents_spend_and_an_operator_sets_its_limits(
-        budget_hub: RunningHub, browser: Browser) -> None:
-    hub = budget_hub
-    await put_budget(hub, "agent:plotter", {"limits": {"llm_tokens": {"soft": 500, "hard": 1000}}})
-    async with hub.http(await hub.token(Role.AGENT, "plotter")) as http:
-        for tokens in (120, 80):
-            r = await http.post("/api/v1/budgets/agent:plotter/usage", json={"llm_tokens": tokens})
-            assert r.status_code == 200, r.text
-    await browser.sign_in(hub.url, hub.operator_token)
-    await browser.go("#/budgets", "Budgets")
-    await browser.wait_for("const r = document.querySelector('#budgets-table tr[data-subject=\"agent:plotter\"]');"
-                           "return r && r.textContent.includes('200') && r.textContent.includes('500 / 1,000')",
-                           what="the agent's spend and limits in the list")
-    await browser.click("#budgets-table a[href='#/budgets/agent%3Aplotter']")
-    await browser.wait_for("const p = document.querySelector('svg.spend-plot');"
-                           "return p && p.getAttribute('aria-label').includes('200 in all')"
-                           " && p.querySelector('polyline.spend-line')", what="the plot of the running total")
-    await browser.screenshot("budget")
-    await browser.js("document.querySelector('#limits-form').closest('details').open = true")
-    await browser.choose("#limits-form select[name=metric]", "llm_tokens")
-    await browser.fill("#limits-form input[name=soft]", "100")
-    await browser.fill("#limits-form input[name=hard]", "150")
-    await browser.click("#limits-form button[type=submit]")
-    await browser.wait_for("const r = document.querySelector('#budget-metrics tr[data-metric=llm_tokens]');"
-                           "return r && r.textContent.includes('exhausted')", what="the lowered limit exhausts it")
-    info = await budget(hub, "agent:plotter")
-    assert (info["limits"]["llm_tokens"], info["exhausted"]) == ({"soft": 100, "hard": 150}, ["llm_tokens"])
-    assert browser.console_errors() == []
 
 
 async def test_a_failed_llm_call_gives_back_what_it_reserved(
