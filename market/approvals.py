@@ -34,7 +34,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstra
 from agenthub import activity
 from agenthub.auth import Principal, Role
 from agenthub.bus import Bus
-from agenthub.database import DATABASE_ERRORS, Connection, log_failure
+from agenthub.database import DATABASE_ERRORS, UNAVAILABLE, Connection, log_failure
 from agenthub.errors import ApprovalAlreadyDecided, ApprovalNotFound, Forbidden
 from agenthub.ids import AGENT_ID_PATTERN
 from agenthub.metrics import HubMetrics
@@ -152,6 +152,7 @@ class _Hint(BaseModel):
 # -- the service ---------------------------------------------------------------------------------------------------
 
 Decided = Callable[[Connection, ApprovalInfo], Awaitable[None]]
+Committed = Callable[[ApprovalInfo], Awaitable[None]]
 _COLUMNS = ("id, kind, subject, reason, detail::text AS detail, requested_by, state, decision, default_decision, "
             "decided_by, note, created_at, expires_at, decided_at")
 
@@ -180,6 +181,7 @@ class Approvals:
         self._metrics = metrics
         self.settings = settings
         self._handlers: dict[ApprovalKind, list[Decided]] = defaultdict(list)
+        self._committed: dict[ApprovalKind, list[Committed]] = defaultdict(list)
 
     def children(self) -> list[ChildSpec]:
         return [ChildSpec(id="approval-sweep", start=task_child(self._sweep_forever))]
@@ -188,6 +190,11 @@ class Approvals:
         """Run `handler` in the transaction that decides each approval of `kind` (approved, denied or expired),
         after its row is updated: the decision and the handler's effect commit together, or neither does."""
         self._handlers[kind].append(handler)
+
+    def on_committed(self, kind: ApprovalKind, callback: Committed) -> None:
+        """Run `callback` once a decision of an approval of `kind` committed, on the replica that decided it (to
+        announce what the decision's handlers changed); a failure is logged, the decision stands."""
+        self._committed[kind].append(callback)
 
     # -- raising ---------------------------------------------------------------------------------------------------
 
@@ -273,6 +280,11 @@ class Approvals:
         logger.info("approval %s %s by %s", info.approval_id, info.state, info.decided_by)
         await self._bus.publish(self._bus.subject(f"approvals.{info.approval_id}"),
                                 _Hint(approval_id=info.approval_id, state=info.state))
+        for callback in self._committed.get(info.kind, ()):
+            try:
+                await callback(info)
+            except Exception:  # the decision committed: what announces it must not undo or hide it
+                logger.exception("after approval %s was decided", info.approval_id)
 
     async def _expire(self, approval_id: str) -> ApprovalInfo | None:
         """Apply the default decision to one pending approval past its expiry; None if it is not (any more)."""
@@ -296,7 +308,7 @@ class Approvals:
         for row in due:
             try:
                 expired += await self._expire(row["id"]) is not None
-            except DATABASE_ERRORS:
+            except UNAVAILABLE:  # PostgreSQL away: the whole round is retried
                 raise
             except Exception:  # one approval's failing handler must not keep the others from expiring
                 logger.exception("expiring approval %s failed; it is tried again next sweep", row["id"])
@@ -353,11 +365,12 @@ class Approvals:
         async def heard(msg: Any) -> None:
             woken.set()
 
+        hints = None
         try:
-            hints = await self._bus.subscribe(f"approvals.{approval_id}", heard)
-        except Exception:  # NATS away: the re-reads below still see the decision, a little later
+            with anyio.move_on_after(_POLL_SECONDS):  # NATS slow or away: the re-reads alone see the decision
+                hints = await self._bus.subscribe(f"approvals.{approval_id}", heard)
+        except Exception:  # NATS refused: the same
             logger.warning("approval %s: cannot hear decision hints; polling only", approval_id)
-            hints = None
         try:
             with anyio.move_on_after(bound):
                 while info.state == "pending":

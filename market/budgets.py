@@ -11,7 +11,8 @@ Contract:
   (`Approvals.request`, kind "budget", deduplicated per subject and metric) and the work goes on. An operator who
   denies it exhausts the metric until they set its limits again; approving changes nothing.
 * A reservation never settled (its agent crashed) is settled at its reserved amount after
-  `reservation_expiry_seconds` by the sweep (a child of the hub's root supervisor), which also writes the spend
+  `reservation_expiry_seconds` by the sweep (except credits: a task's reservation lives as long as the task, and
+  the market settles it when the task's escrow ends) (a child of the hub's root supervisor), which also writes the spend
   counted in memory and deletes spend older than the retention.
 * Cheap without limits: most subjects have none. Each replica keeps the set of subjects with limits, read at start,
   again every `cache_seconds` and at once when any replica changes limits (a hint on `hub.budgets.changed`, which
@@ -460,7 +461,7 @@ class Budgets(BusListener[BudgetsChanged]):
             async with self._pool.acquire() as c, c.transaction():
                 rows = await c.fetch(
                     "SELECT id, subject, metric, amount FROM budget_reservations WHERE state = 'open'"
-                    " AND at < now() - make_interval(secs => $1) ORDER BY subject, metric, id"
+                    " AND metric <> 'credits' AND at < now() - make_interval(secs => $1) ORDER BY subject, metric, id"
                     " LIMIT $2 FOR UPDATE SKIP LOCKED", self.settings.reservation_expiry_seconds, _SWEEP_BATCH)
                 for r in rows:
                     await c.execute("UPDATE budget_reservations SET state = 'expired', actual = amount,"

@@ -50,7 +50,7 @@ MAX_AMOUNT = 10**12
 MAX_MEMO_LENGTH = 1_000
 MAX_HISTORY_PAGE = 500
 
-_ACCOUNT_RE = re.compile(r"mint|platform|(?:agent|requester|escrow):[A-Za-z0-9_-]{1,64}")
+_ACCOUNT_RE = re.compile(r"mint|platform|(?:agent|requester|escrow|bond):[A-Za-z0-9_-]{1,64}")
 
 
 class AccountKind(StrEnum):
@@ -59,6 +59,7 @@ class AccountKind(StrEnum):
     AGENT = "agent"
     REQUESTER = "requester"
     ESCROW = "escrow"
+    BOND = "bond"  # a task's bid bonds (market.bonds)
 
 
 # Accounts that belong to someone outside the hub: they receive deposits, pay for tasks and are paid.
@@ -72,6 +73,9 @@ class TransferKind(StrEnum):
     RELEASE = "release"    # escrow → payee and platform (the fee)
     REFUND = "refund"      # escrow → payer, all of it
     SPLIT = "split"        # escrow → payee, platform and payer, as an arbiter ruled
+    BOND = "bond"          # bidder → the task's bond account, when it bids on a task that asks a bond
+    BOND_RETURN = "bond_return"  # bond account → bidders, when they lose or deliver
+    SLASH = "slash"        # bond account → requester and platform (the fee), when the winner never delivers
 
 
 def parse_account_id(value: str) -> AccountId:
@@ -91,6 +95,10 @@ def requester_account(requester_id: str) -> AccountId:
 
 def escrow_account(escrow_id: str) -> AccountId:
     return parse_account_id(f"escrow:{escrow_id}")
+
+
+def bond_account(task_id: str) -> AccountId:
+    return parse_account_id(f"bond:{task_id}")
 
 
 def account_kind(account: AccountId) -> AccountKind:
@@ -177,11 +185,12 @@ class Audit:
     unbalanced_transfers: tuple[int, ...]       # postings not summing to 0, or fewer than two
     negative_accounts: tuple[AccountId, ...]    # below zero and not the mint
     escrow_mismatches: tuple[str, ...]          # escrow account ≠ amount held (open) or ≠ 0 (ended)
+    bond_mismatches: tuple[str, ...] = ()       # a task's bond account ≠ the bonds it holds
 
     @property
     def ok(self) -> bool:
         return (self.total_balance == 0 and not self.balance_mismatches and not self.unbalanced_transfers
-                and not self.negative_accounts and not self.escrow_mismatches)
+                and not self.negative_accounts and not self.escrow_mismatches and not self.bond_mismatches)
 
 
 async def lock_accounts(conn: Connection, accounts: Iterable[AccountId]) -> dict[AccountId, int]:
@@ -321,7 +330,8 @@ class Ledger:
 
         Balance = Σ postings = the newest posting's `balance_after`; no account but the mint below 0; every
         transfer touching the accounts has two or more postings summing to 0; every open escrow's account holds
-        its amount and every ended escrow's account is empty. Σ balances (conservation) is always over all.
+        its amount and every ended escrow's account is empty; every task's bond account holds its bonds still held.
+        Σ balances (conservation) is always over all.
         """
         only = list(accounts) if accounts is not None else None
         async with self._pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
@@ -350,6 +360,11 @@ class Ledger:
                 " WHERE ($1::text[] IS NULL OR 'escrow:' || e.id = ANY($1))"
                 "   AND coalesce(a.balance, 0) <> CASE WHEN e.state IN ('held', 'disputed') THEN e.amount ELSE 0 END"
                 " ORDER BY e.id", only)
+            bonds = await conn.fetch(
+                "SELECT a.id FROM accounts a LEFT JOIN (SELECT 'bond:' || task_id AS id, sum(amount) AS held"
+                "                FROM bonds WHERE state = 'held' GROUP BY task_id) b ON b.id = a.id"
+                " WHERE a.kind = 'bond' AND ($1::text[] IS NULL OR a.id = ANY($1))"
+                "   AND a.balance <> coalesce(b.held, 0) ORDER BY a.id", only)
         return Audit(
             accounts=totals["accounts"], transfers=totals["transfers"], total_balance=int(totals["total"]),
             balance_mismatches=tuple(
@@ -358,4 +373,5 @@ class Ledger:
             unbalanced_transfers=tuple(r["id"] for r in unbalanced),
             negative_accounts=tuple(AccountId(r["id"]) for r in negative),
             escrow_mismatches=tuple(r["id"] for r in escrows),
+            bond_mismatches=tuple(r["id"] for r in bonds),
         )

@@ -8,7 +8,7 @@ body returns the first answer (`market.idempotency.CONTRACT`, the field's descri
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from agenthub.ids import AGENT_ID_PATTERN
 from agenthub.text import Storable
@@ -18,12 +18,51 @@ AgentIdField = Annotated[str, StringConstraints(pattern=AGENT_ID_PATTERN)]
 Capability = Annotated[str, StringConstraints(min_length=1, max_length=64, strip_whitespace=True)]
 IdempotencyKey = Annotated[str, StringConstraints(min_length=1, max_length=MAX_KEY_LENGTH), Field(description=CONTRACT)]
 Credits = Annotated[int, Field(gt=0, le=10**12)]
-TaskState = Literal["bidding", "assigned", "running", "completed", "failed", "cancelled", "expired"]
-TASK_STATES: tuple[str, ...] = ("bidding", "assigned", "running", "completed", "failed", "cancelled", "expired")
+TaskState = Literal["awaiting_approval", "bidding", "assigned", "running", "completed", "failed", "cancelled",
+                   "expired"]
+TASK_STATES: tuple[str, ...] = ("awaiting_approval", "bidding", "assigned", "running", "completed", "failed",
+                                "cancelled", "expired")
+Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 
 
 class Strict(Storable):
     model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+
+class AcceptanceCheck(Strict):
+    # How a result is checked before the escrow pays, fixed at submission (a comment: tool schemas stay short).
+
+    json_schema: Annotated[dict[str, Any], Field(max_length=100)] | None = Field(
+        default=None, description="JSON Schema (2020-12) the result must satisfy.")
+    evaluator: Sha256 | None = Field(
+        default=None, description="SHA-256 of an uploaded WASM evaluator: {task, result} on stdin, exit 0 passes.")
+    on_fail: Literal["refund", "dispute"] = "refund"
+
+    @model_validator(mode="after")
+    def _something_to_check(self) -> "AcceptanceCheck":
+        if self.json_schema is None and self.evaluator is None:
+            raise ValueError("an acceptance check needs a json_schema, an evaluator, or both")
+        return self
+
+
+class CheckOutcome(BaseModel):
+    """What the acceptance check found when the winner reported the task completed."""
+
+    passed: bool
+    checked_at: datetime
+    schema_errors: list[str] | None = Field(default=None, description="Why the result fails the schema (≤ 10).")
+    evaluator: dict[str, Any] | None = Field(default=None, description="The evaluator's run: outcome, exit_code, "
+                                             "error, log, output.")
+
+    def summary(self) -> str:
+        """One line on why the check failed (or that it passed)."""
+        if self.passed:
+            return "passed"
+        reasons = [f"schema: {'; '.join(self.schema_errors)}"] if self.schema_errors else []
+        if self.evaluator is not None and not (self.evaluator["exit_code"] == 0):
+            reasons.append(f"evaluator: {self.evaluator['outcome']} (exit code {self.evaluator['exit_code']})"
+                           + (f": {self.evaluator['error']}" if self.evaluator["error"] else ""))
+        return ", ".join(reasons) or "evaluator: did not finish"
 
 
 class SubmitTaskInput(Strict):
@@ -34,6 +73,10 @@ class SubmitTaskInput(Strict):
     parameters: Annotated[dict[str, Any], Field(max_length=50)] = Field(default_factory=dict)
     budget: Credits = Field(description="The most you pay, held in escrow until the task ends.")
     bidding_seconds: Annotated[float, Field(gt=0, le=86_400)] = 30.0
+    bond_percent: Annotated[int, Field(ge=0, le=100)] = Field(
+        default=0, description="Each bidder's bond, % of its bid: yours if the winner never delivers.")
+    acceptance: AcceptanceCheck | None = Field(
+        default=None, description="Run on the winner's result: a pass pays at once, a fail refunds or disputes.")
     idempotency_key: IdempotencyKey
 
 
@@ -81,7 +124,7 @@ class DepositInput(Strict):
 
 
 class ListTasksInput(Strict):
-    state: Annotated[list[TaskState], Field(max_length=7)] | None = None
+    state: Annotated[list[TaskState], Field(max_length=8)] | None = None
     requester_id: AgentIdField | None = None
     agent_id: AgentIdField | None = None
     capability: Capability | None = None
@@ -122,9 +165,47 @@ class TaskInfo(BaseModel):
     result: dict[str, Any] | None
     escrow_id: str
     escrow_state: str | None = None
+    bond_percent: int = 0
+    acceptance: AcceptanceCheck | None = None
+    check: CheckOutcome | None = Field(default=None, description="The acceptance check's outcome, once run.")
+    approval_id: str | None = Field(default=None, description="The approval the task waited for, if it did.")
     created_at: datetime
     updated_at: datetime
     events: list[TaskEvent] = Field(default_factory=list)
+
+
+class AuditBid(BaseModel):
+    agent_id: str
+    price: int
+    estimated_seconds: float
+    reputation: float | None = Field(description="The reputation the bid was scaled by when the auction cleared.")
+    placed_seq: int = Field(description="Arrival order among all bids (ties go to the earlier bid).")
+
+
+class AuditAuction(BaseModel):
+    task_id: str
+    budget: int
+    bids: list[AuditBid]
+
+
+class Replay(BaseModel):
+    winner: str | None
+    price: int | None
+    matches: bool = Field(description="The replay gives the recorded winner and price.")
+
+
+class TaskAudit(BaseModel):
+    """An auction's clearing, replayable: `market.clearing.clear` over `auctions` gives this task's award."""
+
+    task_id: str
+    state: TaskState
+    clearing_batch: str
+    cleared_at: datetime
+    winner: str | None
+    price: int | None
+    auctions: list[AuditAuction] = Field(description="The clearing's whole input: this task's auction and the "
+                                         "others cleared with it (each agent wins at most one task per clearing).")
+    replay: Replay
 
 
 class TaskList(BaseModel):
@@ -137,6 +218,7 @@ class BidPlaced(BaseModel):
     price: int
     replaced: bool
     bidding_closes_at: datetime
+    bond: int = Field(default=0, description="Credits held from your account as your bond on this task.")
 
 
 class TaskAnnouncement(BaseModel):

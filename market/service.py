@@ -26,6 +26,7 @@ It also auto-accepts completed tasks after `accept_after_seconds`, fails tasks s
 `.assignment` at award, `.progress` while running, `.result` when a task ends.
 """
 
+import json
 import logging
 import secrets
 import time
@@ -33,47 +34,60 @@ from collections import defaultdict
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from itertools import islice
+from typing import Any, Protocol
 
 import anyio
 import asyncpg
+import jsonschema
 from anyio.abc import TaskStatus
 
 from agenthub.auth import Principal, Role
 from agenthub.bus import Bus
 from agenthub.database import DATABASE_ERRORS, Connection, log_failure
-from agenthub.errors import Conflict, Forbidden, MissingCapabilities, TaskNotFound, WrongTaskState
+from agenthub.errors import Conflict, Forbidden, InvalidInput, MissingCapabilities, TaskNotFound, WrongTaskState
 from agenthub.metrics import HubMetrics
 from agenthub.settings import MarketSettings
+from market import bonds
 from market import escrow as escrows
-from market.clearing import Bid, Clearing, TaskAuction, clear
+from market.approvals import ApprovalInfo, Approvals
+from market.budgets import Budgets
+from market.clearing import Award, Bid, Clearing, TaskAuction, clear
 from market.idempotency import prune, run_once, scope_of
 from market.ledger import (
+    PLATFORM,
     AccountId,
     AccountKind,
     Ledger,
     account_kind,
     agent_account,
+    bond_account,
     escrow_account,
     lock_accounts,
     parse_account_id,
     requester_account,
 )
 from market.models import (
+    AcceptanceCheck,
     AccountInfo,
+    AuditAuction,
+    AuditBid,
     BidInfo,
     BidPlaced,
+    CheckOutcome,
     DepositInput,
     DisputeInput,
     LedgerEntry,
     LedgerPage,
     ListTasksInput,
     PlaceBidInput,
+    Replay,
     ReportTaskInput,
     ResolveInput,
     SettleInput,
     SubmitTaskInput,
     TaskAnnouncement,
+    TaskAudit,
     TaskInfo,
     TaskList,
     TaskRef,
@@ -81,19 +95,26 @@ from market.models import (
 )
 from market.reputation import Observation, reputation
 from market.tasks import TaskStore
+from sandbox.models import RunResult
 from supervisor import ChildSpec, task_child
 
 logger = logging.getLogger(__name__)
 
 HUB_SCOPE = "hub"  # the idempotency scope of the hub's own actions
+MAX_SCHEMA_BYTES = 64 * 1024
+_EVALUATOR_DONE = frozenset({"ok", "invalid_output"})  # runs that ended by themselves (stdout may be any text)
 _BATCH = 100
-# The completed and failed tasks won by `winners` (an array or a subquery): what reputations are computed from.
-_FINISHED = ("SELECT t.winner, t.state, t.estimated_seconds, extract(epoch FROM t.assigned_at) AS assigned,"
+# The settled tasks won by `winners` (an array or a subquery): what reputations are computed from. Only the
+# settlement counts: paid (released, or split at half or more to the agent) is a success, refunded a failure; a
+# task the requester cancelled counts for nothing, and completed work counts once it is paid.
+_FINISHED = ("SELECT t.winner, t.estimated_seconds, t.completed_at IS NOT NULL AS completed,"
+             " e.state = 'released' OR (e.state = 'split' AND e.payee_share_percent >= 50) AS succeeded,"
+             " extract(epoch FROM t.assigned_at) AS assigned,"
              " (SELECT min(lower(c)) FROM unnest(t.required_capabilities) c) AS capability,"
-             " extract(epoch FROM coalesce(t.completed_at, t.updated_at)) AS ended,"
+             " extract(epoch FROM coalesce(t.completed_at, e.settled_at)) AS ended,"
              " e.resolution = 'refund' AND e.disputed_by IS NOT NULL AS dispute_lost"
              " FROM tasks t JOIN escrows e ON e.id = t.escrow_id"
-             " WHERE t.winner = ANY({winners}) AND t.state IN ('completed', 'failed')")
+             " WHERE t.winner = ANY({winners}) AND e.settled_at IS NOT NULL AND t.state <> 'cancelled'")
 _PRUNE_EVERY = 3600.0
 _DISPUTABLE = ("assigned", "running", "completed")
 
@@ -122,6 +143,16 @@ class _Solved:
     bid_counts: dict[str, int]
     estimates: dict[str, float]
     fingerprint: tuple[int, int]
+    reputations: list[tuple[str, str, float]]  # (task, agent, reputation) of every bid: recorded with the bids
+
+
+def replay(auctions: Sequence[AuditAuction], task_id: str) -> Award | None:
+    """`task_id`'s award when `market.clearing.clear` runs again on an audit's auctions (None: unassigned)."""
+    cleared = clear([TaskAuction(task_id=a.task_id, budget=a.budget, bids=tuple(
+        Bid(task_id=a.task_id, agent_id=b.agent_id, price=b.price, estimated_seconds=b.estimated_seconds,
+            reputation=b.reputation if b.reputation is not None else 0.0, placed_seq=b.placed_seq)
+        for b in a.bids)) for a in auctions])
+    return next((award for award in cleared.awards if award.task_id == task_id), None)
 
 
 def _observations(rows: Sequence[asyncpg.Record]) -> dict[str, list[Observation]]:
@@ -131,8 +162,8 @@ def _observations(rows: Sequence[asyncpg.Record]) -> dict[str, list[Observation]
         took = (r["ended"] - r["assigned"]) if r["assigned"] is not None else None
         on_time = (float(took) / r["estimated_seconds"]) if took is not None and r["estimated_seconds"] else None
         observations[r["winner"]].append(Observation(
-            at=float(r["ended"]), succeeded=r["state"] == "completed" and not r["dispute_lost"],
-            on_time=on_time if r["state"] == "completed" else None, dispute_lost=bool(r["dispute_lost"]),
+            at=float(r["ended"]), succeeded=bool(r["succeeded"]),
+            on_time=on_time if r["succeeded"] and r["completed"] else None, dispute_lost=bool(r["dispute_lost"]),
             capability=r["capability"]))
     return observations
 
@@ -164,12 +195,27 @@ def _solve(batch: _DueBatch, now: float, half_life: float) -> _Solved:
     estimates = {award.task_id: next(b.estimated_seconds for b in by_task[award.task_id]
                                      if b.agent_id == award.agent_id) for award in clearing.awards}
     return _Solved(clearing=clearing, bid_counts={task: len(bids) for task, bids in by_task.items()},
-                   estimates=estimates, fingerprint=(len(batch.bids), sum(b["seq"] for b in batch.bids)))
+                   estimates=estimates, fingerprint=(len(batch.bids), sum(b["seq"] for b in batch.bids)),
+                   reputations=[(b.task_id, b.agent_id, b.reputation) for bids in by_task.values() for b in bids])
+
+
+class Evaluators(Protocol):
+    """Where acceptance checks' WASM evaluators are kept and run (`sandbox.service.SandboxService`)."""
+
+    async def evaluator_exists(self, sha256: str) -> bool: ...
+
+    async def evaluate(self, sha256: str, stdin: bytes) -> RunResult: ...
 
 
 class Market:
-    def __init__(self, pool: asyncpg.Pool, bus: Bus, metrics: HubMetrics, settings: MarketSettings) -> None:
+    def __init__(self, pool: asyncpg.Pool, bus: Bus, metrics: HubMetrics, settings: MarketSettings,
+                 evaluators: Evaluators, approvals: Approvals, budgets: Budgets) -> None:
         self._pool = pool
+        self._evaluators = evaluators
+        self._approvals = approvals
+        self._budgets = budgets
+        approvals.on_decided("task", self._approval_decided)
+        approvals.on_committed("task", self._approval_committed)
         self._bus = bus
         self._metrics = metrics
         self.settings = settings
@@ -215,26 +261,89 @@ class Market:
     async def submit_task(self, who: Principal, req: SubmitTaskInput) -> TaskInfo:
         who.require_acting_as(req.requester_id)
         payer = requester_account(req.requester_id)
+        if req.acceptance is not None:
+            await self._check_acceptance(req.acceptance)
+
+        for subject in (payer, agent_account(req.requester_id)):  # an agent out of budget submits nothing either
+            await self._budgets.require_dispatch(subject)
 
         async def effect(conn: Connection) -> str:
             task_id = _new_task_id()
             held = await escrows.hold(conn, payer, req.budget, task_id, scope=scope_of(who),
                                       key=req.idempotency_key)
+            # Past the requester's credits limit this refuses (and the hold rolls back); settled by `_sweep` with
+            # what the task cost once its escrow ended.
+            credits = await self._budgets.reserve(payer, "credits", req.budget, ref=f"task:{task_id}", conn=conn)
+            approval = None
+            threshold = await self._budgets.approval_threshold(payer, conn=conn)
+            if threshold is not None and req.budget > threshold:
+                approval = await self._approvals.request(
+                    conn, kind="task", subject=payer, requested_by=req.requester_id,
+                    reason=f"task {task_id} of {req.requester_id}: a budget of {req.budget} is over the approval "
+                    f"threshold of {threshold}", detail={"task_id": task_id, "budget": req.budget,
+                                                         "threshold": threshold,
+                                                         "description": req.description[:500]})
             closes = datetime.now(UTC) + timedelta(seconds=req.bidding_seconds)
-            await self.tasks.create(conn, req, task_id=task_id, escrow_id=held.id, closes_at=closes)
+            await self.tasks.create(conn, req, task_id=task_id, escrow_id=held.id, closes_at=closes,
+                                    approval_id=approval.approval_id if approval is not None else None,
+                                    credit_reservation=credits)
             return task_id
 
         task_id = await run_once(self._pool, scope=scope_of(who), key=req.idempotency_key,
                                  request={"op": "submit_task", **req.model_dump(mode="json")}, result_type=str,
                                  effect=effect)
         task = await self.tasks.get(task_id, with_events=True)
-        await self._publish(task_id, "auction", TaskAnnouncement(
-            task_id=task_id, description=task.description, required_capabilities=task.required_capabilities,
-            priority=task.priority, budget=task.budget, bidding_closes_at=task.bidding_closes_at))
+        if task.state == "bidding":
+            await self._announce(task)
         return await self._with_escrow(task)
+
+    async def _announce(self, task: TaskInfo) -> None:
+        await self._publish(task.task_id, "auction", TaskAnnouncement(
+            task_id=task.task_id, description=task.description, required_capabilities=task.required_capabilities,
+            priority=task.priority, budget=task.budget, bidding_closes_at=task.bidding_closes_at))
+
+    async def _approval_decided(self, conn: Connection, approval: ApprovalInfo) -> None:
+        """A person answered for a task over its requester's approval threshold (or nobody did, and the default
+        applied), in the deciding transaction: approved, its auction opens for its bidding time from now; denied,
+        it is cancelled and refunded. A task cancelled meanwhile stays as it is."""
+        task_id = str(approval.detail.get("task_id", ""))
+        row = await conn.fetchrow("SELECT state, bidding_seconds FROM tasks WHERE id = $1 FOR UPDATE", task_id)
+        if row is None or row["state"] != "awaiting_approval":
+            return
+        who = f"{approval.decided_by}" + (f" ({approval.note})" if approval.note else "")
+        if approval.decision == "approve":
+            closes = datetime.now(UTC) + timedelta(seconds=row["bidding_seconds"])
+            await self.tasks.transition(task_id, "bidding", f"approved by {who}: auction open until "
+                                        f"{closes.isoformat()}", conn=conn, bidding_closes_at=closes)
+        else:
+            task = await self.tasks.get(task_id)
+            await self.tasks.transition(task_id, "cancelled", f"approval {approval.state} by {who}", conn=conn)
+            await self._lock_parties(conn, task, paying=False)
+            await escrows.refund(conn, task.escrow_id, scope=HUB_SCOPE, key=f"denied:{task_id}")
+
+    async def _approval_committed(self, approval: ApprovalInfo) -> None:
+        """Once an approval's decision committed: announce the auction it opened."""
+        task = await self.tasks.get(str(approval.detail.get("task_id", "")))
+        if task.state == "bidding" and task.approval_id == approval.approval_id:
+            await self._announce(task)
+
+    async def _check_acceptance(self, check: AcceptanceCheck) -> None:
+        """Refuse a check that could never run: a schema that is not a JSON Schema, or too big, or an evaluator
+        nobody uploaded."""
+        if check.json_schema is not None:
+            if len(json.dumps(check.json_schema)) > MAX_SCHEMA_BYTES:
+                raise InvalidInput(f"acceptance.json_schema is over {MAX_SCHEMA_BYTES} bytes as JSON")
+            try:
+                jsonschema.Draft202012Validator.check_schema(check.json_schema)
+            except jsonschema.SchemaError as exc:
+                raise InvalidInput(f"acceptance.json_schema is not a valid JSON Schema: {exc.message}") from None
+        if check.evaluator is not None and not await self._evaluators.evaluator_exists(check.evaluator):
+            raise InvalidInput(f"acceptance.evaluator {check.evaluator} names no uploaded evaluator "
+                               "(POST /api/v1/evaluators first)")
 
     async def place_bid(self, who: Principal, req: PlaceBidInput) -> BidPlaced:
         who.require_acting_as(req.agent_id)
+        await self._budgets.require_dispatch(agent_account(req.agent_id))  # a capped agent takes no new work
         required = await self.tasks.required_capabilities(req.task_id)  # a bid must not read every other bid
         if required:
             caps = await self._pool.fetchval("SELECT capabilities FROM agents WHERE id = $1", req.agent_id) or []
@@ -251,6 +360,32 @@ class Market:
             task.bids = [BidInfo(**{**b.model_dump(), "reputation": scores[b.agent_id]}) for b in task.bids]
         return await self._with_escrow(task)
 
+    async def audit(self, who: Principal, ref: TaskRef) -> TaskAudit:
+        """What a cleared auction was decided from, replayed: the bids of its clearing batch with the reputations
+        recorded at clearing, and the winner and price `market.clearing.clear` gives on them now."""
+        async with self._pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+            task = await conn.fetchrow("SELECT * FROM tasks WHERE id = $1", ref.task_id)
+            if task is None:
+                raise TaskNotFound(ref.task_id)
+            if task["clearing_batch"] is None:
+                raise Conflict(f"task {ref.task_id} is {task['state']}: it has no clearing to audit (an auction is "
+                               "audited once it cleared)")
+            tasks = await conn.fetch("SELECT id, budget FROM tasks WHERE clearing_batch = $1 ORDER BY id",
+                                     task["clearing_batch"])
+            bids = await TaskStore.bids_for(conn, [r["id"] for r in tasks])
+        by_task: dict[str, list[AuditBid]] = defaultdict(list)
+        for b in bids:
+            by_task[b["task_id"]].append(AuditBid(agent_id=b["agent_id"], price=b["price"],
+                                                  estimated_seconds=b["estimated_seconds"],
+                                                  reputation=b["reputation"], placed_seq=b["seq"]))
+        auctions = [AuditAuction(task_id=r["id"], budget=r["budget"], bids=by_task[r["id"]]) for r in tasks]
+        award = await anyio.to_thread.run_sync(replay, auctions, ref.task_id, limiter=self._solver)
+        winner, price = (award.agent_id, award.price) if award is not None else (None, None)
+        return TaskAudit(task_id=ref.task_id, state=task["state"], clearing_batch=task["clearing_batch"],
+                         cleared_at=task["cleared_at"], winner=task["winner"], price=task["price"], auctions=auctions,
+                         replay=Replay(winner=winner, price=price,
+                                       matches=(winner, price) == (task["winner"], task["price"])))
+
     async def list_tasks(self, who: Principal, query: ListTasksInput) -> TaskList:
         return TaskList(tasks=await self.tasks.find(query))
 
@@ -265,9 +400,7 @@ class Market:
             else:
                 await self.tasks.record(req.task_id, "progress", req.message or "progress")
         elif req.status == "completed":
-            await self.tasks.transition(req.task_id, "completed", req.message or "completed by the agent",
-                                        allowed_from={"assigned", "running"}, result=req.result or {},
-                                        completed_at=datetime.now(UTC))
+            await self._deliver(task, req.result or {}, req.message or "completed by the agent")
         else:
             await self._end(req.task_id, "failed", req.message or "failed, as the agent reported",
                             key=f"failed:{req.task_id}", scope=HUB_SCOPE)
@@ -337,11 +470,96 @@ class Market:
 
         async def effect(conn: Connection) -> str:
             await self.tasks.transition(task_id, state, detail, conn=conn)
+            forfeit = state == "failed" and task.winner is not None and task.bond_percent > 0
+            await self._lock_parties(conn, task, paying=forfeit)
             await escrows.refund(conn, task.escrow_id, scope=scope, key=key)
+            if forfeit:
+                assert task.winner is not None  # the winner did not deliver: its bond is forfeit
+                lost = await bonds.slash(conn, task_id, task.winner, to=requester_account(task.requester_id),
+                                         fee_percent=self.settings.fee_percent, why=detail)
+                await self._budgets.record(agent_account(task.winner), "credits", lost, conn=conn)
+            await bonds.give_back(conn, task_id, why=detail)
             return state
 
         await run_once(self._pool, scope=scope, key=key, request={"op": state, "task_id": task_id}, result_type=str,
                        effect=effect)
+
+    @staticmethod
+    async def _lock_parties(conn: Connection, task: TaskInfo, *, paying: bool) -> None:
+        """Lock the task's escrow, then every account a settlement of it may touch in one statement in id order
+        (the platform's only when it is `paying` a fee), so that its several transfers cannot deadlock with
+        another transaction's. The task's row is locked already."""
+        await escrows.lock(conn, [task.escrow_id])
+        accounts = [requester_account(task.requester_id), escrow_account(task.escrow_id)]
+        if paying:
+            accounts.append(PLATFORM)
+        if task.winner is not None:
+            accounts.append(agent_account(task.winner))
+        if task.bond_percent:
+            accounts.append(bond_account(task.task_id))
+        await lock_accounts(conn, accounts)
+
+    async def _deliver(self, task: TaskInfo, result: dict[str, Any], detail: str) -> None:
+        """The winner reports the task completed: its bond goes back and, when the task carries an acceptance
+        check, the check runs (outside any transaction: an evaluator may take seconds) and settles the escrow in
+        the same transaction as the completion: pass → released less the fee; fail → refunded (the task fails)
+        or disputed, as the task says."""
+        outcome = await self._check(task, result) if task.acceptance is not None else None
+
+        async def deliver(conn: Connection) -> None:
+            failed = outcome is not None and not outcome.passed and task.acceptance is not None \
+                and task.acceptance.on_fail == "refund"
+            fields: dict[str, Any] = {"result": result, "check_outcome": outcome.model_dump(mode="json")
+                                      if outcome is not None else None}
+            if failed:
+                await self.tasks.transition(task.task_id, "failed", f"{detail}; the acceptance check failed",
+                                            conn=conn, allowed_from={"assigned", "running"}, **fields)
+            else:
+                await self.tasks.transition(task.task_id, "completed", detail, conn=conn,
+                                            allowed_from={"assigned", "running"}, completed_at=datetime.now(UTC),
+                                            **fields)
+            await self._lock_parties(conn, task, paying=outcome is not None and outcome.passed)
+            assert task.winner is not None
+            await bonds.give_back(conn, task.task_id, only=task.winner, why="the winner delivered")
+            if outcome is None:
+                return
+            if outcome.passed:
+                await escrows.release(conn, task.escrow_id, self.settings.fee_percent, scope=HUB_SCOPE,
+                                      key=f"check:{task.task_id}")
+                await self.tasks.record(task.task_id, "accepted", "the acceptance check passed", conn=conn)
+            elif failed:
+                await escrows.refund(conn, task.escrow_id, scope=HUB_SCOPE, key=f"check:{task.task_id}")
+            else:
+                await escrows.dispute(conn, task.escrow_id, requester_account(task.requester_id),
+                                      f"the acceptance check failed: {outcome.summary()}"[:escrows.MAX_EVIDENCE_LENGTH])
+                await self.tasks.record(task.task_id, "dispute", "the acceptance check failed: an arbiter decides",
+                                        conn=conn)
+
+        async with self._pool.acquire() as conn, conn.transaction():
+            await deliver(conn)
+
+    async def _check(self, task: TaskInfo, result: dict[str, Any]) -> CheckOutcome:
+        """Run the task's acceptance check on `result`: its JSON Schema, then its evaluator (both must pass)."""
+        check = task.acceptance
+        assert check is not None
+        schema_errors = None
+        if check.json_schema is not None:
+            validator = jsonschema.Draft202012Validator(check.json_schema)
+            schema_errors = [f"{'/'.join(map(str, e.absolute_path)) or '(root)'}: {e.message}"[:500]
+                             for e in islice(validator.iter_errors(result), 10)]
+        evaluator = None
+        if check.evaluator is not None:
+            stdin = json.dumps({"task": {"task_id": task.task_id, "description": task.description,
+                                         "parameters": task.parameters, "requester_id": task.requester_id,
+                                         "winner": task.winner, "price": task.price},
+                                "result": result}).encode()
+            run = await self._evaluators.evaluate(check.evaluator, stdin)
+            evaluator = {"outcome": run.outcome.value, "exit_code": run.exit_code, "error": run.error,
+                         "log": run.log[:4000], "output": run.output}
+        passed = not schema_errors and (evaluator is None or (evaluator["exit_code"] == 0
+                                                              and evaluator["outcome"] in _EVALUATOR_DONE))
+        return CheckOutcome(passed=passed, checked_at=datetime.now(UTC), schema_errors=schema_errors,
+                            evaluator=evaluator)
 
     async def _release(self, task_id: str, escrow_id: str, detail: str, *, key: str, scope: str) -> None:
         async def effect(conn: Connection) -> str:
@@ -445,9 +663,18 @@ class Market:
             # in id order: they lock them one by one, and two replicas clearing different batches of one payer
             # would otherwise deadlock.
             await escrows.lock(conn, [r["escrow_id"] for r in batch.tasks])
+            bonded = {r["id"] for r in batch.tasks if r["bond_percent"]}  # their bidders' bonds go back below
             await lock_accounts(conn, [requester_account(r["requester_id"]) for r in batch.tasks]
-                                + [escrow_account(r["escrow_id"]) for r in batch.tasks])
+                                + [escrow_account(r["escrow_id"]) for r in batch.tasks]
+                                + [bond_account(t) for t in bonded]
+                                + [agent_account(b["agent_id"]) for b in batch.bids if b["task_id"] in bonded])
             now = datetime.now(UTC)
+            clearing_batch = f"clr_{secrets.token_hex(8)}"
+            await TaskStore.record_clearing(conn, ids, clearing_batch, solved.reputations)
+            winners = {award.task_id: award.agent_id for award in clearing.awards}
+            for task_id in sorted(bonded):
+                await bonds.give_back(conn, task_id, keep=winners.get(task_id),
+                                      why="the auction closed" if task_id in winners else "no award")
             for award in clearing.awards:
                 await escrows.reduce(conn, rows[award.task_id]["escrow_id"], award.price,
                                      agent_account(award.agent_id), scope=HUB_SCOPE, key=f"award:{award.task_id}")
@@ -466,7 +693,9 @@ class Market:
         return published
 
     async def _sweep(self) -> None:
-        """Auto-accept completed tasks whose window passed; fail tasks unfinished past their work timeout."""
+        """Auto-accept completed tasks whose window passed; fail tasks unfinished past their work timeout; settle
+        the credits reservations of tasks whose escrow ended."""
+        await self._settle_credits()
         accept = await self._pool.fetch(
             "SELECT t.id, t.escrow_id FROM tasks t JOIN escrows e ON e.id = t.escrow_id WHERE t.state = 'completed'"
             " AND e.state = 'held' AND t.completed_at < now() - make_interval(secs => $1) LIMIT $2",
@@ -481,6 +710,20 @@ class Market:
         for row in late:
             await self._guarded(self._end(row["id"], "failed", "timed out", key=f"timeout:{row['id']}",
                                           scope=HUB_SCOPE))
+
+    async def _settle_credits(self) -> None:
+        """A task's credits reservation becomes the requester's spend once its escrow ended: what left the
+        requester for good (paid to the agent and the fee), the rest of the budget having come back."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            ended = await conn.fetch(
+                "SELECT t.id, t.credit_reservation, e.paid_to_payee + e.fee AS cost FROM tasks t"
+                " JOIN escrows e ON e.id = t.escrow_id WHERE t.credit_reservation IS NOT NULL"
+                " AND e.settled_at IS NOT NULL ORDER BY t.id LIMIT $1 FOR UPDATE OF t SKIP LOCKED", _BATCH)
+            for row in ended:
+                await self._budgets.settle(row["credit_reservation"], int(row["cost"]), conn=conn)
+            if ended:
+                await conn.execute("UPDATE tasks SET credit_reservation = NULL WHERE id = ANY($1)",
+                                   [r["id"] for r in ended])
 
     @staticmethod
     async def _guarded(action: Awaitable[None]) -> None:

@@ -1,5 +1,6 @@
 """Tasks and their bids in PostgreSQL, with the task state machine.
 
+    awaiting_approval → bidding (approved) | cancelled (denied, or by the requester)
     bidding → assigned → running → completed | failed
     bidding → expired (no eligible bid) | cancelled;  assigned / running → cancelled | failed
 
@@ -23,9 +24,12 @@ import asyncpg
 from agenthub import activity
 from agenthub.database import Connection
 from agenthub.errors import AuctionClosed, IllegalTaskTransition, TaskNotFound
+from market import bonds
+from market.bonds import bond_for
 from market.models import BidInfo, BidPlaced, ListTasksInput, PlaceBidInput, SubmitTaskInput, TaskEvent, TaskInfo
 
 _ALLOWED: dict[str, frozenset[str]] = {
+    "awaiting_approval": frozenset({"bidding", "cancelled"}),
     "bidding": frozenset({"assigned", "expired", "cancelled"}),
     "assigned": frozenset({"running", "completed", "failed", "cancelled"}),
     "running": frozenset({"completed", "failed", "cancelled"}),
@@ -34,8 +38,10 @@ _ALLOWED: dict[str, frozenset[str]] = {
     "cancelled": frozenset(),
     "expired": frozenset(),
 }
-OPEN_STATES = frozenset({"bidding", "assigned", "running"})
-_COLUMNS = frozenset({"winner", "price", "welfare", "estimated_seconds", "result", "assigned_at", "completed_at"})
+OPEN_STATES = frozenset({"awaiting_approval", "bidding", "assigned", "running"})
+_COLUMNS = frozenset({"winner", "price", "welfare", "estimated_seconds", "result", "assigned_at", "completed_at",
+                      "check_outcome", "bidding_closes_at", "clearing_batch", "cleared_at"})
+_JSON_COLUMNS = frozenset({"result", "check_outcome"})
 _EVENTS_SHOWN = 50
 
 
@@ -51,6 +57,9 @@ def _info(row: asyncpg.Record, bids: list[BidInfo] | None, bid_count: int) -> Ta
         bidding_closes_at=row["bidding_closes_at"], bid_count=bid_count, bids=bids, winner=row["winner"],
         price=row["price"], welfare=row["welfare"],
         result=json.loads(row["result"]) if row["result"] is not None else None, escrow_id=row["escrow_id"],
+        bond_percent=row["bond_percent"], approval_id=row["approval_id"],
+        acceptance=json.loads(row["acceptance"]) if row["acceptance"] is not None else None,
+        check=json.loads(row["check_outcome"]) if row["check_outcome"] is not None else None,
         created_at=row["created_at"], updated_at=row["updated_at"])
 
 
@@ -59,13 +68,22 @@ class TaskStore:
         self._pool = pool
 
     async def create(self, conn: Connection, req: SubmitTaskInput, *, task_id: str, escrow_id: str,
-                     closes_at: datetime) -> None:
+                     closes_at: datetime, approval_id: str | None = None,
+                     credit_reservation: str | None = None) -> None:
+        """Store a new task: bidding until `closes_at`, or, with `approval_id`, awaiting that approval (its
+        auction then opens for `req.bidding_seconds`)."""
+        state = "bidding" if approval_id is None else "awaiting_approval"
+        acceptance = req.acceptance.model_dump_json() if req.acceptance is not None else None
         await conn.execute(
             "INSERT INTO tasks (id, requester_id, description, required_capabilities, priority, parameters, budget,"
-            " state, bidding_closes_at, escrow_id) VALUES ($1, $2, $3, $4, $5, $6, $7, 'bidding', $8, $9)",
+            " state, bidding_closes_at, escrow_id, bidding_seconds, approval_id, bond_percent, acceptance,"
+            " credit_reservation) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
             task_id, req.requester_id, req.description, req.required_capabilities, req.priority,
-            json.dumps(req.parameters), req.budget, closes_at, escrow_id)
-        await self._event(conn, task_id, "transition", None, "bidding", f"auction open until {closes_at.isoformat()}")
+            json.dumps(req.parameters), req.budget, state, closes_at, escrow_id, req.bidding_seconds, approval_id,
+            req.bond_percent, acceptance, credit_reservation)
+        detail = (f"auction open until {closes_at.isoformat()}" if approval_id is None
+                  else f"waiting for approval {approval_id}")
+        await self._event(conn, task_id, "transition", None, state, detail)
 
     async def counts_by_state(self) -> dict[str, int]:
         rows = await self._pool.fetch("SELECT state, count(*) AS n FROM tasks GROUP BY state")
@@ -80,8 +98,8 @@ class TaskStore:
     async def place_bid(self, req: PlaceBidInput) -> BidPlaced:
         """Store (or replace) the agent's bid while the auction is open."""
         async with self._pool.acquire() as conn, conn.transaction():
-            task = await conn.fetchrow("SELECT state, bidding_closes_at, now() AS now FROM tasks WHERE id = $1"
-                                       " FOR SHARE", req.task_id)
+            task = await conn.fetchrow("SELECT state, bidding_closes_at, bond_percent, escrow_id, now() AS now"
+                                       " FROM tasks WHERE id = $1 FOR SHARE", req.task_id)
             if task is None:
                 raise TaskNotFound(req.task_id)
             if task["state"] != "bidding" or task["now"] >= task["bidding_closes_at"]:
@@ -91,10 +109,13 @@ class TaskStore:
                 " ON CONFLICT (task_id, agent_id) DO UPDATE SET price = EXCLUDED.price,"
                 " estimated_seconds = EXCLUDED.estimated_seconds, seq = nextval('bids_seq_seq'), placed_at = now()"
                 " RETURNING xmax <> 0", req.task_id, req.agent_id, req.price, req.estimated_seconds)
+            if task["bond_percent"]:  # a bidder that cannot cover its bond cannot bid: this raises, storing nothing
+                await bonds.post(conn, task_id=req.task_id, escrow_id=task["escrow_id"], agent_id=req.agent_id,
+                                 amount=bond_for(req.price, task["bond_percent"]))
             count = await conn.fetchval("SELECT count(*) FROM bids WHERE task_id = $1", req.task_id)
             await activity.record(conn, "bid", {"task_id": req.task_id, "bid_count": count})  # sealed: no prices
         return BidPlaced(task_id=req.task_id, agent_id=req.agent_id, price=req.price, replaced=bool(replaced),
-                         bidding_closes_at=task["bidding_closes_at"])
+                         bidding_closes_at=task["bidding_closes_at"], bond=bond_for(req.price, task["bond_percent"]))
 
     @staticmethod
     async def lock(conn: Connection, task_id: str) -> asyncpg.Record:
@@ -122,7 +143,7 @@ class TaskStore:
         sets = ["state = $2", "updated_at = now()"]
         args: list[Any] = [task_id, target]
         for name, value in fields.items():
-            args.append(json.dumps(value) if name == "result" and value is not None else value)
+            args.append(json.dumps(value) if name in _JSON_COLUMNS and value is not None else value)
             sets.append(f"{name} = ${len(args)}")
         await conn.execute(f"UPDATE tasks SET {', '.join(sets)} WHERE id = $1", *args)
         await self._event(conn, task_id, "transition", current, target, detail)
@@ -179,14 +200,28 @@ class TaskStore:
 
     @staticmethod
     async def bids_for(conn: Connection, task_ids: list[str], page: int = 1000) -> list[asyncpg.Record]:
-        """The tasks' bids in seq order, read a page at a time inside the caller's transaction: ten thousand rows
-        decoded at once would hold the event loop for milliseconds."""
-        cursor = await conn.cursor("SELECT task_id, agent_id, price, estimated_seconds, seq FROM bids"
+        """The tasks' bids in seq order (with the reputation recorded when they cleared), read a page at a time
+        inside the caller's transaction: ten thousand rows decoded at once would hold the event loop for
+        milliseconds."""
+        cursor = await conn.cursor("SELECT task_id, agent_id, price, estimated_seconds, seq, reputation FROM bids"
                                    " WHERE task_id = ANY($1) ORDER BY seq", task_ids)
         bids: list[asyncpg.Record] = []
         while rows := await cursor.fetch(page):
             bids += rows
         return bids
+
+    @staticmethod
+    async def record_clearing(conn: Connection, task_ids: list[str], batch: str,
+                              reputations: list[tuple[str, str, float]]) -> None:
+        """What a clearing used, for its replay: the batch its tasks cleared in, and each bid's reputation."""
+        await conn.execute("UPDATE tasks SET clearing_batch = $2, cleared_at = now() WHERE id = ANY($1)",
+                           task_ids, batch)
+        if reputations:
+            tasks, agents, scores = zip(*reputations, strict=True)
+            await conn.execute(
+                "UPDATE bids SET reputation = x.score FROM unnest($1::text[], $2::text[], $3::float8[])"
+                " AS x(task_id, agent_id, score) WHERE bids.task_id = x.task_id AND bids.agent_id = x.agent_id",
+                list(tasks), list(agents), list(scores))
 
     @staticmethod
     async def bid_fingerprint(conn: Connection, task_ids: list[str]) -> tuple[int, int]:

@@ -166,9 +166,9 @@ async def open_hub(settings: Settings, *, nats_monitor_url: str | None = None,
         approvals = Approvals(pool, bus, metrics, settings.approvals)
         budgets = await stack.enter_async_context(Budgets(pool, bus, metrics, settings.budgets, approvals))
         agents.on_work_seconds = budgets.work_time
-        market = Market(pool, bus, metrics, settings.market)
         runner = stack.enter_context(Runner(concurrency=settings.sandbox.concurrency))
         sandbox = _sandbox(settings, pool, metrics, runner)
+        market = Market(pool, bus, metrics, settings.market, sandbox, approvals, budgets)
         activity = ActivityFeed(ActivityLog(pool), ring_size=settings.sse.ring_size,
                                 poll_seconds=settings.sse.activity_poll_seconds)
         await activity.start()

@@ -429,15 +429,18 @@ def run_task(remote: Remote, args: argparse.Namespace) -> None:
             f"{'TASK':<22} {'STATE':<10} {'REQUESTER':<16} {'BUDGET':>8} {'BIDS':>5}  {'WINNER':<16} {'PRICE':>8}"
             "  DESCRIPTION", *map(_task_line, listed["tasks"])])
         return
-    if command == "show":
-        print(json.dumps(remote.request("GET", f"/api/v1/tasks/{args.task_id}"), indent=2))
+    if command in ("show", "audit"):
+        path = f"/api/v1/tasks/{args.task_id}" + ("/audit" if command == "audit" else "")
+        print(json.dumps(remote.request("GET", path), indent=2))
         return
     key = {"idempotency_key": str(uuid.uuid4())}  # one per command: a retry inside it cannot act twice
     if command == "submit":
         body: dict[str, Any] = {"requester_id": args.requester, "description": args.description,
                                 "required_capabilities": args.capability or [], "budget": args.budget,
                                 "priority": args.priority, "bidding_seconds": args.bidding_seconds,
-                                "parameters": _json_arg("--parameters", args.parameters, {}), **key}
+                                "parameters": _json_arg("--parameters", args.parameters, {}),
+                                "bond_percent": args.bond_percent,
+                                "acceptance": _json_arg("--acceptance", args.acceptance, None), **key}
         task = remote.request("POST", "/api/v1/tasks", body)
     elif command == "dispute":
         task = remote.request("POST", f"/api/v1/tasks/{args.task_id}/dispute",
@@ -609,8 +612,12 @@ def _parser() -> argparse.ArgumentParser:
     submit_p.add_argument("--priority", type=int, default=5)
     submit_p.add_argument("--bidding-seconds", type=float, default=30.0)
     submit_p.add_argument("--parameters", help="the task's input as a JSON object (a wasm agent reads it on stdin)")
+    submit_p.add_argument("--bond-percent", type=int, default=0, help="each bidder's bond, in percent of its bid")
+    submit_p.add_argument("--acceptance", help='the acceptance check as JSON: {"json_schema": {...}, "evaluator": '
+                          '"<sha256>", "on_fail": "refund"|"dispute"}')
     task_sub.add_parser("list", help="tasks with state, bids, winner and price")
     for name, text in (("show", "one task with its auction and events, as JSON"),
+                       ("audit", "a cleared auction's bids, reputations and replayed clearing, as JSON"),
                        ("accept", "accept the result: pay the agent"), ("cancel", "cancel and refund")):
         task_sub.add_parser(name, help=text).add_argument("task_id")
     dispute_p = task_sub.add_parser("dispute", help="dispute a task (requester or winner)")

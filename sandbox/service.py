@@ -70,6 +70,14 @@ class SandboxRunInput(BaseModel):
                                   "output_bytes, log_bytes).")
 
 
+class EvaluatorInfo(BaseModel):
+    sha256: str = Field(description="Name it as a task's acceptance.evaluator.")
+    size_bytes: int
+    imports: list[str]
+    uploaded_by: str
+    uploaded_at: datetime
+
+
 class SandboxRunResult(RunResult):
     agent_id: str
     version: int
@@ -182,6 +190,31 @@ class SandboxService:
         self._metrics.wasm_runs.labels(result.outcome.value).inc()
         return SandboxRunResult(**result.model_dump(), agent_id=req.agent_id, version=record.version,
                                 sha256=record.sha256)
+
+    async def upload_evaluator(self, who: Principal, wasm: bytes) -> EvaluatorInfo:
+        """Store a module that checks task results (`market.service`: acceptance checks), checked like an agent's
+        binary. Content-addressed: uploading the same bytes again returns the first record."""
+        who.require_write()
+        async with self._compiling:
+            compiled = await compile_module(wasm, self._settings.compile_limits())
+        sha256 = await self._store.put(wasm)
+        await self._cache.add(sha256, compiled.artifact)
+        info = compiled.info
+        await self._pool.execute(
+            "INSERT INTO evaluators (sha256, size_bytes, imports, uploaded_by) VALUES ($1, $2, $3, $4)"
+            " ON CONFLICT (sha256) DO NOTHING", sha256, info.size_bytes, info.imports, who.token_id or "local")
+        row = await self._pool.fetchrow("SELECT * FROM evaluators WHERE sha256 = $1", sha256)
+        assert row is not None  # inserted above, or by an earlier upload of the same bytes; never deleted
+        return EvaluatorInfo(**{**dict(row), "imports": list(row["imports"])})
+
+    async def evaluator_exists(self, sha256: str) -> bool:
+        return bool(await self._pool.fetchval("SELECT 1 FROM evaluators WHERE sha256 = $1", sha256))
+
+    async def evaluate(self, sha256: str, stdin: bytes) -> RunResult:
+        """Run an evaluator on `stdin` under the hub's trial-run limits."""
+        result = await self._runner.execute(await self._cache.get(sha256), stdin, self._settings.limits)
+        self._metrics.wasm_runs.labels(result.outcome.value).inc()
+        return result
 
     def stop_runs(self) -> None:
         """Stop the trial runs in progress and refuse new ones (`ServiceUnavailable`): for the start of shutdown."""

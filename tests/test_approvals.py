@@ -1,6 +1,7 @@
 """Human approvals end to end: an agent asks over MCP and waits, an operator answers over REST or the CLI, exactly
 once even when two answer at once; nobody answering applies the default; the hub's own requests (the Python API
-the market uses) run their handlers in the deciding transaction; agents see and decide nothing of others'."""
+the market uses) run their handlers in the deciding transaction; agents see and decide nothing of others'; the
+dashboard shows requests live and answers them (headless Chromium)."""
 
 import json
 from collections.abc import AsyncIterator
@@ -16,6 +17,7 @@ from agenthub.database import Connection
 from agenthub.errors import Conflict
 from market.approvals import ApprovalInfo
 from tests.agents_helpers import eventually
+from tests.browser import Browser
 from tests.conftest import HubFactory, RunningHub
 from tests.served import AGENTHUB, clean_env
 from tests.test_sse import open_stream
@@ -315,3 +317,68 @@ async def test_a_decision_after_the_expiry_time_is_refused_even_before_the_sweep
             after = (await http.get(f"/api/v1/approvals/{asked.approval_id}")).json()
     assert after["state"] == "expired" and after["decision"] == "deny"  # the hub's default
     assert calls == ["expired"]
+
+
+async def test_an_operator_sees_a_request_arrive_live_on_the_dashboard_and_approves_it_with_a_note(
+        hub_factory: HubFactory, browser: Browser) -> None:
+    settings = hub_factory.settings(sse={"metrics_seconds": 0.5, "activity_poll_seconds": 0.1})
+    async with hub_factory.run(settings) as hub:
+        alice = await hub.token(Role.AGENT, "alice")
+        await browser.sign_in(hub.url, hub.operator_token)
+        await browser.go("#/approvals", "Approvals")
+        await browser.find("#approvals-table td.muted")  # nothing pending yet
+        hostile = '<img src=x onerror="window.__pwned=1"> deploy to production'
+        async with hub.http(alice) as as_alice:
+            asked = (await as_alice.post("/api/v1/approvals", json={
+                "agent_id": "alice", "reason": hostile, "detail": {"service": "billing"}})).json()
+            other = (await as_alice.post("/api/v1/approvals", json={
+                "agent_id": "alice", "reason": "restart the cache"})).json()
+        row = f"tr[data-approval-id={asked['approval_id']}]"
+        await browser.find(row)  # arrived over the stream, without a reload
+        assert hostile in await browser.text(f"{row} td.reason")
+        assert await browser.js("return window.__pwned === undefined")
+        await browser.wait_for("return document.querySelector('#nav-pending').textContent === '2'",
+                               what="two pending beside the nav link")
+        await browser.screenshot("approvals")
+
+        await browser.fill(f"{row} input[name=note]", "billing only, after 18:00")
+        await browser.click(f"{row} button[aria-label^=Approve]")
+        await browser.wait_for("return !document.querySelector(arguments[0])", row, what="the approved row gone")
+        await browser.click(f"tr[data-approval-id={other['approval_id']}] button[aria-label^=Deny]")
+        await browser.wait_for("return document.querySelector('#nav-pending').hidden", what="no pending count")
+        async with hub.http() as http:
+            approved = (await http.get(f"/api/v1/approvals/{asked['approval_id']}")).json()
+            denied = (await http.get(f"/api/v1/approvals/{other['approval_id']}")).json()
+        assert (approved["state"], approved["note"]) == ("approved", "billing only, after 18:00")
+        assert (denied["state"], denied["note"]) == ("denied", None)
+
+        await browser.choose("select[name=state]", "")
+        await browser.find(f"tr[data-approval-id={asked['approval_id']}][data-state=approved]")
+        assert "approve by " in await browser.text(f"tr[data-approval-id={asked['approval_id']}]")
+        await browser.go("#/", "Overview")
+        assert await browser.text("[data-tile=approvals] .tile-value") == "0"
+
+        await browser.click("#sign-out")
+        await browser.sign_in(hub.url, await hub.token(Role.VIEWER))
+        await browser.go("#/approvals", "Approvals")
+        await browser.choose("select[name=state]", "")
+        await browser.find(f"tr[data-approval-id={other['approval_id']}][data-state=denied]")
+        assert await browser.count("#view [data-write]") == 0
+
+
+async def test_an_expiry_whose_handler_fails_stays_pending_and_does_not_hold_up_the_others(
+        approvals_hub: RunningHub) -> None:
+    hub = approvals_hub
+
+    async def picky(conn: Connection, info: ApprovalInfo) -> None:
+        if info.subject == "agent:stuck":
+            await conn.execute("SELECT 1 / 0")  # a database error of the handler's own, not an outage
+
+    hub.state.approvals.on_decided("budget", picky)
+    stuck = await hub_request(hub, kind="budget", subject="agent:stuck", expires_seconds=0.2)
+    fine = await hub_request(hub, kind="budget", subject="agent:fine", expires_seconds=0.3)
+    async with hub.http() as http:
+        expired = (await http.get(f"/api/v1/approvals/{fine.approval_id}", params={"wait_seconds": 20})).json()
+        assert expired["state"] == "expired"
+        assert (await http.get(f"/api/v1/approvals/{stuck.approval_id}")).json()["state"] == "pending"
+    assert await approval_events(hub, stuck.approval_id) == ["requested"]

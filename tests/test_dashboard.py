@@ -345,6 +345,9 @@ async def test_every_page_fits_a_phone_screen_without_scrolling_sideways_and_its
     async with dash_hub.mcp() as client:
         shared = await share(client, content="A discovery with an unbroken word " + "y" * 150,
                              tags=["a-long-tag-for-the-phone-layout"])
+    async with dash_hub.http(await dash_hub.token(Role.AGENT, "erin")) as as_erin:
+        await as_erin.post("/api/v1/approvals", json={"agent_id": "erin", "reason": "Spend " + "z" * 150,
+                                                       "detail": {"service": "a-long-service-name-" * 4}})
     await browser.resize(*PHONE, mobile=True)
     await browser.sign_in(dash_hub.url, dash_hub.operator_token)
     pages = [("#/", "Overview", "[data-tile]", "overview"),
@@ -355,7 +358,8 @@ async def test_every_page_fits_a_phone_screen_without_scrolling_sideways_and_its
              ("#/tasks", "Tasks", "tr[data-task-id]", "tasks"),
              (f"#/tasks/{task_id}", f"Task {task_id}", ".bid-count", "task"),
              ("#/accounts/requester:erin", "Account requester:erin", ".balance", "account"),
-             ("#/tokens", "Tokens", "tr[data-token-id]", "tokens")]
+             ("#/tokens", "Tokens", "tr[data-token-id]", "tokens"),
+             ("#/approvals", "Approvals", "tr[data-approval-id]", "approvals")]
     for route, heading, content, name in pages:
         await browser.go(route, heading)
         await browser.find(content)

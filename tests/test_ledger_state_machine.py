@@ -1,7 +1,8 @@
-"""A Hypothesis state machine over the ledger and escrows: random deposits, holds, awards, releases, refunds,
-disputes, resolutions and retries against the real PostgreSQL and a pure-Python model, with the invariants checked
-after every step: the model's balances are the database's, credits are conserved, nothing but the mint goes
-negative, each escrow ends at most once, and a retry with the same key changes nothing.
+"""A Hypothesis state machine over the ledger, escrows and bid bonds: random deposits, holds, awards, releases,
+refunds, disputes, resolutions, bonds posted, returned and slashed, and retries against the real PostgreSQL and a
+pure-Python model, with the invariants checked after every step: the model's balances are the database's, credits
+are conserved, nothing but the mint goes negative, each escrow ends at most once, each bond is settled at most once,
+and a retry with the same key changes nothing.
 
 The async ledger runs in an anyio blocking portal (its own event loop thread) with one pool for the whole test;
 each example uses fresh account, task and scope names instead of a fresh database."""
@@ -27,8 +28,9 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from agenthub.database import open_pool
+from agenthub.database import Connection, open_pool
 from agenthub.errors import (
+    Conflict,
     EscrowAlreadyAwarded,
     EscrowAlreadySettled,
     EscrowDisputed,
@@ -40,8 +42,18 @@ from agenthub.errors import (
     NotEscrowParty,
     ValueOutOfRange,
 )
+from market import bonds
 from market.escrow import Escrows
-from market.ledger import MINT, PLATFORM, AccountId, Ledger, agent_account, escrow_account, requester_account
+from market.ledger import (
+    MINT,
+    PLATFORM,
+    AccountId,
+    Ledger,
+    agent_account,
+    bond_account,
+    escrow_account,
+    requester_account,
+)
 
 SETTINGS = settings(max_examples=1000, stateful_step_count=15, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])
@@ -52,6 +64,7 @@ FEES = (0, 10, 33, 100)
 @dataclass
 class ModelEscrow:
     id: str
+    task_id: str
     payer: AccountId
     amount: int
     state: str = "held"
@@ -80,9 +93,16 @@ class Call:
 
 
 @dataclass
+class ModelBond:
+    amount: int
+    state: str = "held"
+
+
+@dataclass
 class Model:
     balances: dict[AccountId, int] = field(default_factory=dict)
     escrows: list[ModelEscrow] = field(default_factory=list)
+    bonds: dict[tuple[str, str], ModelBond] = field(default_factory=dict)  # (task id, agent id)
 
     def move(self, *legs: tuple[AccountId, int]) -> None:
         for account, amount in legs:
@@ -170,7 +190,7 @@ class LedgerMachine(RuleBasedStateMachine):
         escrow = self._call(lambda key: self.escrows.hold(payer, amount, task_id, key=key, scope=self.scope),
                             None if enough else InsufficientFunds)
         if escrow is not None:
-            self.model.escrows.append(ModelEscrow(id=escrow.id, payer=payer, amount=amount))
+            self.model.escrows.append(ModelEscrow(id=escrow.id, task_id=task_id, payer=payer, amount=amount))
             self.model.move((payer, -amount), (escrow_account(escrow.id), amount))
 
     @precondition(lambda self: any(map(unawarded, self.model.escrows)))
@@ -226,6 +246,65 @@ class LedgerMachine(RuleBasedStateMachine):
                 payee_share_percent=share if outcome == "split" else None, key=key, scope=self.scope), expected):
             self.model.settle(escrow, outcome, fee, share)
 
+    # Bonds run in the caller's transaction (a bid's, a clearing's, a settlement's): no idempotency key of their own.
+
+    def _in_transaction(self, run: Callable[[Connection], Awaitable[Any]], expected: type[HubError] | None) -> Any:
+        async def transaction() -> Any:
+            async with self.pool.acquire() as conn, conn.transaction():
+                return await run(conn)
+        try:
+            result = self.portal.call(transaction)
+        except HubError as exc:
+            assert expected is not None and isinstance(exc, expected), f"expected {expected}, got {exc!r}"
+            return None
+        assert expected is None, f"expected {expected.__name__}, got success {result!r}"
+        return result
+
+    @precondition(lambda self: self.model.escrows)
+    @rule(i=st.integers(0, 100), who=st.integers(0, 1), percent=st.integers(1, 120))
+    def post_a_bond(self, i: int, who: int, percent: int) -> None:
+        escrow, agent = self._escrow(i, lambda e: True), self.agents[who]
+        agent_id = agent.split(":", 1)[1]
+        bond = self.model.bonds.get((escrow.task_id, agent_id))
+        held = bond.amount if bond is not None and bond.state == "held" else 0
+        amount = max(1, (self.model.balances.get(agent, 0) + held) * percent // 100)  # above 100 %: cannot cover
+        expected = (Conflict if bond is not None and bond.state != "held"
+                    else InsufficientFunds if amount - held > self.model.balances.get(agent, 0) else None)
+        change = self._in_transaction(lambda conn: bonds.post(conn, task_id=escrow.task_id, escrow_id=escrow.id,
+                                                               agent_id=agent_id, amount=amount), expected)
+        if expected is None:
+            assert change == amount - held
+            self.model.move((agent, -change), (bond_account(escrow.task_id), change))
+            self.model.bonds[escrow.task_id, agent_id] = ModelBond(amount=amount)
+
+    @precondition(lambda self: self.model.bonds)
+    @rule(i=st.integers(0, 100), keep=st.sampled_from([None, 0, 1]))
+    def return_bonds(self, i: int, keep: int | None) -> None:
+        task_id = sorted({t for t, _ in self.model.bonds})[i % len({t for t, _ in self.model.bonds})]
+        kept = self.agents[keep].split(":", 1)[1] if keep is not None else None
+        returned = self._in_transaction(lambda conn: bonds.give_back(conn, task_id, keep=kept, why="test"), None)
+        total = 0
+        for (task, agent_id), bond in self.model.bonds.items():
+            if task == task_id and bond.state == "held" and agent_id != kept:
+                self.model.move((bond_account(task), -bond.amount), (agent_account(agent_id), bond.amount))
+                bond.state, total = "returned", total + bond.amount
+        assert returned == total
+
+    @precondition(lambda self: self.model.bonds)
+    @rule(i=st.integers(0, 100), fee=st.sampled_from(FEES))
+    def slash_a_bond(self, i: int, fee: int) -> None:
+        (task_id, agent_id), bond = sorted(self.model.bonds.items())[i % len(self.model.bonds)]
+        payer = next(e.payer for e in self.model.escrows if e.task_id == task_id)
+        slashed = self._in_transaction(lambda conn: bonds.slash(conn, task_id, agent_id, to=payer, fee_percent=fee,
+                                                                why="test"), None)
+        if bond.state != "held":
+            assert slashed == 0  # settled already: nothing moves
+            return
+        assert slashed == bond.amount
+        cut = bond.amount * fee // 100
+        self.model.move((bond_account(task_id), -bond.amount), (payer, bond.amount - cut), (PLATFORM, cut))
+        bond.state = "slashed"
+
     @precondition(lambda self: self.calls)
     @rule(i=st.integers(0, 100))
     def retry_with_the_same_key(self, i: int) -> None:
@@ -248,7 +327,8 @@ class LedgerMachine(RuleBasedStateMachine):
     @invariant()
     def the_database_agrees_with_the_model(self) -> None:
         escrow_ids = [e.id for e in self.model.escrows]
-        accounts = [*self.requesters, *self.agents, *(escrow_account(e) for e in escrow_ids), MINT, PLATFORM]
+        accounts = [*self.requesters, *self.agents, *(escrow_account(e) for e in escrow_ids),
+                    *(bond_account(e.task_id) for e in self.model.escrows), MINT, PLATFORM]
 
         # One statement, so one snapshot: the example's balances and escrows.
         row = self.portal.call(partial(self.pool.fetchrow, """
@@ -256,7 +336,10 @@ class LedgerMachine(RuleBasedStateMachine):
                    (SELECT coalesce(jsonb_object_agg(e.id, jsonb_build_array(e.state,
                         (SELECT count(*) FROM transfers t WHERE t.escrow_id = e.id
                          AND t.kind IN ('release', 'refund', 'split')))), '{}')
-                    FROM escrows e WHERE e.id = ANY($2)) AS escrows""", accounts, escrow_ids))
+                    FROM escrows e WHERE e.id = ANY($2)) AS escrows,
+                   (SELECT coalesce(jsonb_object_agg(b.task_id || ' ' || b.agent_id, jsonb_build_array(b.state,
+                        b.amount)), '{}') FROM bonds b WHERE b.escrow_id = ANY($2)) AS bonds""",
+                                       accounts, escrow_ids))
         assert row is not None
         found = {a: json.loads(row["balances"]).get(a, 0) for a in accounts}
         expected = {a: self.model.balances.get(a, 0) for a in accounts}
@@ -269,10 +352,13 @@ class LedgerMachine(RuleBasedStateMachine):
         assert sum(found.values()) == self.start[MINT] + self.start[PLATFORM], "credits are not conserved"
         states = {k: tuple(v) for k, v in json.loads(row["escrows"]).items()}
         assert states == {e.id: (e.state, 0 if e.state in ("held", "disputed") else 1) for e in self.model.escrows}
+        found_bonds = {k: tuple(v) for k, v in json.loads(row["bonds"]).items()}
+        assert found_bonds == {f"{t} {a}": (b.state, b.amount) for (t, a), b in self.model.bonds.items()}
 
     def teardown(self) -> None:
         # The example's own accounts; the whole ledger is audited once at the end of the test.
-        accounts = [*self.requesters, *self.agents, *(escrow_account(e.id) for e in self.model.escrows)]
+        accounts = [*self.requesters, *self.agents, *(escrow_account(e.id) for e in self.model.escrows),
+                    *(bond_account(e.task_id) for e in self.model.escrows)]
         audit = self.portal.call(self.ledger.verify, accounts)
         assert audit.ok, audit
 
@@ -297,3 +383,5 @@ def test_the_ledger_keeps_its_invariants_under_random_operations(anyio_backend: 
             audit = portal.call(Ledger(pool).verify)
             assert audit.ok, audit
             assert audit.transfers > SETTINGS.max_examples   # the examples really moved money
+            kinds = portal.call(partial(pool.fetch, "SELECT DISTINCT kind FROM transfers WHERE memo LIKE '%: test'"))
+            assert {r["kind"] for r in kinds} == {"bond_return", "slash"}  # bonds were posted, returned and slashed

@@ -24,6 +24,7 @@ from market.models import (
     ResolveInput,
     SettleInput,
     SubmitTaskInput,
+    TaskAudit,
     TaskInfo,
     TaskList,
     TaskRef,
@@ -62,6 +63,10 @@ async def list_tasks(request: Request, query: TasksQuery) -> TaskList:
 
 async def get_task(request: Request, _: None) -> TaskInfo:
     return await hub_of(request).market.get_task(principal_of(request), TaskRef.model_validate(_path(request)))
+
+
+async def audit(request: Request, _: None) -> TaskAudit:
+    return await hub_of(request).market.audit(principal_of(request), TaskRef.model_validate(_path(request)))
 
 
 async def bid(request: Request, body: BidBody) -> BidPlaced:
@@ -109,6 +114,9 @@ ENDPOINTS = [
              response=TaskList),
     Endpoint(method="GET", path=_TASK, summary="One task with its auction and events (twin of get_task)",
              handler=get_task, response=TaskInfo),
+    Endpoint(method="GET", path=f"{_TASK}/audit", summary="A cleared auction's inputs (bids with the reputations "
+             "they were scaled by, the tasks cleared with it) and their replay: the winner and price clearing them "
+             "again gives", handler=audit, response=TaskAudit, operation_id="audit_task", errors=(409,)),
     Endpoint(method="POST", path=f"{_TASK}/bids", summary="Bid (twin of place_bid)", handler=bid, body=BidBody,
              response=BidPlaced, status=201, operation_id="place_bid", errors=(409,)),
     Endpoint(method="POST", path=f"{_TASK}/report", summary="Report progress, completion or failure (twin of "

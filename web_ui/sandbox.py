@@ -1,5 +1,6 @@
 """REST for WASM agents: upload a module as an agent's next binary version, list and fetch versions, roll back,
-and (operators) try a version on an input with `/api/v1/sandbox/run`."""
+(operators) try a version on an input with `/api/v1/sandbox/run`, and upload evaluators, the modules that check
+task results (`/api/v1/evaluators`)."""
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -7,6 +8,7 @@ from starlette.responses import Response
 from sandbox.service import (
     BinaryVersion,
     BinaryVersions,
+    EvaluatorInfo,
     RollbackBody,
     SandboxRunInput,
     SandboxRunResult,
@@ -44,6 +46,11 @@ async def rollback(request: Request, body: RollbackBody) -> BinaryVersion:
                                                   body.version)
 
 
+async def upload_evaluator(request: Request, _: None) -> EvaluatorInfo:
+    """The body is the module (`application/wasm`); name its SHA-256 in a task's `acceptance.evaluator`."""
+    return await hub_of(request).sandbox.upload_evaluator(principal_of(request), await request.body())
+
+
 async def run(request: Request, body: SandboxRunInput) -> SandboxRunResult:
     return await hub_of(request).sandbox.run(principal_of(request), body)
 
@@ -67,4 +74,8 @@ ENDPOINTS = [
     Endpoint(method="POST", path="/api/v1/sandbox/run", summary="Run an agent's binary on an input under the hub's "
              "trial-run limits (operators)", handler=run, body=SandboxRunInput, response=SandboxRunResult,
              operation_id="run_sandbox", errors=(404,)),
+    Endpoint(method="POST", path="/api/v1/evaluators", summary="Upload a WASM evaluator (the raw body, "
+             "application/wasm) that checks task results: run with {task, result} on stdin, exit 0 passes",
+             handler=upload_evaluator, raw_body="application/wasm", response=EvaluatorInfo, status=201,
+             operation_id="upload_evaluator"),
 ]

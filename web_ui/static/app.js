@@ -183,7 +183,7 @@
     const mine = (fn) => (ev) => { if (stream.source === source) fn(ev); };
     source.addEventListener("connected", mine(onConnected));
     source.addEventListener("metrics_update", mine((ev) => onMetrics(JSON.parse(ev.data))));
-    for (const kind of ["discovery", "agent", "task", "bid", "transfer"]) {
+    for (const kind of ["discovery", "agent", "task", "bid", "transfer", "approval"]) {
       source.addEventListener(kind, mine((ev) => onStreamEvent(kind, ev)));
     }
     // The browser would reconnect by itself, but only from the last id *it* saw; reconnecting here resumes from
@@ -266,6 +266,7 @@
 
   function onMetrics(metrics) {
     store.metrics = metrics;
+    showPendingApprovals(metrics.approvals ? metrics.approvals.pending : 0);
     notify("metrics", metrics);
   }
 
@@ -395,6 +396,11 @@
         text = `task ${data.task_id}: ${data.bid_count} sealed bid${data.bid_count === 1 ? "" : "s"}`;
         href = `#/tasks/${enc(data.task_id)}`;
         break;
+      case "approval":
+        text = `approval ${data.approval_id} ${data.change === "requested" ? `requested by ${data.requested_by}` :
+          `${data.state} by ${data.decided_by}`}: ${shorten(data.reason || "", 80)}`;
+        href = "#/approvals";
+        break;
       case "transfer":
         text = `${data.kind}: ${(data.postings || []).map((p) => `${p.account_id} ${p.amount > 0 ? "+" : ""}${p.amount}`)
           .join(", ")}`;
@@ -427,6 +433,7 @@
     [/^\/accounts\/?$/, () => accountsPage(), "accounts"],
     [/^\/accounts\/(.+)$/, (m) => accountPage(m[1]), "accounts"],
     [/^\/tokens\/?$/, () => tokensPage(), "tokens"],
+    [/^\/approvals\/?$/, () => approvalsPage(), "approvals"],
     [/^\/consent\/(.+)$/, (m) => consentPage(m[1]), null],
   ];
 
@@ -601,6 +608,7 @@
       const discoveries = m.discoveries || {};
       const health = m.health || {};
       const suspended = typeof m.heartbeats === "string" && m.heartbeats.startsWith("suspended");
+      const pending = (m.approvals && m.approvals.pending) || 0;
       setChildren(tiles, 
         tile("Agents", "agents", fmtNumber(agents.total), suspended ? `Heartbeats ${m.heartbeats}` :
              `${fmtNumber(agents.busy)} busy, ${fmtNumber(agents.idle)} idle`,
@@ -609,6 +617,8 @@
              perMinuteChart(discoveries.per_minute || [], m.timestamp)),
         tile("Tasks", "tasks", fmtNumber(Object.values(tasks).reduce((a, b) => a + b, 0)), "by state",
              stateBars(tasks, TASK_STATES, "task")),
+        tile("Approvals", "approvals", fmtNumber(pending), h("a", { href: "#/approvals" },
+             pending ? "waiting for an operator" : "none pending"), null, pending ? "warn" : null),
         tile("Stream clients", "sse", fmtNumber(m.sse_clients), "connected SSE clients"),
         tile("Open breakers", "breakers", fmtNumber(m.open_breakers),
              m.open_breakers ? "agents get no routed work" : "all closed", null,
@@ -636,7 +646,7 @@
       el,
       onEvent(kind) {
         if (kind === "metrics") render();
-        else if (["discovery", "agent", "task", "bid", "transfer"].includes(kind)) renderActivity();
+        else if (["discovery", "agent", "task", "bid", "transfer", "approval"].includes(kind)) renderActivity();
       },
     };
   }
@@ -1481,6 +1491,94 @@
     setChildren(tbody, h("tr", {}, h("td", { colspan: 8, class: "muted" }, "Loading…")));
     load();
     return { el };
+  }
+
+  // -- approvals -------------------------------------------------------------------------------------------------
+
+  /** The pending count beside the nav's Approvals link, from every metrics_update. */
+  function showPendingApprovals(pending) {
+    const count = $("#nav-pending");
+    if (!count) return;
+    count.textContent = pending ? String(pending) : "";
+    count.hidden = !pending;
+    count.setAttribute("aria-label", `${pending} pending`);
+  }
+
+  /** Approvals newest first (pending ones by default): an operator approves or denies a pending one, with a note,
+   * from its row; everyone else reads (an agent, its own). Every `approval` event of the stream reloads the list. */
+  function approvalsPage() {
+    const tbody = h("tbody");
+    const status = h("div");
+    const actionStatus = h("p", { class: "form-status", role: "status", "aria-live": "polite" });
+    const stateSel = select("state", [["pending", "Pending"], ["", "All"], ["approved", "Approved"],
+                                      ["denied", "Denied"], ["expired", "Expired"]], "pending");
+    const filters = h("form", { class: "filters", role: "search", "aria-label": "Filter approvals" },
+      field("State", stateSel));
+    const columns = ["Approval", "State", "Kind", "Subject", "Reason", "Requested", "Decision", "Actions"];
+    const table = h("div", { class: "table-wrap", tabindex: 0, role: "region", "aria-label": "Approvals table" },
+      h("table", { class: "data", id: "approvals-table" },
+        h("caption", { class: "visually-hidden" }, "Approvals, newest first"),
+        h("thead", {}, h("tr", {}, columns.map((c) => h("th", { scope: "col" }, c)))),
+        tbody));
+    const el = pageShell("Approvals", filters, status, actionStatus, table);
+
+    const decide = (a, decision, note) => async () => {
+      await api("POST", `/api/v1/approvals/${enc(a.approval_id)}/decision`,
+                { decision, note: note.value.trim() || null });
+      await load();
+    };
+
+    const actions = (a) => {
+      if (!isOperator() || a.state !== "pending") return null;
+      const note = h("input", { name: "note", maxlength: 1000, placeholder: "Note (optional)", autocomplete: "off",
+                                "aria-label": `Note for ${a.approval_id}`, "data-write": "",
+                                "data-focus-key": `note:${a.approval_id}` });
+      return h("div", { class: "approval-actions" }, note,
+        actionButton("Approve", decide(a, "approve", note), { class: "small", "aria-label": `Approve ${a.approval_id}`,
+                                                                "data-focus-key": `approve:${a.approval_id}` },
+                     actionStatus),
+        actionButton("Deny", decide(a, "deny", note), { class: "danger small", "aria-label": `Deny ${a.approval_id}`,
+                                                          "data-focus-key": `deny:${a.approval_id}` }, actionStatus));
+    };
+
+    const decision = (a) => {
+      if (a.state === "pending") return ["expires ", h("span", { class: "nowrap" }, fmtTime(a.expires_at))];
+      return [h("span", { class: "decision" }, `${a.decision} by ${a.decided_by}`), " ", relTime(a.decided_at),
+        a.note ? h("div", { class: "muted note" }, a.note) : null];
+    };
+
+    const row = (a) => h("tr", { "data-approval-id": a.approval_id, "data-state": a.state },
+      h("th", { scope: "row" }, h("code", {}, a.approval_id)),
+      h("td", {}, badge("approval", a.state)),
+      h("td", {}, a.kind),
+      h("td", {}, h("a", { href: `#/accounts/${enc(a.subject)}` }, a.subject)),
+      h("td", { class: "reason" }, h("div", {}, a.reason),
+        Object.keys(a.detail || {}).length ? h("details", {}, h("summary", {}, "Detail"), json(a.detail)) : null),
+      h("td", { class: "nowrap" }, a.requested_by, " ", relTime(a.created_at)),
+      h("td", {}, decision(a)),
+      h("td", {}, actions(a)));
+
+    async function load() {
+      try {
+        const query = stateSel.value ? `?state=${enc(stateSel.value)}&limit=200` : "?limit=200";
+        const listed = await api("GET", `/api/v1/approvals${query}`);
+        setChildren(status);
+        rerender(tbody, () => {
+          setChildren(tbody, ...listed.approvals.map(row));
+          if (!listed.approvals.length) {
+            tbody.append(h("tr", {}, h("td", { colspan: columns.length, class: "muted" }, "No approvals.")));
+          }
+        });
+      } catch (err) {
+        setChildren(status, errorNote(err));
+      }
+    }
+
+    stateSel.addEventListener("change", load);
+    filters.addEventListener("submit", (ev) => ev.preventDefault());
+    setChildren(tbody, h("tr", {}, h("td", { colspan: columns.length, class: "muted" }, "Loading…")));
+    load();
+    return { el, onEvent(kind) { if (kind === "approval") load(); } };
   }
 
   // -- OAuth consent ---------------------------------------------------------------------------------------------
