@@ -11,9 +11,9 @@ Contract:
   (`Approvals.request`, kind "budget", deduplicated per subject and metric) and the work goes on. An operator who
   denies it exhausts the metric until they set its limits again; approving changes nothing.
 * A reservation never settled (its agent crashed) is settled at its reserved amount after
-  `reservation_expiry_seconds` by the sweep (except credits: a task's reservation lives as long as the task, and
-  the market settles it when the task's escrow ends) (a child of the hub's root supervisor), which also writes the spend
-  counted in memory and deletes spend older than the retention.
+  `reservation_expiry_seconds` by the sweep, a child of the hub's root supervisor (credits excepted: a task's
+  reservation lives as long as the task, and the market settles it when the task's escrow ends). The sweep also
+  writes the spend counted in memory and, once a minute, deletes spend and settled reservations past the retention.
 * Cheap without limits: most subjects have none. Each replica keeps the set of subjects with limits, read at start,
   again every `cache_seconds` and at once when any replica changes limits (a hint on `hub.budgets.changed`, which
   only makes replicas read the database again). For a subject without limits `reserve` returns None and writes
