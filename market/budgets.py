@@ -11,9 +11,9 @@ Contract:
   (`Approvals.request`, kind "budget", deduplicated per subject and metric) and the work goes on. An operator who
   denies it exhausts the metric until they set its limits again; approving changes nothing.
 * A reservation never settled (its agent crashed) is settled at its reserved amount after
-  `reservation_expiry_seconds` by the sweep (except credits: a task's reservation lives as long as the task, and
-  the market settles it when the task's escrow ends) (a child of the hub's root supervisor), which also writes the spend
-  counted in memory and deletes spend older than the retention.
+  `reservation_expiry_seconds` by the sweep, a child of the hub's root supervisor (credits excepted: a task's
+  reservation lives as long as the task, and the market settles it when the task's escrow ends). The sweep also
+  writes the spend counted in memory and, once a minute, deletes spend and settled reservations past the retention.
 * Cheap without limits: most subjects have none. Each replica keeps the set of subjects with limits, read at start,
   again every `cache_seconds` and at once when any replica changes limits (a hint on `hub.budgets.changed`, which
   only makes replicas read the database again). For a subject without limits `reserve` returns None and writes
@@ -24,6 +24,7 @@ Contract:
 import json
 import logging
 import secrets
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -32,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import asyncpg
 from anyio.abc import TaskStatus
+from prometheus_client import Counter
 from pydantic import BaseModel
 
 from agenthub import activity
@@ -65,6 +67,7 @@ logger = logging.getLogger(__name__)
 
 CHANGED_SUBJECT = "hub.budgets.changed"
 _SWEEP_BATCH = 500
+_RETENTION_SECONDS = 60.0  # how often the sweep deletes spend and reservations past the retention
 
 
 class BudgetsChanged(BaseModel):
@@ -115,6 +118,8 @@ class Budgets(BusListener[BudgetsChanged]):
         self._limited: dict[str, frozenset[str]] = {}  # subject -> metrics with a limit (or a denial)
         self._generation = 0  # moves on every change heard: a read that spans one is not kept
         self._pending: dict[tuple[str, str], int] = {}  # spend of subjects without limits, not written yet
+        self._next_retention = 0.0
+        self._counters: dict[tuple[str, str], Counter] = {}
         if approvals is not None:
             approvals.on_decided("budget", self._decided)
 
@@ -264,8 +269,16 @@ class Budgets(BusListener[BudgetsChanged]):
             return False
         key = (subject, metric)
         self._pending[key] = self._pending.get(key, 0) + amount
-        self._metrics.budget_spend.labels(subject, metric).inc(amount)
+        self._spend_counter(subject, metric).inc(amount)
         return True
+
+    def _spend_counter(self, subject: str, metric: str) -> Counter:
+        """The Prometheus child of this subject and metric, looked up once (`labels` takes a lock each time)."""
+        key = (subject, metric)
+        counter = self._counters.get(key)
+        if counter is None:
+            counter = self._counters[key] = self._metrics.budget_spend.labels(subject, metric)
+        return counter
 
     async def _spend(self, c: Connection, subject: str, metric: str, amount: int, *, release: int,
                      row: asyncpg.Record | None = None) -> None:
@@ -275,7 +288,7 @@ class Budgets(BusListener[BudgetsChanged]):
         await c.execute("UPDATE budget_meters SET spent = spent + $3, reserved = greatest(reserved - $4, 0)"
                         " WHERE subject = $1 AND metric = $2", subject, metric, amount, release)
         await self._add_to_minute(c, subject, metric, amount)
-        self._metrics.budget_spend.labels(subject, metric).inc(amount)
+        self._spend_counter(subject, metric).inc(amount)
         await self._crossed(c, subject, metric, row, level=row["spent"] + row["reserved"] - release + amount,
                             spent=row["spent"] + amount)
 
@@ -459,10 +472,12 @@ class Budgets(BusListener[BudgetsChanged]):
             expired += len(rows)
             if len(rows) < _SWEEP_BATCH:
                 break
-        keep = timedelta(days=self.settings.spend_retention_days)
-        await self._pool.execute("DELETE FROM budget_spend WHERE minute < now() - $1::interval", keep)
-        await self._pool.execute("DELETE FROM budget_reservations WHERE state <> 'open' AND settled_at < now() -"
-                                 " $1::interval", keep)
+        if time.monotonic() >= self._next_retention:
+            self._next_retention = time.monotonic() + _RETENTION_SECONDS
+            keep = timedelta(days=self.settings.spend_retention_days)
+            await self._pool.execute("DELETE FROM budget_spend WHERE minute < now() - $1::interval", keep)
+            await self._pool.execute("DELETE FROM budget_reservations WHERE state <> 'open' AND settled_at < now() -"
+                                     " $1::interval", keep)
         return expired
 
     async def flush(self) -> None:

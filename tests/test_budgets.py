@@ -10,11 +10,15 @@ import anyio
 import psutil
 import pytest
 
+from agent_pool.executors.claude import ClaudeExecutor
+from agent_pool.models import ClaudeConfig, WorkerConfig
+from agent_pool.runtime import Runtime
 from agenthub.auth import Role
-from agenthub.errors import BUDGET_EXHAUSTED_META, BudgetExhausted
+from agenthub.errors import BUDGET_EXHAUSTED_META, BudgetExhausted, TransientAgentError
+from supervisor.policy import Backoff
 from tests.agents_helpers import FAST_POLICY, eventually, wait_for
 from tests.conftest import HubFactory, RunningHub
-from tests.messages_api import MessagesApi, message, running_messages_api, text
+from tests.messages_api import OVERLOADED, MessagesApi, message, running_messages_api, text
 
 KEY = "sk-ant-test-0123456789"
 
@@ -170,6 +174,29 @@ async def test_expired_reservations_settle_at_their_reserved_amount(hub_factory:
         assert state == "expired"
 
 
+async def test_a_limit_set_on_one_replica_applies_on_another_at_once(hub_factory: HubFactory) -> None:
+    # The replicas re-read limits only every minute on their own: the NATS hint is what tells the other one.
+    settings = {"budgets": {"cache_seconds": 60}}
+    async with hub_factory.run(hub_factory.settings(**settings)) as first, \
+            hub_factory.run(hub_factory.settings(replica_id="second", **settings)) as second:
+        assert await second.state.budgets.reserve("agent:roamer", "llm_tokens", 5, ref="before") is None
+        await put_budget(first, "agent:roamer", {"limits": {"llm_tokens": {"hard": 4}}})
+
+        async def applies() -> bool:
+            return second.state.budgets.limited("agent:roamer", "llm_tokens")
+
+        await eventually(applies, 5, "the limit known on the second replica")
+        with pytest.raises(BudgetExhausted, match="hard limit 4"):
+            await second.state.budgets.reserve("agent:roamer", "llm_tokens", 5, ref="after")
+        await put_budget(first, "agent:roamer", {"limits": {"llm_tokens": {"hard": None}}})
+
+        async def lifted() -> bool:
+            return not second.state.budgets.limited("agent:roamer", "llm_tokens")
+
+        await eventually(lifted, 5, "the limit gone on the second replica")
+        assert await second.state.budgets.reserve("agent:roamer", "llm_tokens", 5, ref="lifted") is None
+
+
 # -- tool calls through MCP -----------------------------------------------------------------------------------------
 
 
@@ -315,6 +342,8 @@ async def test_a_claude_agent_gets_no_llm_call_past_its_hard_limit_and_works_aga
         assert cost == 2 * (20_000 * 3 + 5 * 15)  # the default price: $3 / $15 per million tokens
         shown = await run_cli(hub, "budgets", "show", "agent:llm")
         assert "EXHAUSTED: llm_tokens" in shown and "40010" in shown
+        assert "40010" in (await run_cli(hub, "budgets", "spend", "agent:llm", "--metric", "llm_tokens"))
+        assert "agent:llm" in await run_cli(hub, "budgets", "list")
         metrics = (await http.get("/metrics")).text
         assert 'agenthub_budget_spend_total{metric="llm_tokens",subject="agent:llm"} 40010.0' in metrics
         assert 'agenthub_budget_refused_total{metric="llm_tokens",subject="agent:llm"} 1.0' in metrics
@@ -367,3 +396,29 @@ async def test_work_time_of_an_agent_process_is_recorded_from_its_performance(bu
         return (await budget(hub, "agent:slow"))["spent"].get("work_seconds", 0) >= 2
 
     await eventually(recorded, 30, "two seconds of work recorded")
+
+
+async def test_a_failed_llm_call_gives_back_what_it_reserved(
+        budget_hub: RunningHub, messages_api: MessagesApi, monkeypatch: pytest.MonkeyPatch) -> None:
+    hub, api = budget_hub, messages_api
+    monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
+    api.script(OVERLOADED, OVERLOADED)
+    await put_budget(hub, "agent:flaky", {"limits": {"llm_tokens": {"hard": 100_000},
+                                                     "llm_cost_micro_usd": {"hard": 10**9}}})
+    config = ClaudeConfig.model_validate({"base_url": api.url, "model": "claude-test", "max_tokens": 100})
+    worker = WorkerConfig(agent_id="flaky", instance="test", role="analyst", capabilities=[], executor="claude",
+                          executor_config=config.model_dump(), hub_url=hub.url,
+                          nats_url=hub.state.settings.nats_url, subject_prefix=hub.state.settings.nats_subject_prefix,
+                          heartbeat_seconds=10, llm_prices=hub.state.settings.budgets.llm_prices)
+    login = await hub.state.agents.credentials.issue("flaky", worker.instance)
+    executor = ClaudeExecutor(config, backoff=Backoff(initial=0.01, maximum=0.02, jitter=0.0), attempts=2)
+    async with Runtime(worker, await hub.token(Role.AGENT, "flaky"), login).connect() as rt:
+        with anyio.fail_after(30), pytest.raises(TransientAgentError):
+            await executor.run(rt, "Anything?")
+    assert len(api.requests) == 2  # one reservation covered both attempts
+    info = await budget(hub, "agent:flaky")
+    assert (info["spent"], info["reserved"]) == ({"llm_tokens": 0, "llm_cost_micro_usd": 0},
+                                                 {"llm_tokens": 0, "llm_cost_micro_usd": 0})
+    assert await hub.state.pool.fetchval(
+        "SELECT count(*) FROM budget_reservations WHERE subject = 'agent:flaky' AND state = 'settled'"
+        " AND actual = 0") == 2
