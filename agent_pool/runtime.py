@@ -108,7 +108,7 @@ class Runtime:
             raise ToolFailed(f"{name}: {text}")
         return result.structured_content or {}
 
-    # -- budgets (market.budgets, through the hub's budgets tools) ---------------------------------------------------
+    # -- budgets (governance.budgets, through the hub's budgets tools) -----------------------------------------------
 
     def llm_price(self, model: str) -> LlmPrice | None:
         """What the hub says `model`'s tokens cost (its table's `default` for a model it does not name)."""

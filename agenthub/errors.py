@@ -343,7 +343,7 @@ class InvalidModule(InvalidInput):
     """A WASM module refused at upload: not WebAssembly, too large, too costly to compile, or not the ABI."""
 
 
-# -- approvals (market.approvals) ----------------------------------------------------------------------------------
+# -- approvals (governance.approvals) ------------------------------------------------------------------------------
 
 
 class ApprovalNotFound(NotFound):
@@ -365,7 +365,7 @@ class ApprovalAlreadyDecided(Conflict):
         self.decided_at = decided_at
 
 
-# -- budgets (market.budgets) ----------------------------------------------------------------------------------------
+# -- budgets (governance.budgets) ------------------------------------------------------------------------------------
 
 
 BUDGET_EXHAUSTED_META = "agenthub/budget_exhausted"  # `_meta` of an MCP tool error refused by a budget

@@ -133,7 +133,7 @@ class MarketSettings(BaseModel):
 
 
 class ApprovalSettings(BaseModel):
-    """Human approvals (market.approvals): how long one waits for an operator, and what happens if nobody answers."""
+    """Human approvals (governance.approvals): how long one waits for an operator, and what if nobody answers."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -227,7 +227,7 @@ def _default_prices() -> dict[str, LlmPrice]:
 
 
 class BudgetSettings(BaseModel):
-    """Budgets and spend caps (market.budgets)."""
+    """Budgets and spend caps (governance.budgets)."""
 
     model_config = ConfigDict(extra="forbid")
 

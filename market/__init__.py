@@ -5,4 +5,6 @@
     clearing.clear        auction clearing (pure): reputation-scaled bids, maximum welfare, VCG payments
     reputation            reputation from an agent's record (pure), decaying with a half-life
     ledger, escrow        accounts, transfers and escrows in PostgreSQL; idempotency keys (idempotency)
+    bonds                 bid bonds: held at the bid, returned to losers and deliverers, slashed from no-shows
+    acceptance            the JSON Schema half of acceptance checks, in a warm child process
 """

@@ -46,10 +46,10 @@ from agenthub.database import DATABASE_ERRORS, Connection, log_failure
 from agenthub.errors import Conflict, Forbidden, InvalidInput, MissingCapabilities, TaskNotFound, WrongTaskState
 from agenthub.metrics import HubMetrics
 from agenthub.settings import MarketSettings
+from governance.approvals import ApprovalInfo, Approvals
+from governance.budgets import Budgets
 from market import acceptance, bonds
 from market import escrow as escrows
-from market.approvals import ApprovalInfo, Approvals
-from market.budgets import Budgets
 from market.clearing import Award, Bid, Clearing, TaskAuction, clear
 from market.idempotency import prune, run_once, scope_of
 from market.ledger import (

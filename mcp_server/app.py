@@ -39,8 +39,8 @@ from agenthub.settings import NatsSettings, Settings
 from agenthub.token_cache import TokenCache
 from collaboration.orchestrator import Orchestrator
 from collaboration.service import Collaboration
-from market.approvals import Approvals
-from market.budgets import Budgets
+from governance.approvals import Approvals
+from governance.budgets import Budgets
 from market.service import Market
 from mcp_server.direct import McpEndpoint
 from mcp_server.server import ResourceNotifier, build_server

@@ -37,9 +37,9 @@ from collaboration.models import (
     UnsubscribeInput,
     validation_errors,
 )
-from market.approvals import ApprovalRef, DecideApprovalInput, ListApprovalsInput, RequestApprovalInput
-from market.budget_models import ReportUsageInput, ReserveUsageInput
-from market.budgets import agent_subject
+from governance.approvals import ApprovalRef, DecideApprovalInput, ListApprovalsInput, RequestApprovalInput
+from governance.budgets import agent_subject
+from governance.models import ReportUsageInput, ReserveUsageInput
 from market.models import PlaceBidInput, ReportTaskInput, SubmitTaskInput, TaskRef
 from web_ui.agents import listed
 from web_ui.state import HubState
@@ -196,7 +196,7 @@ TOOLS: list[ToolSpec] = [
         input=ListAgentsInput, roles=OPERATOR_PROFILE, read_only=True,
         run=lambda h, who, req: listed(h, req),
     ),
-    # -- budgets (market.budgets): never refused at a budget's limit, so a capped agent can still report its usage
+    # -- budgets (governance.budgets): never refused at a budget's limit, so a capped agent can still report its usage
     ToolSpec(
         name="reserve_usage", group="budgets",
         description="Reserve budget before work that spends it (LLM tokens, cost): a reservation_id to settle with "
@@ -211,7 +211,7 @@ TOOLS: list[ToolSpec] = [
         input=ReportUsageInput, roles=AGENT_PROFILE,
         run=lambda h, who, req: h.budgets.report_usage(who, req),
     ),
-    # -- approvals (market.approvals) --
+    # -- approvals (governance.approvals) --
     ToolSpec(
         name="request_approval", group="approvals",
         description="Ask a human operator before something that matters; wait_seconds > 0 waits for the decision "

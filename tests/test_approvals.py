@@ -15,7 +15,7 @@ from mcp.shared.exceptions import MCPError
 from agenthub.auth import Role
 from agenthub.database import Connection
 from agenthub.errors import Conflict
-from market.approvals import ApprovalInfo
+from governance.approvals import ApprovalInfo
 from tests.agents_helpers import eventually
 from tests.browser import Browser
 from tests.conftest import HubFactory, RunningHub

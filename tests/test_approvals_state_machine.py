@@ -24,8 +24,8 @@ from agenthub.auth import Principal, Role
 from agenthub.database import Connection
 from agenthub.errors import ApprovalAlreadyDecided, Conflict, HubError
 from agenthub.ids import TokenId
+from governance.approvals import ApprovalInfo, Approvals
 from market import escrow as escrows
-from market.approvals import ApprovalInfo, Approvals
 from market.ledger import escrow_account, requester_account
 from tests.conftest import HubFactory, RunningHub
 

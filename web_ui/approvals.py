@@ -1,8 +1,8 @@
-"""REST for human approvals (`market.approvals`), the twins of the approval MCP tools and CLI commands."""
+"""REST for human approvals (`governance.approvals`), the twins of the approval MCP tools and CLI commands."""
 
 from starlette.requests import Request
 
-from market.approvals import (
+from governance.approvals import (
     ApprovalInfo,
     ApprovalList,
     ApprovalsQuery,

@@ -1,11 +1,12 @@
-"""REST for budgets (`market.budgets`): every subject's limits and spend (operators and viewers), one subject's
+"""REST for budgets (`governance.budgets`): every subject's limits and spend (operators and viewers), one subject's
 (an agent: its own), setting limits (operators), spend over time for a plot, and usage reports (the twin of the
 `report_usage` MCP tool)."""
 
 from starlette.requests import Request
 
 from agenthub.errors import InvalidInput
-from market.budget_models import (
+from governance.budgets import parse_subject
+from governance.models import (
     BudgetInfo,
     BudgetList,
     BudgetsQuery,
@@ -17,7 +18,6 @@ from market.budget_models import (
     UsageBody,
     UsageReported,
 )
-from market.budgets import parse_subject
 from web_ui.endpoints import Endpoint
 from web_ui.state import hub_of, principal_of
 

@@ -19,8 +19,8 @@ from agenthub.settings import Settings
 from agenthub.token_cache import TokenCache
 from collaboration.orchestrator import Orchestrator
 from collaboration.service import Collaboration
-from market.approvals import Approvals
-from market.budgets import Budgets
+from governance.approvals import Approvals
+from governance.budgets import Budgets
 from market.service import Market
 from sandbox.service import SandboxService
 from supervisor import Supervisor

@@ -1,4 +1,4 @@
--- Human approvals (market/approvals.py): a durable request for an operator's decision, resolved exactly once.
+-- Human approvals (governance/approvals.py): a durable request for an operator's decision, resolved exactly once.
 -- A pending row becomes approved, denied (an operator's decision) or expired (the sweep applies its default
 -- decision) by one `UPDATE ... WHERE state = 'pending' RETURNING`: whoever's update returns the row decided it.
 CREATE TABLE approvals (

@@ -1,4 +1,4 @@
--- Budgets and spend (market.budgets). One meter per subject and metric: its limits (soft, hard; NULL = none), what
+-- Budgets and spend (governance.budgets). One meter per subject and metric: its limits (soft, hard; NULL = none), what
 -- was spent and what is reserved, and whether an operator denied going on past the soft limit. A subject without
 -- a limit can still have a meter: spend is recorded for everyone, limits only where an operator set them.
 CREATE TABLE budget_subjects (

@@ -42,7 +42,7 @@ ALTER TABLE tasks
     ADD COLUMN check_outcome jsonb,
     ADD COLUMN clearing_batch text,  -- the tasks cleared together share it: a replay re-runs their clearing
     ADD COLUMN cleared_at timestamptz,
-    -- The requester's credits reservation (market.budgets) for the budget: settled with what the task cost once
+    -- The requester's credits reservation (governance.budgets) for the budget: settled with what the task cost once
     -- its escrow ended (null: the requester has no credits limit).
     ADD COLUMN credit_reservation text;
 CREATE INDEX tasks_credit_reservation_idx ON tasks (updated_at) WHERE credit_reservation IS NOT NULL;

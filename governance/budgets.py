@@ -23,6 +23,7 @@ Contract:
 
 import json
 import logging
+import re
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -40,11 +41,12 @@ from agenthub import activity
 from agenthub.auth import Principal, Role
 from agenthub.bus import Bus, BusListener
 from agenthub.database import DATABASE_ERRORS, Connection, log_failure
-from agenthub.errors import BudgetExhausted, Forbidden, InvalidInput, MalformedAccountId, NotFound
+from agenthub.errors import BudgetExhausted, Forbidden, InvalidInput, NotFound
 from agenthub.metrics import HubMetrics
 from agenthub.settings import BudgetSettings
-from market.budget_models import (
+from governance.models import (
     METRICS,
+    SUBJECT_PATTERN,
     BudgetInfo,
     BudgetList,
     Limit,
@@ -57,11 +59,10 @@ from market.budget_models import (
     SpendSeries,
     UsageReported,
 )
-from market.ledger import parse_account_id
 from supervisor import ChildSpec, task_child
 
 if TYPE_CHECKING:
-    from market.approvals import ApprovalInfo, Approvals
+    from governance.approvals import ApprovalInfo, Approvals
 
 logger = logging.getLogger(__name__)
 
@@ -84,13 +85,9 @@ class ReservationNotFound(NotFound):
 
 def parse_subject(value: str) -> str:
     """`value` if it names an agent or requester account, else `InvalidInput`."""
-    try:
-        account = parse_account_id(value)
-    except MalformedAccountId as exc:
-        raise InvalidInput(f"{value!r} is not a budget subject: expected 'agent:<id>' or 'requester:<id>'") from exc
-    if not account.startswith(("agent:", "requester:")):
+    if not re.fullmatch(SUBJECT_PATTERN, value):
         raise InvalidInput(f"{value!r} is not a budget subject: expected 'agent:<id>' or 'requester:<id>'")
-    return account
+    return value
 
 
 def agent_subject(agent_id: str) -> str:

@@ -1,4 +1,4 @@
-"""The JSON of budgets (`market.budgets`): what REST, MCP and the CLI take and give.
+"""The JSON of budgets (`governance.budgets`): what REST, MCP and the CLI take and give.
 
 A subject is an account id of the ledger's scheme, `agent:{agent_id}` or `requester:{id}`. Amounts are integers
 in each metric's unit: tokens, micro-USD, calls, seconds, credits.
