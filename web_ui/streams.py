@@ -323,7 +323,8 @@ def _hub_start(request: Request, oldest: int, discoveries: int, activity: int) -
 async def _hub_stream(request: Request) -> ASGIApp:
     """`GET /events/stream`: everything that happens in the hub, as Server-Sent Events.
 
-    `discovery` events, the activity log's `agent`, `task`, `bid` and `transfer` events, and `metrics_update`
+    `discovery` events, the activity log's `agent`, `task`, `bid`, `transfer`, `approval` (requested, decided,
+    expired) and `budget` (a soft limit crossed, a metric exhausted or denied) events, and `metrics_update`
     (the `/metrics/system` JSON) at connect and every few seconds. Each logged event's id is
     "<discovery sequence>.<activity sequence>", the stream's position after it, so `Last-Event-ID` resumes both
     exactly: every event once, none skipped.
