@@ -20,7 +20,7 @@ def _settings(hub_factory: HubFactory, **approvals: Any) -> Any:
 async def _submit(http: httpx2.AsyncClient, budget: int, requester: str = "alice", **extra: Any) -> httpx2.Response:
     return await http.post("/api/v1/tasks", json={
         "requester_id": requester, "description": "Summarise the incident report", "budget": budget,
-        "required_capabilities": ["summarize"], "bidding_seconds": 0.5, "idempotency_key": key(), **extra})
+        "required_capabilities": ["summarize"], "bidding_seconds": 2, "idempotency_key": key(), **extra})
 
 
 async def _set_budget(http: httpx2.AsyncClient, subject: str, body: dict[str, Any]) -> dict[str, Any]:

@@ -25,10 +25,11 @@ def _market(hub_factory: HubFactory, **market: Any) -> Any:
                                 market={"close_interval_seconds": 0.1, "accept_after_seconds": 3600, **market})
 
 
-async def _submit(http: httpx2.AsyncClient, budget: int, capabilities: list[str], **extra: Any) -> dict[str, Any]:
+async def _submit(http: httpx2.AsyncClient, budget: int, capabilities: list[str], *, seconds: float = 2.0,
+                  **extra: Any) -> dict[str, Any]:
     r = await http.post("/api/v1/tasks", json={
         "requester_id": "alice", "description": "Count the words of this sentence", "budget": budget,
-        "required_capabilities": capabilities, "bidding_seconds": 1.0, "idempotency_key": key(), **extra})
+        "required_capabilities": capabilities, "bidding_seconds": seconds, "idempotency_key": key(), **extra})
     assert r.status_code == 201, r.text
     created: dict[str, Any] = r.json()
     return created
@@ -127,7 +128,7 @@ async def test_a_json_schema_check_over_mcp_disputes_a_failing_result_and_pays_a
 
         async def task_won_by_bob() -> str:
             created = await client.call_tool("submit_task", {
-                "requester_id": "alice", "description": "Count words", "budget": 100, "bidding_seconds": 0.5,
+                "requester_id": "alice", "description": "Count words", "budget": 100, "bidding_seconds": 1,
                 "acceptance": {"json_schema": schema, "on_fail": "dispute"}, "idempotency_key": key()})
             assert not created.is_error, created.content
             task_id = str((created.structured_content or {})["task_id"])
@@ -166,7 +167,7 @@ async def test_a_json_schema_check_over_mcp_disputes_a_failing_result_and_pays_a
 async def test_every_cleared_auction_replays_to_the_winner_and_price_it_recorded(hub_factory: HubFactory) -> None:
     rng = random.Random(16)
     agents = [f"bidder{i}" for i in range(8)]
-    async with hub_factory.run(_market(hub_factory, close_interval_seconds=0.3)) as hub, hub.http() as http:
+    async with hub_factory.run(_market(hub_factory)) as hub, hub.http() as http:
         await deposit(http, "requester:alice", 10**7)
         # A history first, so that reputations differ: some bidders fail the tasks they win, others deliver.
         for agent in agents[:4]:
@@ -180,15 +181,22 @@ async def test_every_cleared_auction_replays_to_the_winner_and_price_it_recorded
             if status == "completed":
                 await http.post(f"/api/v1/tasks/{task['task_id']}/accept", json={"idempotency_key": key()})
         task_ids = []
-        for _ in range(40):  # batches of several auctions at once: each agent wins at most one task per clearing
-            task = await _submit(http, rng.randint(20, 500), [])
+        for _ in range(40):
+            task = await _submit(http, rng.randint(20, 500), [], seconds=3600)
             task_ids.append(task["task_id"])
             for agent in rng.sample(agents, rng.randint(0, len(agents))):
                 r = await http.post(f"/api/v1/tasks/{task['task_id']}/bids", json={
                     "agent_id": agent, "price": rng.randint(1, 600), "estimated_seconds": rng.uniform(1, 100)})
                 assert r.status_code == 201, r.text
-        unclosed = await http.get(f"/api/v1/tasks/{task_ids[-1]}/audit")
-        assert unclosed.status_code in (200, 409)  # 409 while it still bids: there is no clearing yet
+        unclosed = await http.get(f"/api/v1/tasks/{task_ids[0]}/audit")
+        assert unclosed.status_code == 409  # still bidding: there is no clearing yet
+        # Their time comes ten at a time (the clock moved for them alone): each ten clear together, where each
+        # agent wins at most one task, so awards depend on the other auctions of the batch.
+        for group in range(0, len(task_ids), 10):
+            await hub.state.pool.execute("UPDATE tasks SET bidding_closes_at = now() WHERE id = ANY($1)",
+                                         task_ids[group:group + 10])
+            for task_id in task_ids[group:group + 10]:
+                await task_state(http, task_id, "assigned", "expired")
         batches = set()
         for task_id in task_ids:
             task = await task_state(http, task_id, "assigned", "expired")
