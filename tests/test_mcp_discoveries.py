@@ -37,7 +37,8 @@ async def test_tool_list_depends_on_the_token_profile(hub: RunningHub) -> None:
     async with hub.mcp(agent_token) as client:
         names = {t.name for t in (await client.list_tools()).tools}
     assert names == {"share_discovery", "subscribe_discoveries", "poll_discoveries", "unsubscribe_discoveries",
-                     "share_context", "get_context", "submit_task", "place_bid", "get_task", "report_task"}
+                     "share_context", "get_context", "submit_task", "place_bid", "get_task", "report_task",
+                     "request_approval", "get_approval", "reserve_usage", "report_usage"}
     async with hub.mcp() as client:
         tools = {t.name: t for t in (await client.list_tools()).tools}
     assert "get_collaboration_status" in tools
