@@ -105,9 +105,13 @@ async def test_clearing_batches_while_bids_keep_arriving_pays_each_winner_once(h
             if task["state"] == "expired":
                 expired.add(task["escrow_id"])
                 continue
-            closes = datetime.fromisoformat(task["bidding_closes_at"])
+            # Only bids from before the clearing count, and the clearing replays from them to its award. (Not "before
+            # `bidding_closes_at`": the waves move that while bids are in flight, and a bid whose transaction read
+            # the earlier time may still commit.)
+            audit = (await http_a.get(f"/api/v1/tasks/{task_id}/audit")).json()
             winning = next(b for b in task["bids"] if b["agent_id"] == task["winner"])
-            assert datetime.fromisoformat(winning["placed_at"]) < closes  # only bids from before the close
+            assert datetime.fromisoformat(winning["placed_at"]) < datetime.fromisoformat(audit["cleared_at"])
+            assert audit["replay"]["matches"], audit["replay"]
             assert winning["price"] <= task["price"] <= budget
             await complete_and_accept(http_a, task)
             paid[task["winner"]] += task["price"] - task["price"] * FEE_PERCENT // 100
