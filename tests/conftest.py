@@ -1,6 +1,8 @@
 """Test fixtures: one real embedded NATS and PostgreSQL for the whole session; per test a fresh database, a
 unique NATS subject prefix, and a hub served by uvicorn on a free loopback port."""
 
+import contextlib
+import os
 import secrets
 import shutil
 import signal
@@ -18,6 +20,7 @@ import anyio
 import asyncpg
 import httpx2
 import nats
+import psutil
 import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
@@ -182,7 +185,18 @@ def workdir() -> Iterator[Path]:
     try:
         yield root
     finally:
+        _kill_processes_under(root)
         shutil.rmtree(root, ignore_errors=True)
+
+
+def _kill_processes_under(root: Path) -> None:
+    """Kill what still runs from under `root` (an argument is a path in it): the NATS and PostgreSQL of a hub the
+    test killed, or that was frozen when the test ended, must not outlive the test."""
+    inside = f"{root}/"
+    for proc in psutil.process_iter(["cmdline"]):
+        if proc.pid != os.getpid() and any(arg.startswith(inside) for arg in proc.info["cmdline"] or []):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.kill()
 
 
 JS = Path(__file__).resolve().parent / "js"  # the TypeScript SDK clients (stdio bridge, OAuth), pinned by its lock file

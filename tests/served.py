@@ -75,9 +75,13 @@ def serving(data_dir: Path, logs: Path, *args: str, env: dict[str, str] | None =
             time.sleep(0.1)
         yield served
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(STOP_SECONDS)
+        if proc.poll() is None:  # the test left it running: stopped as an operator would, its services with it
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(STOP_SECONDS)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(STOP_SECONDS)
 
 
 def processes_mentioning(data_dir: Path) -> list[str]:
