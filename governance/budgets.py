@@ -349,7 +349,7 @@ class Budgets(BusListener[BudgetsChanged]):
         subject = parse_subject(subject)
         if who.role is Role.AGENT and subject != agent_subject(who.agent_id or ""):
             raise Forbidden(f"this token belongs to agent {who.agent_id!r} and can read only its own budget")
-        infos = await self._infos("WHERE s.subject = $1", subject)
+        infos = await self._infos(subject=subject, limit=1)
         return infos[0] if infos else BudgetInfo(subject=subject, limits={}, spent={}, reserved={}, exhausted=[],
                                                  approval_threshold=None, updated_at=None)
 
@@ -357,16 +357,16 @@ class Budgets(BusListener[BudgetsChanged]):
         """Every subject with limits or spend (operators and viewers)."""
         if who.role is Role.AGENT:
             raise Forbidden("an agent token reads only its own budget: GET /api/v1/budgets/agent:<your id>")
-        return BudgetList(budgets=await self._infos("ORDER BY s.subject LIMIT $1", limit))
+        return BudgetList(budgets=await self._infos(subject=None, limit=limit))
 
-    async def _infos(self, clause: str, arg: Any) -> list[BudgetInfo]:
-        """Budgets of the subjects `clause` picks: `WHERE ...` before the grouping, anything else after it."""
-        where, tail = (clause, "") if clause.startswith("WHERE") else ("", clause)
+    async def _infos(self, *, subject: str | None, limit: int) -> list[BudgetInfo]:
+        """The budget of `subject`, or of every subject (by name, at most `limit`)."""
         rows = await self._pool.fetch(
             "SELECT s.subject, s.approval_threshold, s.updated_at, coalesce(json_agg(json_build_object("
             "'metric', m.metric, 'soft', m.soft, 'hard', m.hard, 'spent', m.spent, 'reserved', m.reserved, "
             "'denied', m.denied)) FILTER (WHERE m.metric IS NOT NULL), '[]')::text AS meters"
-            f" FROM budget_subjects s LEFT JOIN budget_meters m USING (subject) {where} GROUP BY s.subject {tail}", arg)
+            " FROM budget_subjects s LEFT JOIN budget_meters m USING (subject) WHERE $1::text IS NULL OR"
+            " s.subject = $1 GROUP BY s.subject ORDER BY s.subject LIMIT $2", subject, limit)
         return [_info(r) for r in rows]
 
     async def set_limits(self, who: Principal, req: SetBudgetInput) -> BudgetInfo:

@@ -59,7 +59,7 @@ class CheckOutcome(BaseModel):
         if self.passed:
             return "passed"
         reasons = [f"schema: {'; '.join(self.schema_errors)}"] if self.schema_errors else []
-        if self.evaluator is not None and not (self.evaluator["exit_code"] == 0):
+        if self.evaluator is not None and self.evaluator["exit_code"] != 0:
             reasons.append(f"evaluator: {self.evaluator['outcome']} (exit code {self.evaluator['exit_code']})"
                            + (f": {self.evaluator['error']}" if self.evaluator["error"] else ""))
         return ", ".join(reasons) or "evaluator: did not finish"

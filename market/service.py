@@ -114,6 +114,9 @@ _FINISHED = ("SELECT t.winner, t.estimated_seconds, t.completed_at IS NOT NULL A
              " FROM tasks t JOIN escrows e ON e.id = t.escrow_id"
              " WHERE t.winner = ANY({winners}) AND e.settled_at IS NOT NULL AND t.state <> 'cancelled'")
 _PRUNE_EVERY = 3600.0
+# Tasks whose escrow ended with their requester's credits reservation still open.
+_CREDITS_ENDED = ("FROM tasks t JOIN escrows e ON e.id = t.escrow_id"
+                  " WHERE t.credit_reservation IS NOT NULL AND e.settled_at IS NOT NULL")
 _DISPUTABLE = ("assigned", "running", "completed")
 
 
@@ -712,11 +715,11 @@ class Market:
     async def _settle_credits(self) -> None:
         """A task's credits reservation becomes the requester's spend once its escrow ended: what left the
         requester for good (paid to the agent and the fee), the rest of the budget having come back."""
+        if not await self._pool.fetchval(f"SELECT EXISTS (SELECT 1 {_CREDITS_ENDED})"):
+            return  # the usual round: nothing to lock
         async with self._pool.acquire() as conn, conn.transaction():
-            ended = await conn.fetch(
-                "SELECT t.id, t.credit_reservation, e.paid_to_payee + e.fee AS cost FROM tasks t"
-                " JOIN escrows e ON e.id = t.escrow_id WHERE t.credit_reservation IS NOT NULL"
-                " AND e.settled_at IS NOT NULL ORDER BY t.id LIMIT $1 FOR UPDATE OF t SKIP LOCKED", _BATCH)
+            ended = await conn.fetch(f"SELECT t.id, t.credit_reservation, e.paid_to_payee + e.fee AS cost"
+                                     f" {_CREDITS_ENDED} ORDER BY t.id LIMIT $1 FOR UPDATE OF t SKIP LOCKED", _BATCH)
             for row in ended:
                 await self._budgets.settle(row["credit_reservation"], int(row["cost"]), conn=conn)
             if ended:
